@@ -1,0 +1,96 @@
+// Typed filesystem calls over RpcClient: builds each request with proto's structs, turns the
+// reply status into a Status and decodes reply bodies with bounds checks.
+// Thread-safety: as RpcClient (many concurrent callers).
+#pragma once
+
+#include <sys/stat.h>
+#include <sys/statvfs.h>
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "client/rpc_client.h"
+
+namespace pohmelfs::client {
+
+using proto::Oid;
+
+struct Entry {
+  Oid oid;
+  struct stat st {};
+};
+
+struct DirEntry {
+  std::string name;
+  Entry entry;
+  uint64_t next_cookie = 0;
+};
+
+struct DirPage {
+  std::vector<DirEntry> entries;
+  bool eof = false;
+};
+
+struct SetAttrArgs {
+  uint32_t valid = 0;  // POHMELFS_SETATTR_*
+  uint32_t mode = 0, uid = 0, gid = 0;
+  uint64_t size = 0;
+  timespec atime{}, mtime{};
+};
+
+class FsClient {
+ public:
+  explicit FsClient(std::unique_ptr<RpcClient> rpc) : rpc_(std::move(rpc)) {}
+
+  const Oid& root() const { return rpc_->root(); }
+  RpcClient& rpc() { return *rpc_; }
+
+  Result<Entry> Lookup(const Oid& parent, const std::string& name);
+  Result<Entry> GetAttr(const Oid& oid);
+  Result<Entry> SetAttr(const Oid& oid, const SetAttrArgs& a);
+  Result<DirPage> ReadDir(const Oid& dir, uint64_t cookie, uint32_t max_bytes);
+  Result<Entry> MkDir(const Oid& parent, const std::string& name, uint32_t mode, uint32_t uid,
+                      uint32_t gid);
+  Result<Entry> MkNod(const Oid& parent, const std::string& name, uint32_t mode, uint64_t rdev,
+                      uint32_t uid, uint32_t gid);
+  Status Unlink(const Oid& parent, const std::string& name);
+  Status RmDir(const Oid& parent, const std::string& name);
+  Status Rename(const Oid& old_parent, const std::string& old_name, const Oid& new_parent,
+                const std::string& new_name, uint32_t flags);
+  Result<Entry> Link(const Oid& oid, const Oid& new_parent, const std::string& name);
+  Result<Entry> Symlink(const Oid& parent, const std::string& name, const std::string& target,
+                        uint32_t uid, uint32_t gid);
+  Result<std::string> ReadLink(const Oid& oid);
+  Result<Entry> Open(const Oid& oid, uint32_t flags);
+  Status Release(const Oid& oid);
+  // Reads up to size bytes (several requests when size > IO_MAX); short at end of file.
+  Result<size_t> Read(const Oid& oid, uint64_t offset, size_t size, void* buf);
+  // Writes all of data (several requests when needed). Returns bytes written.
+  Result<size_t> Write(const Oid& oid, uint64_t offset, const void* data, size_t size);
+  Status Fsync(const Oid& oid, bool datasync);
+  Result<struct statvfs> StatFs();
+  // size 0 asks for the value's size (returned as the vector's size, contents empty).
+  Result<std::vector<uint8_t>> GetXattr(const Oid& oid, const std::string& name, uint32_t size,
+                                        uint32_t* value_size);
+  Status SetXattr(const Oid& oid, const std::string& name, const void* value, size_t size,
+                  uint32_t flags);
+  Result<std::vector<uint8_t>> ListXattr(const Oid& oid, uint32_t size, uint32_t* list_size);
+  Status RemoveXattr(const Oid& oid, const std::string& name);
+  Status Fallocate(const Oid& oid, uint32_t mode, uint64_t offset, uint64_t length);
+  // Removes parent/name and everything below it, in one request. Returns objects removed.
+  Result<uint64_t> RmTree(const Oid& parent, const std::string& name);
+  // Creates parent/"a/b/c" with its missing directories, in one request.
+  Result<Entry> MkPath(const Oid& parent, const std::string& path, uint32_t mode, uint32_t uid,
+                       uint32_t gid);
+
+ private:
+  // Runs the call; a server-side error becomes the returned Status.
+  Result<std::vector<uint8_t>> Do(uint16_t opcode, std::span<const iovec> payload);
+  Result<std::vector<uint8_t>> Do(uint16_t opcode, const std::vector<uint8_t>& payload);
+  static Result<Entry> DecodeEntry(const Result<std::vector<uint8_t>>& reply);
+
+  std::unique_ptr<RpcClient> rpc_;
+};
+
+}  // namespace pohmelfs::client

@@ -1,0 +1,145 @@
+// pohmelfs-mount URI MOUNTPOINT [-f] [-o options]: mounts a POHMELFS export with FUSE.
+// Without -f it forks; the parent returns only once the child has connected to the server and
+// the mount is in place (exit 0), or with the reason it failed (exit 1).
+#include <fcntl.h>
+#include <poll.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <csignal>
+#include <cstdio>
+#include <cstring>
+#include <string>
+
+#include <spdlog/sinks/stdout_color_sinks.h>
+#include <spdlog/sinks/syslog_sink.h>
+#include <spdlog/spdlog.h>
+
+#include "client/fuse_ops.h"
+
+using namespace pohmelfs;
+using namespace pohmelfs::client;
+
+namespace {
+
+// Child -> parent readiness report: "ok\n" or an error message.
+void Report(int fd, const std::string& msg) {
+  if (fd < 0) return;
+  ssize_t n = write(fd, msg.data(), msg.size());
+  (void)n;
+  close(fd);
+}
+
+int WaitForChild(int fd, pid_t child, int timeout_ms) {
+  pollfd p{fd, POLLIN, 0};
+  std::string msg;
+  char buf[512];
+  while (poll(&p, 1, timeout_ms) > 0) {
+    ssize_t n = read(fd, buf, sizeof(buf));
+    if (n <= 0) break;
+    msg.append(buf, static_cast<size_t>(n));
+  }
+  if (msg == "ok\n") return 0;
+  if (msg.empty()) {
+    msg = "the mount process did not report readiness in time";
+    kill(child, SIGTERM);
+  }
+  std::fprintf(stderr, "pohmelfs-mount: %s\n", msg.c_str());
+  return 1;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  MountOptions o;
+  fuse_args args;
+  if (!ParseMountOptions(argc, argv, &o, &args)) return 2;
+  fuse_cmdline_opts co{};
+  if (fuse_parse_cmdline(&args, &co) != 0) return 2;
+  if (co.show_help || !co.mountpoint) {
+    PrintMountUsage(argv[0]);
+    return co.show_help ? 0 : 2;
+  }
+  if (o.servers.size() != 1) {
+    std::fprintf(stderr,
+                 "pohmelfs-mount: give exactly one server URI (replication over several servers "
+                 "is not available in this version)\n");
+    return 2;
+  }
+  std::string fsopts = "-oallow_other,default_permissions,subtype=pohmelfs,fsname=" + o.source;
+  fuse_opt_add_arg(&args, fsopts.c_str());
+
+  int report_fd = -1;
+  if (!co.foreground) {
+    int p[2];
+    if (pipe2(p, O_CLOEXEC) != 0) return 1;
+    pid_t pid = fork();
+    if (pid < 0) return 1;
+    if (pid > 0) {
+      close(p[1]);
+      int budget = static_cast<int>(o.connect_timeout_ms) * 2 + 10000;
+      return WaitForChild(p[0], pid, budget);
+    }
+    close(p[0]);
+    report_fd = p[1];
+    setsid();
+    spdlog::set_default_logger(spdlog::syslog_logger_mt("pohmelfs-mount", "pohmelfs-mount", LOG_PID));
+  } else {
+    spdlog::set_default_logger(spdlog::stderr_color_mt("pohmelfs-mount"));
+  }
+  spdlog::set_level(spdlog::level::from_str(o.log_level));
+  signal(SIGPIPE, SIG_IGN);
+
+  RpcOptions ro;
+  ro.connect_timeout = std::chrono::milliseconds(o.connect_timeout_ms);
+  ro.trans_scan_timeout = std::chrono::milliseconds(o.trans_scan_timeout_ms);
+  ro.trans_retries = static_cast<int>(o.trans_retries);
+  char host[256] = "client";
+  gethostname(host, sizeof(host) - 1);
+  ro.client_name = std::string(host) + ":" + std::to_string(getpid());
+  auto rpc = RpcClient::Connect(o.servers[0], ro);
+  if (!rpc.ok()) {
+    std::string msg = "cannot connect to " + o.servers[0] + ": " + rpc.status().ToString();
+    spdlog::error("{}", msg);
+    Report(report_fd, msg);
+    return 1;
+  }
+  FsClient fs(std::move(*rpc));
+  InodeTable inodes(fs.root());
+  FuseContext ctx{&fs, &inodes, o};
+
+  fuse_session* se = fuse_session_new(&args, PohmelfsFuseOps(), sizeof(fuse_lowlevel_ops), &ctx);
+  ctx.se = se;
+  if (!se) {
+    Report(report_fd, "bad FUSE options (see --help)");
+    return 1;
+  }
+  if (fuse_set_signal_handlers(se) != 0 || fuse_session_mount(se, co.mountpoint) != 0) {
+    Report(report_fd, std::string("cannot mount on ") + co.mountpoint);
+    fuse_session_destroy(se);
+    return 1;
+  }
+  spdlog::info("mounted {} on {}", o.source, co.mountpoint);
+  if (report_fd >= 0) {
+    Report(report_fd, "ok\n");
+    int null = open("/dev/null", O_RDWR);
+    if (null >= 0) {
+      dup2(null, 0);
+      dup2(null, 1);
+      dup2(null, 2);
+      if (null > 2) close(null);
+    }
+    if (chdir("/") != 0) spdlog::warn("chdir /: {}", std::strerror(errno));
+  }
+  fuse_loop_config cfg{};
+  cfg.clone_fd = co.clone_fd;
+  cfg.max_idle_threads = o.threads;
+  int rc = co.singlethread ? fuse_session_loop(se) : fuse_session_loop_mt(se, &cfg);
+  fuse_session_unmount(se);
+  fuse_remove_signal_handlers(se);
+  fuse_session_destroy(se);
+  free(co.mountpoint);
+  fuse_opt_free_args(&args);
+  spdlog::info("unmounted");
+  return rc == 0 ? 0 : 1;
+}

@@ -1,0 +1,462 @@
+#include "client/fuse_ops.h"
+
+#include <sys/xattr.h>
+
+#include <cstring>
+#include <mutex>
+
+#include <spdlog/spdlog.h>
+
+#include "client/pohmelfs_ioctl.h"
+
+namespace pohmelfs::client {
+namespace {
+
+FuseContext* Ctx(fuse_req_t req) { return static_cast<FuseContext*>(fuse_req_userdata(req)); }
+
+// Resolves a node id, or replies ESTALE and returns nullopt.
+std::optional<Oid> NodeOid(fuse_req_t req, fuse_ino_t ino) {
+  auto oid = Ctx(req)->inodes->Get(ino);
+  if (!oid) fuse_reply_err(req, ESTALE);
+  return oid;
+}
+
+struct stat StatFor(const Entry& e, fuse_ino_t ino) {
+  struct stat st = e.st;
+  st.st_ino = ino;
+  return st;
+}
+
+// Replies with a new entry, taking one lookup reference for the kernel.
+void ReplyEntry(fuse_req_t req, const Result<Entry>& e) {
+  if (!e.ok()) {
+    fuse_reply_err(req, e.code());
+    return;
+  }
+  FuseContext* c = Ctx(req);
+  fuse_entry_param p{};
+  p.ino = c->inodes->Ref(e->oid);
+  p.attr = StatFor(*e, p.ino);
+  p.attr_timeout = c->opts.attr_timeout;
+  p.entry_timeout = c->opts.entry_timeout;
+  if (fuse_reply_entry(req, &p) != 0) c->inodes->Forget(p.ino, 1);  // interrupted
+}
+
+void ReplyStatus(fuse_req_t req, const Status& s) { fuse_reply_err(req, s.code()); }
+
+void Init(void*, fuse_conn_info* conn) {
+  conn->want |= FUSE_CAP_ASYNC_READ | FUSE_CAP_IOCTL_DIR;
+  if (conn->capable & FUSE_CAP_READDIRPLUS) conn->want |= FUSE_CAP_READDIRPLUS;
+  if (conn->capable & FUSE_CAP_PARALLEL_DIROPS) conn->want |= FUSE_CAP_PARALLEL_DIROPS;
+  conn->want &= ~FUSE_CAP_WRITEBACK_CACHE;  // needs the write leases of a later stage
+  conn->max_write = POHMELFS_IO_MAX;
+  conn->max_readahead = POHMELFS_IO_MAX;
+}
+
+void Lookup(fuse_req_t req, fuse_ino_t parent, const char* name) {
+  auto p = NodeOid(req, parent);
+  if (!p) return;
+  ReplyEntry(req, Ctx(req)->fs->Lookup(*p, name));
+}
+
+void Forget(fuse_req_t req, fuse_ino_t ino, uint64_t n) {
+  Ctx(req)->inodes->Forget(ino, n);
+  fuse_reply_none(req);
+}
+
+void ForgetMulti(fuse_req_t req, size_t count, fuse_forget_data* forgets) {
+  for (size_t i = 0; i < count; i++) Ctx(req)->inodes->Forget(forgets[i].ino, forgets[i].nlookup);
+  fuse_reply_none(req);
+}
+
+void GetAttr(fuse_req_t req, fuse_ino_t ino, fuse_file_info*) {
+  auto oid = NodeOid(req, ino);
+  if (!oid) return;
+  auto e = Ctx(req)->fs->GetAttr(*oid);
+  if (!e.ok()) return ReplyStatus(req, e.status());
+  struct stat st = StatFor(*e, ino);
+  fuse_reply_attr(req, &st, Ctx(req)->opts.attr_timeout);
+}
+
+void SetAttr(fuse_req_t req, fuse_ino_t ino, struct stat* attr, int to_set, fuse_file_info*) {
+  auto oid = NodeOid(req, ino);
+  if (!oid) return;
+  SetAttrArgs a;
+  if (to_set & FUSE_SET_ATTR_MODE) a.valid |= POHMELFS_SETATTR_MODE, a.mode = attr->st_mode;
+  if (to_set & FUSE_SET_ATTR_UID) a.valid |= POHMELFS_SETATTR_UID, a.uid = attr->st_uid;
+  if (to_set & FUSE_SET_ATTR_GID) a.valid |= POHMELFS_SETATTR_GID, a.gid = attr->st_gid;
+  if (to_set & FUSE_SET_ATTR_SIZE)
+    a.valid |= POHMELFS_SETATTR_SIZE, a.size = static_cast<uint64_t>(attr->st_size);
+  if (to_set & FUSE_SET_ATTR_ATIME) a.valid |= POHMELFS_SETATTR_ATIME, a.atime = attr->st_atim;
+  if (to_set & FUSE_SET_ATTR_MTIME) a.valid |= POHMELFS_SETATTR_MTIME, a.mtime = attr->st_mtim;
+  if (to_set & FUSE_SET_ATTR_ATIME_NOW) a.valid |= POHMELFS_SETATTR_ATIME_NOW;
+  if (to_set & FUSE_SET_ATTR_MTIME_NOW) a.valid |= POHMELFS_SETATTR_MTIME_NOW;
+  auto e = Ctx(req)->fs->SetAttr(*oid, a);
+  if (!e.ok()) return ReplyStatus(req, e.status());
+  struct stat st = StatFor(*e, ino);
+  fuse_reply_attr(req, &st, Ctx(req)->opts.attr_timeout);
+}
+
+void ReadLink(fuse_req_t req, fuse_ino_t ino) {
+  auto oid = NodeOid(req, ino);
+  if (!oid) return;
+  auto t = Ctx(req)->fs->ReadLink(*oid);
+  if (!t.ok()) return ReplyStatus(req, t.status());
+  fuse_reply_readlink(req, t->c_str());
+}
+
+void MkNod(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode, dev_t rdev) {
+  auto p = NodeOid(req, parent);
+  if (!p) return;
+  const fuse_ctx* who = fuse_req_ctx(req);
+  ReplyEntry(req, Ctx(req)->fs->MkNod(*p, name, mode, rdev, who->uid, who->gid));
+}
+
+void MkDir(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode) {
+  auto p = NodeOid(req, parent);
+  if (!p) return;
+  const fuse_ctx* who = fuse_req_ctx(req);
+  ReplyEntry(req, Ctx(req)->fs->MkDir(*p, name, mode, who->uid, who->gid));
+}
+
+void Unlink(fuse_req_t req, fuse_ino_t parent, const char* name) {
+  auto p = NodeOid(req, parent);
+  if (!p) return;
+  ReplyStatus(req, Ctx(req)->fs->Unlink(*p, name));
+}
+
+void RmDir(fuse_req_t req, fuse_ino_t parent, const char* name) {
+  auto p = NodeOid(req, parent);
+  if (!p) return;
+  ReplyStatus(req, Ctx(req)->fs->RmDir(*p, name));
+}
+
+void Symlink(fuse_req_t req, const char* target, fuse_ino_t parent, const char* name) {
+  auto p = NodeOid(req, parent);
+  if (!p) return;
+  if (std::strlen(target) > POHMELFS_PATH_MAX) return (void)fuse_reply_err(req, ENAMETOOLONG);
+  const fuse_ctx* who = fuse_req_ctx(req);
+  ReplyEntry(req, Ctx(req)->fs->Symlink(*p, name, target, who->uid, who->gid));
+}
+
+void Rename(fuse_req_t req, fuse_ino_t parent, const char* name, fuse_ino_t newparent,
+            const char* newname, unsigned int flags) {
+  auto p = NodeOid(req, parent);
+  if (!p) return;
+  auto np = NodeOid(req, newparent);
+  if (!np) return;
+  uint32_t wire = 0;
+  if (flags & RENAME_NOREPLACE) wire |= POHMELFS_RENAME_NOREPLACE;
+  if (flags & RENAME_EXCHANGE) wire |= POHMELFS_RENAME_EXCHANGE;
+  if (flags & ~(RENAME_NOREPLACE | RENAME_EXCHANGE)) return (void)fuse_reply_err(req, EINVAL);
+  ReplyStatus(req, Ctx(req)->fs->Rename(*p, name, *np, newname, wire));
+}
+
+void Link(fuse_req_t req, fuse_ino_t ino, fuse_ino_t newparent, const char* newname) {
+  auto oid = NodeOid(req, ino);
+  if (!oid) return;
+  auto np = NodeOid(req, newparent);
+  if (!np) return;
+  ReplyEntry(req, Ctx(req)->fs->Link(*oid, *np, newname));
+}
+
+void Open(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
+  auto oid = NodeOid(req, ino);
+  if (!oid) return;
+  uint32_t flags = 0;
+  if ((fi->flags & O_ACCMODE) != O_RDONLY) flags |= POHMELFS_OPEN_WRITE;
+  if (fi->flags & O_TRUNC) flags |= POHMELFS_OPEN_TRUNC;
+  auto e = Ctx(req)->fs->Open(*oid, flags);
+  if (!e.ok()) return ReplyStatus(req, e.status());
+  fi->keep_cache = 0;  // close-to-open: drop cached pages of this inode at every open
+  if (fuse_reply_open(req, fi) != 0) (void)Ctx(req)->fs->Release(*oid);
+}
+
+void Create(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode, fuse_file_info* fi) {
+  auto p = NodeOid(req, parent);
+  if (!p) return;
+  const fuse_ctx* who = fuse_req_ctx(req);
+  FuseContext* c = Ctx(req);
+  auto e = c->fs->MkNod(*p, name, S_IFREG | (mode & 07777), 0, who->uid, who->gid);
+  if (!e.ok()) return ReplyStatus(req, e.status());
+  auto opened = c->fs->Open(e->oid, POHMELFS_OPEN_WRITE);
+  if (!opened.ok()) return ReplyStatus(req, opened.status());
+  fuse_entry_param ep{};
+  ep.ino = c->inodes->Ref(e->oid);
+  ep.attr = StatFor(*e, ep.ino);
+  ep.attr_timeout = c->opts.attr_timeout;
+  ep.entry_timeout = c->opts.entry_timeout;
+  if (fuse_reply_create(req, &ep, fi) != 0) {
+    c->inodes->Forget(ep.ino, 1);
+    (void)c->fs->Release(e->oid);
+  }
+}
+
+void Read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_info*) {
+  auto oid = NodeOid(req, ino);
+  if (!oid) return;
+  std::vector<char> buf(size);
+  auto n = Ctx(req)->fs->Read(*oid, static_cast<uint64_t>(off), size, buf.data());
+  if (!n.ok()) return ReplyStatus(req, n.status());
+  fuse_reply_buf(req, buf.data(), *n);
+}
+
+void Write(fuse_req_t req, fuse_ino_t ino, const char* data, size_t size, off_t off,
+           fuse_file_info*) {
+  auto oid = NodeOid(req, ino);
+  if (!oid) return;
+  auto n = Ctx(req)->fs->Write(*oid, static_cast<uint64_t>(off), data, size);
+  if (!n.ok()) return ReplyStatus(req, n.status());
+  fuse_reply_write(req, *n);
+}
+
+void Flush(fuse_req_t req, fuse_ino_t, fuse_file_info*) {
+  fuse_reply_err(req, 0);  // writes are synchronous: nothing is buffered on the client
+}
+
+void Release(fuse_req_t req, fuse_ino_t ino, fuse_file_info*) {
+  if (auto oid = Ctx(req)->inodes->Get(ino)) (void)Ctx(req)->fs->Release(*oid);
+  fuse_reply_err(req, 0);
+}
+
+void Fsync(fuse_req_t req, fuse_ino_t ino, int datasync, fuse_file_info*) {
+  auto oid = NodeOid(req, ino);
+  if (!oid) return;
+  ReplyStatus(req, Ctx(req)->fs->Fsync(*oid, datasync != 0));
+}
+
+// Directory stream of one opendir. FUSE offsets are positions in the stream: 0 is ".", 1 is
+// "..", 2.. are the server's entries; the server's own cookies stay inside this struct.
+struct DirHandle {
+  std::mutex mu;
+  uint64_t base = 2;  // stream position of page[0]
+  std::vector<DirEntry> page;
+  uint64_t cookie = 0;  // server cookie after the last entry of page
+  bool eof = false;
+
+  void Rewind() {
+    base = 2;
+    page.clear();
+    cookie = 0;
+    eof = false;
+  }
+};
+
+constexpr uint32_t kReadDirBytes = 64 * 1024;
+
+void OpenDir(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
+  if (!NodeOid(req, ino)) return;
+  auto h = std::make_unique<DirHandle>();
+  fi->fh = reinterpret_cast<uint64_t>(h.get());
+  if (fuse_reply_open(req, fi) == 0) (void)h.release();  // owned by the kernel's handle now
+}
+
+void ReleaseDir(fuse_req_t req, fuse_ino_t, fuse_file_info* fi) {
+  std::unique_ptr<DirHandle> h(reinterpret_cast<DirHandle*>(fi->fh));
+  fuse_reply_err(req, 0);
+}
+
+void DoReadDir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_info* fi,
+               bool plus) {
+  auto oid = NodeOid(req, ino);
+  if (!oid) return;
+  FuseContext* c = Ctx(req);
+  auto* h = reinterpret_cast<DirHandle*>(fi->fh);
+  std::lock_guard lk(h->mu);
+  uint64_t pos = static_cast<uint64_t>(off);
+  if (pos < h->base && pos >= 2) h->Rewind();  // seek backwards: restart the stream
+  std::vector<char> buf(size);
+  size_t used = 0;
+  auto add = [&](const char* name, const struct stat& st, uint64_t next, const Entry* e) -> bool {
+    size_t left = size - used;
+    if (!plus) {
+      size_t need = fuse_add_direntry(req, buf.data() + used, left, name, &st, static_cast<off_t>(next));
+      if (need > left) return false;
+      used += need;
+      return true;
+    }
+    fuse_entry_param p{};
+    p.attr = st;
+    if (e) {
+      p.ino = c->inodes->Ref(e->oid, 0);
+      p.attr.st_ino = p.ino;
+      p.attr_timeout = c->opts.attr_timeout;
+      p.entry_timeout = c->opts.entry_timeout;
+    }
+    size_t need = fuse_add_direntry_plus(req, buf.data() + used, left, name, &p, static_cast<off_t>(next));
+    if (need > left) {
+      if (e) c->inodes->Forget(p.ino, 0);  // drop the id if nothing else references it
+      return false;
+    }
+    if (e) c->inodes->Ref(e->oid, 1);  // the kernel takes a lookup reference per entry
+    used += need;
+    return true;
+  };
+  struct stat dot {};
+  dot.st_mode = S_IFDIR;
+  if (pos == 0) {
+    dot.st_ino = ino;
+    if (!add(".", dot, 1, nullptr)) return (void)fuse_reply_buf(req, buf.data(), used);
+    pos = 1;
+  }
+  if (pos == 1) {
+    dot.st_ino = FUSE_ROOT_ID;  // not the real parent, but readdir callers drop d_ino 0
+    if (!add("..", dot, 2, nullptr)) return (void)fuse_reply_buf(req, buf.data(), used);
+    pos = 2;
+    if (h->base != 2) h->Rewind();
+  }
+  for (;;) {
+    if (pos >= h->base + h->page.size()) {
+      if (h->eof) break;
+      h->base += h->page.size();
+      auto page = c->fs->ReadDir(*oid, h->cookie, kReadDirBytes);
+      if (!page.ok()) {
+        if (used > 0) break;
+        return ReplyStatus(req, page.status());
+      }
+      h->page = std::move(page->entries);
+      h->eof = page->eof;
+      if (!h->page.empty()) h->cookie = h->page.back().next_cookie;
+      continue;
+    }
+    const DirEntry& d = h->page[pos - h->base];
+    struct stat st = d.entry.st;
+    if (!add(d.name.c_str(), st, pos + 1, &d.entry)) break;
+    pos++;
+  }
+  fuse_reply_buf(req, buf.data(), used);
+}
+
+void ReadDir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_info* fi) {
+  DoReadDir(req, ino, size, off, fi, false);
+}
+
+void ReadDirPlus(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_info* fi) {
+  DoReadDir(req, ino, size, off, fi, true);
+}
+
+void FsyncDir(fuse_req_t req, fuse_ino_t ino, int datasync, fuse_file_info*) {
+  auto oid = NodeOid(req, ino);
+  if (!oid) return;
+  ReplyStatus(req, Ctx(req)->fs->Fsync(*oid, datasync != 0));
+}
+
+void StatFs(fuse_req_t req, fuse_ino_t) {
+  auto sv = Ctx(req)->fs->StatFs();
+  if (!sv.ok()) return ReplyStatus(req, sv.status());
+  fuse_reply_statfs(req, &*sv);
+}
+
+void SetXattr(fuse_req_t req, fuse_ino_t ino, const char* name, const char* value, size_t size,
+              int flags) {
+  auto oid = NodeOid(req, ino);
+  if (!oid) return;
+  ReplyStatus(req, Ctx(req)->fs->SetXattr(*oid, name, value, size, static_cast<uint32_t>(flags)));
+}
+
+void GetXattr(fuse_req_t req, fuse_ino_t ino, const char* name, size_t size) {
+  auto oid = NodeOid(req, ino);
+  if (!oid) return;
+  uint32_t n = 0;
+  auto v = Ctx(req)->fs->GetXattr(
+      *oid, name, static_cast<uint32_t>(std::min<size_t>(size, POHMELFS_XATTR_SIZE_MAX)), &n);
+  if (!v.ok()) return ReplyStatus(req, v.status());
+  if (size == 0) return (void)fuse_reply_xattr(req, n);
+  fuse_reply_buf(req, reinterpret_cast<const char*>(v->data()), v->size());
+}
+
+void ListXattr(fuse_req_t req, fuse_ino_t ino, size_t size) {
+  auto oid = NodeOid(req, ino);
+  if (!oid) return;
+  uint32_t n = 0;
+  auto v = Ctx(req)->fs->ListXattr(
+      *oid, static_cast<uint32_t>(std::min<size_t>(size, POHMELFS_XATTR_SIZE_MAX)), &n);
+  if (!v.ok()) return ReplyStatus(req, v.status());
+  if (size == 0) return (void)fuse_reply_xattr(req, n);
+  fuse_reply_buf(req, reinterpret_cast<const char*>(v->data()), v->size());
+}
+
+void RemoveXattr(fuse_req_t req, fuse_ino_t ino, const char* name) {
+  auto oid = NodeOid(req, ino);
+  if (!oid) return;
+  ReplyStatus(req, Ctx(req)->fs->RemoveXattr(*oid, name));
+}
+
+void Fallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t offset, off_t length,
+               fuse_file_info*) {
+  auto oid = NodeOid(req, ino);
+  if (!oid) return;
+  ReplyStatus(req, Ctx(req)->fs->Fallocate(*oid, static_cast<uint32_t>(mode),
+                                           static_cast<uint64_t>(offset),
+                                           static_cast<uint64_t>(length)));
+}
+
+void Ioctl(fuse_req_t req, fuse_ino_t ino, unsigned int cmd, void*, fuse_file_info*,
+           unsigned flags, const void* in_buf, size_t in_bufsz, size_t) {
+  auto oid = NodeOid(req, ino);
+  if (!oid) return;
+  if (!(flags & FUSE_IOCTL_DIR)) return (void)fuse_reply_err(req, ENOTTY);
+  if (cmd != POHMELFS_IOC_RMTREE && cmd != POHMELFS_IOC_MKPATH)
+    return (void)fuse_reply_err(req, ENOTTY);
+  if (in_bufsz < sizeof(pohmelfs_ioc_path)) return (void)fuse_reply_err(req, EINVAL);
+  const auto* arg = static_cast<const pohmelfs_ioc_path*>(in_buf);
+  size_t len = strnlen(arg->path, sizeof(arg->path));
+  if (len == 0 || len == sizeof(arg->path)) return (void)fuse_reply_err(req, EINVAL);
+  std::string path(arg->path, len);
+  FuseContext* c = Ctx(req);
+  const fuse_ctx* who = fuse_req_ctx(req);
+  if (who->uid != 0) return (void)fuse_reply_err(req, EPERM);  // bypasses per-entry permission checks
+  Status s;
+  if (cmd == POHMELFS_IOC_RMTREE) {
+    s = c->fs->RmTree(*oid, path).status();
+    if (s.ok()) fuse_lowlevel_notify_inval_entry(c->se, ino, path.c_str(), len);
+  } else {
+    s = c->fs->MkPath(*oid, path, 0755, who->uid, who->gid).status();
+  }
+  if (!s.ok()) return ReplyStatus(req, s);
+  fuse_reply_ioctl(req, 0, nullptr, 0);
+}
+
+const fuse_lowlevel_ops kOps = [] {
+  fuse_lowlevel_ops o{};
+  o.init = Init;
+  o.lookup = Lookup;
+  o.forget = Forget;
+  o.forget_multi = ForgetMulti;
+  o.getattr = GetAttr;
+  o.setattr = SetAttr;
+  o.readlink = ReadLink;
+  o.mknod = MkNod;
+  o.mkdir = MkDir;
+  o.unlink = Unlink;
+  o.rmdir = RmDir;
+  o.symlink = Symlink;
+  o.rename = Rename;
+  o.link = Link;
+  o.open = Open;
+  o.create = Create;
+  o.read = Read;
+  o.write = Write;
+  o.flush = Flush;
+  o.release = Release;
+  o.fsync = Fsync;
+  o.opendir = OpenDir;
+  o.readdir = ReadDir;
+  o.readdirplus = ReadDirPlus;
+  o.releasedir = ReleaseDir;
+  o.fsyncdir = FsyncDir;
+  o.statfs = StatFs;
+  o.setxattr = SetXattr;
+  o.getxattr = GetXattr;
+  o.listxattr = ListXattr;
+  o.removexattr = RemoveXattr;
+  o.fallocate = Fallocate;
+  o.ioctl = Ioctl;
+  return o;
+}();
+
+}  // namespace
+
+const fuse_lowlevel_ops* PohmelfsFuseOps() { return &kOps; }
+
+}  // namespace pohmelfs::client

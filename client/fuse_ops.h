@@ -1,0 +1,26 @@
+// The FUSE low-level operations of pohmelfs-mount: each maps a kernel request onto FsClient
+// calls and replies with the result or -errno. Node ids come from InodeTable.
+// Thread-safety: called concurrently by libfuse's worker threads.
+#pragma once
+
+#ifndef FUSE_USE_VERSION
+#define FUSE_USE_VERSION 35
+#endif
+#include <fuse_lowlevel.h>
+
+#include "client/fs_client.h"
+#include "client/inode_table.h"
+#include "client/mount_options.h"
+
+namespace pohmelfs::client {
+
+struct FuseContext {
+  FsClient* fs;
+  InodeTable* inodes;
+  MountOptions opts;
+  fuse_session* se = nullptr;  // set once the session exists, for notifications
+};
+
+const fuse_lowlevel_ops* PohmelfsFuseOps();
+
+}  // namespace pohmelfs::client

@@ -1,0 +1,125 @@
+#include "client/mount_options.h"
+
+#include <cstddef>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+
+namespace pohmelfs::client {
+namespace {
+
+struct RawOptions {
+  unsigned trans_scan_timeout;
+  unsigned trans_retries;
+  unsigned connect_timeout;
+  double attr_timeout;
+  double entry_timeout;
+  unsigned max_write;
+  unsigned threads;
+  char* log_level;
+  int show_help;
+  int nonopt_seen;
+  char* source;
+};
+
+#define POHMELFS_OPT(t, p) {t, offsetof(RawOptions, p), 1}
+const fuse_opt kSpec[] = {
+    POHMELFS_OPT("trans_scan_timeout=%u", trans_scan_timeout),
+    POHMELFS_OPT("trans_retries=%u", trans_retries),
+    POHMELFS_OPT("connect_timeout=%u", connect_timeout),
+    POHMELFS_OPT("attr_timeout=%lf", attr_timeout),
+    POHMELFS_OPT("entry_timeout=%lf", entry_timeout),
+    POHMELFS_OPT("max_write=%u", max_write),
+    POHMELFS_OPT("threads=%u", threads),
+    POHMELFS_OPT("log_level=%s", log_level),
+    POHMELFS_OPT("-h", show_help),
+    POHMELFS_OPT("--help", show_help),
+    // Options mount(8) and fstab pass that mean nothing to a FUSE filesystem.
+    FUSE_OPT_KEY("defaults", FUSE_OPT_KEY_DISCARD),
+    FUSE_OPT_KEY("auto", FUSE_OPT_KEY_DISCARD),
+    FUSE_OPT_KEY("noauto", FUSE_OPT_KEY_DISCARD),
+    FUSE_OPT_KEY("user", FUSE_OPT_KEY_DISCARD),
+    FUSE_OPT_KEY("users", FUSE_OPT_KEY_DISCARD),
+    FUSE_OPT_KEY("_netdev", FUSE_OPT_KEY_DISCARD),
+    FUSE_OPT_KEY("nofail", FUSE_OPT_KEY_DISCARD),
+    FUSE_OPT_END};
+
+int OptProc(void* data, const char* arg, int key, fuse_args*) {
+  auto* raw = static_cast<RawOptions*>(data);
+  if (key == FUSE_OPT_KEY_NONOPT && !raw->nonopt_seen) {
+    raw->nonopt_seen = 1;
+    raw->source = strdup(arg);
+    return 0;  // the server list is ours; the next non-option (mountpoint) goes to libfuse
+  }
+  if (key == FUSE_OPT_KEY_OPT && std::strncmp(arg, "x-", 2) == 0) return 0;  // fstab comments
+  return 1;
+}
+
+}  // namespace
+
+void PrintMountUsage(const char* prog) {
+  std::printf(
+      "usage: %s URI[,URI...] MOUNTPOINT [-f] [-d] [-o option[,option...]]\n"
+      "  URI: tcp://host:port or tcp://[ipv6]:port\n"
+      "options:\n"
+      "  trans_scan_timeout=MS  wait this long for a reply before resending (5000)\n"
+      "  trans_retries=N        resends before a call fails with ETIMEDOUT/EIO (3)\n"
+      "  connect_timeout=MS     bound on one connection attempt (5000)\n"
+      "  attr_timeout=S         seconds the kernel caches attributes (1.0)\n"
+      "  entry_timeout=S        seconds the kernel caches names (1.0)\n"
+      "  max_write=BYTES        largest write request, at most 1048576 (1048576)\n"
+      "  threads=N              FUSE worker threads kept idle at most (16)\n"
+      "  log_level=LEVEL        trace, debug, info, warn, error (warn)\n"
+      "  and the usual FUSE mount options (ro, allow_other, ...)\n",
+      prog);
+}
+
+bool ParseMountOptions(int argc, char** argv, MountOptions* out, fuse_args* args) {
+  RawOptions raw{};
+  raw.trans_scan_timeout = out->trans_scan_timeout_ms;
+  raw.trans_retries = out->trans_retries;
+  raw.connect_timeout = out->connect_timeout_ms;
+  raw.attr_timeout = out->attr_timeout;
+  raw.entry_timeout = out->entry_timeout;
+  raw.max_write = out->max_write;
+  raw.threads = out->threads;
+  *args = FUSE_ARGS_INIT(argc, argv);
+  if (fuse_opt_parse(args, &raw, kSpec, OptProc) != 0) return false;
+  if (raw.show_help) {
+    PrintMountUsage(argv[0]);
+    std::exit(0);
+  }
+  if (!raw.source) {
+    PrintMountUsage(argv[0]);
+    return false;
+  }
+  out->source = raw.source;
+  std::free(raw.source);
+  std::string s = out->source;
+  for (size_t pos = 0; pos <= s.size();) {
+    size_t comma = s.find(',', pos);
+    if (comma == std::string::npos) comma = s.size();
+    if (comma > pos) out->servers.push_back(s.substr(pos, comma - pos));
+    pos = comma + 1;
+  }
+  if (raw.log_level) {
+    out->log_level = raw.log_level;
+    std::free(raw.log_level);
+  }
+  if (raw.trans_scan_timeout == 0 || raw.connect_timeout == 0 || raw.max_write < 4096 ||
+      raw.max_write > (1u << 20) || raw.threads == 0 || raw.attr_timeout < 0 ||
+      raw.entry_timeout < 0) {
+    std::fprintf(stderr, "pohmelfs-mount: an option is out of range (see --help)\n");
+    return false;
+  }
+  out->trans_scan_timeout_ms = raw.trans_scan_timeout;
+  out->trans_retries = raw.trans_retries;
+  out->connect_timeout_ms = raw.connect_timeout;
+  out->attr_timeout = raw.attr_timeout;
+  out->entry_timeout = raw.entry_timeout;
+  out->max_write = raw.max_write;
+  out->threads = raw.threads;
+  return true;
+}
+
+}  // namespace pohmelfs::client

@@ -1,0 +1,29 @@
+// pohmelfs-mount options (-o), in the POHMELFS style, and their defaults.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include <fuse_lowlevel.h>
+
+namespace pohmelfs::client {
+
+struct MountOptions {
+  std::vector<std::string> servers;  // from the URI[,URI...] argument
+  unsigned trans_scan_timeout_ms = 5000;
+  unsigned trans_retries = 3;
+  unsigned connect_timeout_ms = 5000;
+  double attr_timeout = 1.0;   // seconds the kernel may cache attributes
+  double entry_timeout = 1.0;  // seconds the kernel may cache names
+  unsigned max_write = 1u << 20;
+  unsigned threads = 16;  // FUSE worker threads (max idle)
+  std::string log_level = "warn";
+  std::string source;  // the URI argument as given
+};
+
+// Parses argv into options plus the arguments for libfuse (mountpoint, -f, -d, -o rest).
+// Prints a message and returns false on bad usage.
+bool ParseMountOptions(int argc, char** argv, MountOptions* out, fuse_args* fuse_args);
+void PrintMountUsage(const char* prog);
+
+}  // namespace pohmelfs::client

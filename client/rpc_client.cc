@@ -1,0 +1,230 @@
+#include "client/rpc_client.h"
+
+#include <spdlog/spdlog.h>
+
+namespace pohmelfs::client {
+
+using proto::from_le;
+using proto::to_le;
+using Clock = std::chrono::steady_clock;
+
+RpcClient::RpcClient(transport::Uri uri, std::string text, const RpcOptions& o)
+    : uri_(std::move(uri)), uri_text_(std::move(text)), opts_(o) {}
+
+Result<std::unique_ptr<RpcClient>> RpcClient::Connect(const std::string& text,
+                                                      const RpcOptions& o) {
+  auto uri = transport::ParseUri(text);
+  if (!uri.ok()) return uri.status();
+  auto t = transport::CreateTransport(uri->scheme, {.loop_threads = 1});
+  if (!t.ok()) return t.status();
+  std::unique_ptr<RpcClient> c(new RpcClient(*uri, text, o));
+  c->transport_ = std::move(*t);
+  auto conn = c->EnsureConnected();
+  if (!conn.ok()) return conn.status();
+  return c;
+}
+
+RpcClient::~RpcClient() {
+  {
+    std::lock_guard lk(mu_);
+    shutting_down_ = true;
+  }
+  cv_.notify_all();
+  transport_->Shutdown();
+}
+
+Result<transport::ConnectionPtr> RpcClient::EnsureConnected() {
+  std::lock_guard reconnect(conn_mu_);
+  {
+    std::lock_guard lk(mu_);
+    if (conn_ && conn_->IsOpen()) return conn_;
+    if (shutting_down_) return Status::Error(ESHUTDOWN, "client shutting down");
+  }
+  transport::Handler h;
+  h.on_message = [this](const transport::ConnectionPtr&, transport::Message&& m) {
+    OnMessage(std::move(m));
+  };
+  h.on_close = [this](const transport::ConnectionPtr& c, const Status&) { OnClose(c.get()); };
+  auto conn = transport_->Connect(uri_, h, opts_.connect_timeout);
+  if (!conn.ok()) return Status::Error(EIO, conn.status().reason());
+  Status s = Handshake(*conn);
+  if (!s.ok()) {
+    (*conn)->Close(s);
+    return s;
+  }
+  std::lock_guard lk(mu_);
+  conn_ = *conn;
+  cv_.notify_all();
+  return conn_;
+}
+
+Status RpcClient::Handshake(const transport::ConnectionPtr& conn) {
+  pohmelfs_hello_req q{};
+  q.version_min = to_le(uint16_t{POHMELFS_PROTO_VERSION_MIN});
+  q.version_max = to_le(uint16_t{POHMELFS_PROTO_VERSION_MAX});
+  q.max_payload = to_le(uint32_t{POHMELFS_PAYLOAD_MAX});
+  q.features = to_le(uint64_t{POHMELFS_FEAT_ALL});
+  uint64_t resume;
+  {
+    std::lock_guard lk(mu_);
+    resume = session_;
+  }
+  q.resume_session = to_le(resume);
+  q.credits = to_le(uint32_t{1024});
+  q.crypto_modes = to_le(uint32_t{POHMELFS_CRYPTO_NONE});
+  q.name_len = to_le(static_cast<uint32_t>(opts_.client_name.size()));
+  iovec iov[2] = {{&q, sizeof(q)}, {const_cast<char*>(opts_.client_name.data()), opts_.client_name.size()}};
+
+  uint64_t trans = next_trans_++;
+  auto p = std::make_shared<Pending>();
+  p->sent_on = conn.get();
+  {
+    std::lock_guard lk(mu_);
+    pending_[trans] = p;
+  }
+  proto::Header h;
+  h.opcode = POHMELFS_OP_HELLO;
+  h.trans = trans;
+  Status s = conn->Send(h, std::span<const iovec>(iov, 2));
+  std::unique_lock lk(mu_);
+  if (s.ok())
+    cv_.wait_for(lk, opts_.connect_timeout, [&] { return p->done || p->sent_on == nullptr; });
+  pending_.erase(trans);
+  if (!s.ok()) return s;
+  if (!p->done) return Status::Error(ETIMEDOUT, "no handshake reply from " + uri_text_);
+  if (p->reply.status != 0)
+    return Status::Error(static_cast<int>(p->reply.status), "handshake refused by " + uri_text_);
+  proto::Reader r(p->reply.payload);
+  pohmelfs_hello_rep rep;
+  if (!r.Get(&rep)) return Status::Error(EPROTO, "short handshake reply");
+  uint64_t session = from_le(rep.session);
+  if (session_ != 0 && session != session_)
+    spdlog::warn("{}: server did not resume session {:016x} (restarted?); new session {:016x}",
+                 uri_text_, session_, session);
+  else if (session_ != 0)
+    spdlog::info("{}: resumed session {:016x}", uri_text_, session);
+  session_ = session;
+  credits_ = std::max<uint32_t>(1, from_le(rep.credits));
+  features_ = from_le(rep.features);
+  max_payload_ = std::min<uint32_t>(from_le(rep.max_payload), POHMELFS_PAYLOAD_MAX);
+  root_ = proto::Oid::FromWire(rep.root);
+  return Status::Ok();
+}
+
+void RpcClient::OnMessage(transport::Message&& m) {
+  counters_.bytes_in += sizeof(pohmelfs_hdr) + m.payload.size();
+  if (!m.hdr.is_reply()) {
+    spdlog::warn("{}: unexpected request {} from server (trans {})", uri_text_,
+                 proto::OpcodeName(m.hdr.opcode), m.hdr.trans);
+    return;
+  }
+  std::lock_guard lk(mu_);
+  if (m.hdr.credits) credits_ = m.hdr.credits;
+  auto it = pending_.find(m.hdr.trans);
+  if (it == pending_.end()) return;  // a late reply to a transaction already answered
+  it->second->done = true;
+  it->second->reply.status = m.hdr.status;
+  it->second->reply.payload = std::move(m.payload);
+  cv_.notify_all();
+}
+
+void RpcClient::OnClose(const transport::Connection* conn) {
+  std::lock_guard lk(mu_);
+  if (conn_.get() == conn) {
+    spdlog::warn("{}: connection lost", uri_text_);
+    conn_.reset();
+  }
+  for (auto& [trans, p] : pending_)
+    if (p->sent_on == conn) p->sent_on = nullptr;  // wake its waiter to resend
+  cv_.notify_all();
+}
+
+bool RpcClient::AcquireCredit(Clock::time_point deadline) {
+  std::unique_lock lk(mu_);
+  if (!cv_.wait_until(lk, deadline, [&] { return inflight_ < credits_ || shutting_down_; }))
+    return false;
+  if (shutting_down_) return false;
+  inflight_++;
+  return true;
+}
+
+void RpcClient::ReleaseCredit() {
+  std::lock_guard lk(mu_);
+  inflight_--;
+  cv_.notify_all();
+}
+
+Result<RpcReply> RpcClient::Call(uint16_t opcode, std::span<const iovec> payload) {
+  counters_.calls++;
+  const auto total_deadline = Clock::now() + opts_.trans_scan_timeout * (opts_.trans_retries + 1);
+  if (!AcquireCredit(total_deadline)) return Status::Error(ETIMEDOUT, "no send credit");
+  struct CreditGuard {
+    RpcClient* c;
+    ~CreditGuard() { c->ReleaseCredit(); }
+  } guard{this};
+
+  const uint64_t trans = next_trans_++;
+  auto p = std::make_shared<Pending>();
+  {
+    std::lock_guard lk(mu_);
+    pending_[trans] = p;
+  }
+  struct PendingGuard {
+    RpcClient* c;
+    uint64_t trans;
+    ~PendingGuard() {
+      std::lock_guard lk(c->mu_);
+      c->pending_.erase(trans);
+    }
+  } pguard{this, trans};
+
+  size_t bytes = 0;
+  for (const auto& v : payload) bytes += v.iov_len;
+  Status last = Status::Error(ETIMEDOUT, "no reply");
+  bool ever_connected = false;
+  for (int attempt = 0; attempt <= opts_.trans_retries; attempt++) {
+    const auto deadline = Clock::now() + opts_.trans_scan_timeout;
+    auto conn = EnsureConnected();
+    if (conn.ok()) {
+      ever_connected = true;
+      proto::Header h;
+      h.opcode = opcode;
+      h.trans = trans;
+      h.flags = attempt > 0 ? POHMELFS_FLAG_RESENT : 0;
+      {
+        std::lock_guard lk(mu_);
+        h.session = session_;
+        p->sent_on = conn->get();
+      }
+      if (attempt > 0) {
+        counters_.resends++;
+        spdlog::info("{}: trans {}: resending {} (attempt {})", uri_text_, trans,
+                     proto::OpcodeName(opcode), attempt + 1);
+      }
+      Status s = (*conn)->Send(h, payload);
+      counters_.bytes_out += sizeof(pohmelfs_hdr) + bytes;
+      std::unique_lock lk(mu_);
+      if (s.ok())
+        cv_.wait_until(lk, deadline,
+                       [&] { return p->done || p->sent_on == nullptr || shutting_down_; });
+      if (p->done) return std::move(p->reply);
+      if (shutting_down_) return Status::Error(ESHUTDOWN, "client shutting down");
+      if (p->sent_on != nullptr && s.ok()) {
+        counters_.timeouts++;
+        last = Status::Error(ETIMEDOUT, "no reply within trans_scan_timeout");
+        continue;
+      }
+      last = Status::Error(EIO, "connection lost");
+    } else {
+      last = conn.status();
+    }
+    // Not connected: wait out this attempt's period (a reconnect by another call wakes us).
+    std::unique_lock lk(mu_);
+    cv_.wait_until(lk, deadline, [&] { return shutting_down_ || (conn_ && conn_->IsOpen()); });
+  }
+  spdlog::warn("{}: trans {}: {} failed after {} attempts: {}", uri_text_, trans,
+               proto::OpcodeName(opcode), opts_.trans_retries + 1, last.ToString());
+  return Status::Error(ever_connected ? ETIMEDOUT : EIO, last.reason());
+}
+
+}  // namespace pohmelfs::client

@@ -1,0 +1,98 @@
+// Transactions over one server connection: every call gets a transaction id unique in the
+// session, waits for its reply at most trans_scan_timeout, and is resent (flagged RESENT, same
+// id) up to trans_retries times, on a new connection if the old one died. The server answers a
+// resent mutating transaction from its reply record, so nothing is applied twice. Credits
+// from the server bound the calls in flight.
+//
+// Thread-safety: Call may be used from many threads at once.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <unordered_map>
+
+#include "proto/codec.h"
+#include "transport/transport.h"
+
+namespace pohmelfs::client {
+
+struct RpcOptions {
+  std::chrono::milliseconds connect_timeout{5000};
+  std::chrono::milliseconds trans_scan_timeout{5000};  // wait per attempt
+  int trans_retries = 3;                               // resends after the first attempt
+  std::string client_name = "pohmelfs";
+};
+
+struct RpcReply {
+  uint32_t status = 0;  // 0 or a positive errno from the server
+  std::vector<uint8_t> payload;
+};
+
+struct RpcCounters {
+  std::atomic<uint64_t> calls{0}, resends{0}, reconnects{0}, timeouts{0};
+  std::atomic<uint64_t> bytes_out{0}, bytes_in{0};
+};
+
+class RpcClient {
+ public:
+  // Connects and runs the handshake; fails if the server cannot be reached.
+  static Result<std::unique_ptr<RpcClient>> Connect(const std::string& uri, const RpcOptions& o);
+  ~RpcClient();
+
+  // Sends one request (payload = the iovecs, borrowed for the duration of the call) and waits
+  // for its reply. Returns ETIMEDOUT when no reply came after all retries, EIO when the server
+  // could not be reached at all; a server-side error arrives as RpcReply::status.
+  Result<RpcReply> Call(uint16_t opcode, std::span<const iovec> payload);
+  Result<RpcReply> Call(uint16_t opcode, const std::vector<uint8_t>& payload) {
+    iovec v{const_cast<uint8_t*>(payload.data()), payload.size()};
+    return Call(opcode, std::span<const iovec>(&v, payload.empty() ? 0 : 1));
+  }
+
+  const proto::Oid& root() const { return root_; }
+  uint64_t features() const { return features_; }
+  uint32_t max_payload() const { return max_payload_; }
+  const std::string& server() const { return uri_text_; }
+  const RpcCounters& counters() const { return counters_; }
+
+ private:
+  struct Pending {
+    bool done = false;
+    RpcReply reply;
+    transport::Connection* sent_on = nullptr;  // identity only, never dereferenced
+  };
+
+  RpcClient(transport::Uri uri, std::string text, const RpcOptions& o);
+  // Returns the live connection, reconnecting (with handshake) if needed.
+  Result<transport::ConnectionPtr> EnsureConnected();
+  Status Handshake(const transport::ConnectionPtr& conn);
+  void OnMessage(transport::Message&& m);
+  void OnClose(const transport::Connection* conn);
+  bool AcquireCredit(std::chrono::steady_clock::time_point deadline);
+  void ReleaseCredit();
+
+  const transport::Uri uri_;
+  const std::string uri_text_;
+  const RpcOptions opts_;
+  std::unique_ptr<transport::Transport> transport_;
+  proto::Oid root_;
+  uint64_t features_ = 0;
+  uint32_t max_payload_ = POHMELFS_PAYLOAD_MAX;
+  RpcCounters counters_;
+  std::atomic<uint64_t> next_trans_{1};
+
+  std::mutex conn_mu_;  // serialises reconnects
+  std::mutex mu_;
+  std::condition_variable cv_;
+  transport::ConnectionPtr conn_;                                // GUARDED_BY(mu_)
+  uint64_t session_ = 0;                                         // GUARDED_BY(mu_)
+  uint32_t credits_ = 16;                                        // GUARDED_BY(mu_)
+  uint32_t inflight_ = 0;                                        // GUARDED_BY(mu_)
+  std::unordered_map<uint64_t, std::shared_ptr<Pending>> pending_;  // GUARDED_BY(mu_)
+  bool shutting_down_ = false;                                   // GUARDED_BY(mu_)
+};
+
+}  // namespace pohmelfs::client

@@ -1,0 +1,405 @@
+/* SPDX-License-Identifier: GPL-2.0 OR BSD-2-Clause */
+/*
+ * POHMELFS wire protocol. Shared, unchanged, by the userspace server and client (C++) and by the
+ * Linux kernel client (kclient/). Plain C, uapi style:
+ *   - every field is fixed width and little-endian on the wire (__le16/__le32/__le64);
+ *   - explicit padding, no bitfields, every struct a multiple of 8 bytes with a size assertion;
+ *   - object ids are 16 opaque bytes (no byte order).
+ *
+ * A message is a pohmelfs_hdr followed by hdr.length payload bytes. A request's payload is one
+ * command body (the struct for its opcode, then its variable-length tail); a reply's payload is
+ * the reply body for that opcode, present only when hdr.status == 0. Variable tails (names,
+ * paths, data) follow their struct directly, in the order the struct's length fields list them.
+ * Names are not NUL-terminated on the wire.
+ *
+ * Version changelog:
+ *   1: initial protocol (handshake, namespace, data, xattr, tree ops, batch, ping).
+ */
+#ifndef POHMELFS_PROTO_H
+#define POHMELFS_PROTO_H
+
+#include <linux/types.h> /* __u8, __le16, __le32, __le64: in the kernel and in userspace */
+
+#define POHMELFS_MAGIC 0x4d484f50u /* "POHM" read as little-endian bytes */
+#define POHMELFS_PROTO_VERSION_MIN 1
+#define POHMELFS_PROTO_VERSION_MAX 1
+
+/* Hard limits. A peer that exceeds one gets an error reply (EINVAL, ENAMETOOLONG, E2BIG) or,
+ * when the framing itself is broken, a closed connection. */
+#define POHMELFS_NAME_MAX 255u          /* one path component */
+#define POHMELFS_PATH_MAX 4095u         /* symlink target, mkpath path */
+#define POHMELFS_MKPATH_DEPTH_MAX 64u   /* components created by one MKPATH */
+#define POHMELFS_XATTR_NAME_MAX 255u
+#define POHMELFS_XATTR_SIZE_MAX 65536u  /* one xattr value, one listxattr reply */
+#define POHMELFS_IO_MAX (1u << 20)      /* one READ or WRITE */
+#define POHMELFS_READDIR_MAX (128u << 10) /* one READDIR reply */
+#define POHMELFS_BATCH_MAX 64u          /* commands in one BATCH */
+/* Largest payload of any message: an IO_MAX write plus its struct, or a full batch. */
+#define POHMELFS_PAYLOAD_MAX (POHMELFS_IO_MAX + 64u * 1024u)
+
+/* hdr.flags */
+#define POHMELFS_FLAG_REPLY (1u << 0)    /* this message answers hdr.trans */
+#define POHMELFS_FLAG_RESENT (1u << 1)   /* the client sent this transaction before */
+
+/* Feature bits negotiated in HELLO: the result is the AND of both sides' masks. */
+#define POHMELFS_FEAT_BATCH (1ull << 0)
+#define POHMELFS_FEAT_TREE_OPS (1ull << 1) /* RMTREE, MKPATH */
+#define POHMELFS_FEAT_XATTR (1ull << 2)
+#define POHMELFS_FEAT_FALLOCATE (1ull << 3)
+#define POHMELFS_FEAT_ALL                                                        \
+  (POHMELFS_FEAT_BATCH | POHMELFS_FEAT_TREE_OPS | POHMELFS_FEAT_XATTR | \
+   POHMELFS_FEAT_FALLOCATE)
+
+/* Channel protection modes offered in HELLO (bit mask); only NONE exists in version 1. */
+#define POHMELFS_CRYPTO_NONE (1u << 0)
+
+enum pohmelfs_opcode {
+  POHMELFS_OP_HELLO = 1,
+  POHMELFS_OP_PING = 2,
+  POHMELFS_OP_BATCH = 3,
+  POHMELFS_OP_LOOKUP = 10,
+  POHMELFS_OP_GETATTR = 11,
+  POHMELFS_OP_SETATTR = 12,
+  POHMELFS_OP_READDIR = 13,
+  POHMELFS_OP_MKDIR = 14,
+  POHMELFS_OP_RMDIR = 15,
+  POHMELFS_OP_MKNOD = 16, /* create: regular, fifo, char, block, socket */
+  POHMELFS_OP_OPEN = 17,
+  POHMELFS_OP_RELEASE = 18,
+  POHMELFS_OP_READ = 19,
+  POHMELFS_OP_WRITE = 20,
+  POHMELFS_OP_FSYNC = 21,
+  POHMELFS_OP_UNLINK = 22,
+  POHMELFS_OP_RENAME = 23,
+  POHMELFS_OP_LINK = 24,
+  POHMELFS_OP_SYMLINK = 25,
+  POHMELFS_OP_READLINK = 26,
+  POHMELFS_OP_STATFS = 27,
+  POHMELFS_OP_GETXATTR = 28,
+  POHMELFS_OP_SETXATTR = 29,
+  POHMELFS_OP_LISTXATTR = 30,
+  POHMELFS_OP_REMOVEXATTR = 31,
+  POHMELFS_OP_FALLOCATE = 32,
+  POHMELFS_OP_RMTREE = 33,
+  POHMELFS_OP_MKPATH = 34,
+  POHMELFS_OP_MAX = 35
+};
+
+struct pohmelfs_hdr {
+  __le32 magic;
+  __le16 version;
+  __le16 opcode;
+  __le32 flags;
+  __le32 length;  /* payload bytes after this header */
+  __le64 session; /* chosen by the server in HELLO; 0 before */
+  __le64 trans;   /* unique per session, chosen by the client */
+  __le32 status;  /* replies: 0 or a positive Linux errno */
+  __le32 credits; /* replies: requests the sender may have in flight from now on */
+};
+
+struct pohmelfs_oid {
+  __u8 bytes[16];
+};
+
+struct pohmelfs_attr {
+  struct pohmelfs_oid oid;
+  __le64 size;
+  __le64 blocks; /* 512-byte units */
+  __le64 version; /* per-object change counter (replication); 0 when not tracked */
+  __le64 rdev;    /* Linux encoding, as st_rdev */
+  __le64 atime_sec;
+  __le64 mtime_sec;
+  __le64 ctime_sec;
+  __le32 atime_nsec;
+  __le32 mtime_nsec;
+  __le32 ctime_nsec;
+  __le32 mode;
+  __le32 uid;
+  __le32 gid;
+  __le32 nlink;
+  __le32 blksize;
+};
+
+/* HELLO: the first message on every connection, trans 0, session 0 or a session to resume. */
+struct pohmelfs_hello_req {
+  __le16 version_min;
+  __le16 version_max;
+  __le32 max_payload; /* largest payload the client accepts */
+  __le64 features;
+  __le64 resume_session; /* 0: new session */
+  __le32 credits;        /* replies the client can buffer (informative) */
+  __le32 crypto_modes;   /* POHMELFS_CRYPTO_* offered */
+  __le32 auth_len;       /* bytes of authentication data after this struct (0 in version 1) */
+  __le32 name_len;       /* bytes of client name (for logs) after the auth data */
+};
+
+struct pohmelfs_hello_rep {
+  __le16 version;
+  __le16 pad0;
+  __le32 max_payload; /* largest payload the server accepts */
+  __le64 features;
+  __le64 session;
+  __le32 credits;     /* requests the client may have in flight */
+  __le32 crypto_mode; /* the chosen POHMELFS_CRYPTO_* */
+  struct pohmelfs_oid root;
+  __le32 auth_len;    /* bytes of authentication data after this struct */
+  __le32 pad1;
+};
+
+/* Requests that name one object. GETATTR, READLINK, RELEASE: no reply body other than the
+ * attr (GETATTR) or the target bytes (READLINK). */
+struct pohmelfs_obj_req {
+  struct pohmelfs_oid oid;
+};
+
+/* LOOKUP, UNLINK, RMDIR, RMTREE: a name in a directory. Name follows. */
+struct pohmelfs_name_req {
+  struct pohmelfs_oid parent;
+  __le32 name_len;
+  __le32 pad;
+};
+
+/* setattr valid bits */
+#define POHMELFS_SETATTR_MODE (1u << 0)
+#define POHMELFS_SETATTR_UID (1u << 1)
+#define POHMELFS_SETATTR_GID (1u << 2)
+#define POHMELFS_SETATTR_SIZE (1u << 3)
+#define POHMELFS_SETATTR_ATIME (1u << 4)
+#define POHMELFS_SETATTR_MTIME (1u << 5)
+#define POHMELFS_SETATTR_ATIME_NOW (1u << 6)
+#define POHMELFS_SETATTR_MTIME_NOW (1u << 7)
+
+struct pohmelfs_setattr_req {
+  struct pohmelfs_oid oid;
+  __le32 valid;
+  __le32 mode;
+  __le32 uid;
+  __le32 gid;
+  __le64 size;
+  __le64 atime_sec;
+  __le64 mtime_sec;
+  __le32 atime_nsec;
+  __le32 mtime_nsec;
+}; /* reply: pohmelfs_attr */
+
+/* READDIR: entries after the cookie, up to max_bytes of reply. Cookie 0 starts. */
+struct pohmelfs_readdir_req {
+  struct pohmelfs_oid dir;
+  __le64 cookie;
+  __le32 max_bytes;
+  __le32 pad;
+};
+struct pohmelfs_readdir_rep {
+  __le32 count;
+  __le32 eof;
+}; /* then count entries, each pohmelfs_dirent + name padded to 8 bytes */
+struct pohmelfs_dirent {
+  struct pohmelfs_attr attr;
+  __le64 next_cookie;
+  __le32 name_len;
+  __le32 pad;
+};
+
+/* MKDIR and MKNOD: new_oid is chosen by the client, so that every replica agrees. Name
+ * follows. Reply: pohmelfs_attr. */
+struct pohmelfs_create_req {
+  struct pohmelfs_oid parent;
+  struct pohmelfs_oid new_oid;
+  __le32 mode; /* with S_IFMT for MKNOD */
+  __le32 uid;
+  __le32 gid;
+  __le32 name_len;
+  __le64 rdev;
+  __le32 flags; /* MKNOD: POHMELFS_CREATE_EXCL */
+  __le32 pad;
+};
+#define POHMELFS_CREATE_EXCL (1u << 0)
+
+/* OPEN: checks the object and applies O_TRUNC; the handle lives in the client. Reply: attr. */
+struct pohmelfs_open_req {
+  struct pohmelfs_oid oid;
+  __le32 flags; /* POHMELFS_OPEN_* */
+  __le32 pad;
+};
+#define POHMELFS_OPEN_WRITE (1u << 0)
+#define POHMELFS_OPEN_TRUNC (1u << 1)
+
+/* READ: reply is the data (short at end of file). */
+struct pohmelfs_read_req {
+  struct pohmelfs_oid oid;
+  __le64 offset;
+  __le32 size;
+  __le32 pad;
+};
+
+/* WRITE: data follows. Reply: pohmelfs_write_rep. */
+struct pohmelfs_write_req {
+  struct pohmelfs_oid oid;
+  __le64 offset;
+  __le32 size;
+  __le32 flags; /* POHMELFS_WRITE_APPEND */
+};
+#define POHMELFS_WRITE_APPEND (1u << 0)
+struct pohmelfs_write_rep {
+  __le64 written;
+  __le64 size; /* file size after the write */
+};
+
+struct pohmelfs_fsync_req {
+  struct pohmelfs_oid oid;
+  __le32 datasync;
+  __le32 pad;
+};
+
+/* RENAME: old name then new name follow. */
+#define POHMELFS_RENAME_NOREPLACE (1u << 0)
+#define POHMELFS_RENAME_EXCHANGE (1u << 1)
+struct pohmelfs_rename_req {
+  struct pohmelfs_oid old_parent;
+  struct pohmelfs_oid new_parent;
+  __le32 old_len;
+  __le32 new_len;
+  __le32 flags;
+  __le32 pad;
+};
+
+/* LINK: new name follows. Reply: attr of the target. */
+struct pohmelfs_link_req {
+  struct pohmelfs_oid oid;
+  struct pohmelfs_oid new_parent;
+  __le32 name_len;
+  __le32 pad;
+};
+
+/* SYMLINK: name then target follow. Reply: attr. */
+struct pohmelfs_symlink_req {
+  struct pohmelfs_oid parent;
+  struct pohmelfs_oid new_oid;
+  __le32 uid;
+  __le32 gid;
+  __le32 name_len;
+  __le32 target_len;
+};
+
+struct pohmelfs_statfs_rep {
+  __le64 blocks;
+  __le64 bfree;
+  __le64 bavail;
+  __le64 files;
+  __le64 ffree;
+  __le32 bsize;
+  __le32 namemax;
+};
+
+/* GETXATTR: name follows; size 0 asks for the value's size (reply: __le32 size). */
+struct pohmelfs_getxattr_req {
+  struct pohmelfs_oid oid;
+  __le32 size;
+  __le32 name_len;
+};
+/* SETXATTR: name then value follow. flags: XATTR_CREATE (1), XATTR_REPLACE (2). */
+struct pohmelfs_setxattr_req {
+  struct pohmelfs_oid oid;
+  __le32 flags;
+  __le32 name_len;
+  __le32 value_len;
+  __le32 pad;
+};
+/* LISTXATTR: size 0 asks for the size (reply: __le32 size); else reply is the list. */
+struct pohmelfs_listxattr_req {
+  struct pohmelfs_oid oid;
+  __le32 size;
+  __le32 pad;
+};
+/* REMOVEXATTR: name follows. */
+struct pohmelfs_removexattr_req {
+  struct pohmelfs_oid oid;
+  __le32 name_len;
+  __le32 pad;
+};
+
+struct pohmelfs_fallocate_req {
+  struct pohmelfs_oid oid;
+  __le64 offset;
+  __le64 length;
+  __le32 mode; /* FALLOC_FL_* */
+  __le32 pad;
+};
+
+/* MKPATH: creates "a/b/c" below parent with every missing directory; component i that must be
+ * created gets oids[i]. path_len bytes of path follow, then count oids. Reply: attr of the
+ * last component. An existing component that is not a directory fails with ENOTDIR. */
+struct pohmelfs_mkpath_req {
+  struct pohmelfs_oid parent;
+  __le32 mode;
+  __le32 uid;
+  __le32 gid;
+  __le32 path_len;
+  __le32 count;
+  __le32 pad;
+};
+
+/* BATCH: count commands, each a pohmelfs_cmd + body padded to 8 bytes. Executed in order;
+ * the first failure stops the batch. Reply: pohmelfs_batch_rep, then one pohmelfs_cmd_rep +
+ * body (padded to 8) per executed command. */
+struct pohmelfs_batch_req {
+  __le32 count;
+  __le32 pad;
+};
+struct pohmelfs_cmd {
+  __le16 opcode;
+  __le16 pad0;
+  __le32 length;
+};
+struct pohmelfs_batch_rep {
+  __le32 count; /* commands executed, including a failed last one */
+  __le32 pad;
+};
+struct pohmelfs_cmd_rep {
+  __le16 opcode;
+  __le16 pad0;
+  __le32 status;
+  __le32 length;
+  __le32 pad1;
+};
+
+#define POHMELFS_PAD8(n) (((n) + 7u) & ~7u)
+
+#ifdef __cplusplus
+#define POHMELFS_ASSERT_SIZE(t, n) static_assert(sizeof(struct t) == (n), #t)
+#else
+#define POHMELFS_ASSERT_SIZE(t, n) _Static_assert(sizeof(struct t) == (n), #t)
+#endif
+POHMELFS_ASSERT_SIZE(pohmelfs_hdr, 40);
+POHMELFS_ASSERT_SIZE(pohmelfs_oid, 16);
+POHMELFS_ASSERT_SIZE(pohmelfs_attr, 104);
+POHMELFS_ASSERT_SIZE(pohmelfs_hello_req, 40);
+POHMELFS_ASSERT_SIZE(pohmelfs_hello_rep, 56);
+POHMELFS_ASSERT_SIZE(pohmelfs_obj_req, 16);
+POHMELFS_ASSERT_SIZE(pohmelfs_name_req, 24);
+POHMELFS_ASSERT_SIZE(pohmelfs_setattr_req, 64);
+POHMELFS_ASSERT_SIZE(pohmelfs_readdir_req, 32);
+POHMELFS_ASSERT_SIZE(pohmelfs_readdir_rep, 8);
+POHMELFS_ASSERT_SIZE(pohmelfs_dirent, 120);
+POHMELFS_ASSERT_SIZE(pohmelfs_create_req, 64);
+POHMELFS_ASSERT_SIZE(pohmelfs_open_req, 24);
+POHMELFS_ASSERT_SIZE(pohmelfs_read_req, 32);
+POHMELFS_ASSERT_SIZE(pohmelfs_write_req, 32);
+POHMELFS_ASSERT_SIZE(pohmelfs_write_rep, 16);
+POHMELFS_ASSERT_SIZE(pohmelfs_fsync_req, 24);
+POHMELFS_ASSERT_SIZE(pohmelfs_rename_req, 48);
+POHMELFS_ASSERT_SIZE(pohmelfs_link_req, 40);
+POHMELFS_ASSERT_SIZE(pohmelfs_symlink_req, 48);
+POHMELFS_ASSERT_SIZE(pohmelfs_statfs_rep, 48);
+POHMELFS_ASSERT_SIZE(pohmelfs_getxattr_req, 24);
+POHMELFS_ASSERT_SIZE(pohmelfs_setxattr_req, 32);
+POHMELFS_ASSERT_SIZE(pohmelfs_listxattr_req, 24);
+POHMELFS_ASSERT_SIZE(pohmelfs_removexattr_req, 24);
+POHMELFS_ASSERT_SIZE(pohmelfs_fallocate_req, 40);
+POHMELFS_ASSERT_SIZE(pohmelfs_mkpath_req, 40);
+POHMELFS_ASSERT_SIZE(pohmelfs_batch_req, 8);
+POHMELFS_ASSERT_SIZE(pohmelfs_cmd, 8);
+POHMELFS_ASSERT_SIZE(pohmelfs_batch_rep, 8);
+POHMELFS_ASSERT_SIZE(pohmelfs_cmd_rep, 16);
+
+#endif /* POHMELFS_PROTO_H */

@@ -1,0 +1,255 @@
+// Data, xattr and filesystem-wide operations.
+#include <fcntl.h>
+#include <sys/statvfs.h>
+#include <sys/uio.h>
+#include <sys/xattr.h>
+#include <unistd.h>
+
+#include <cstring>
+
+#include "rdma-server/export_ops.h"
+
+namespace pohmelfs::server::ops {
+
+using proto::from_le;
+using proto::Reader;
+using proto::to_le;
+using proto::Writer;
+
+namespace {
+
+bool IsPrivateXattr(const std::string& name) {
+  return name.rfind(kPrivateXattrPrefix, 0) == 0;
+}
+
+Status GetXattrName(Reader* r, uint32_t len, std::string* name) {
+  if (len == 0) return Status::Error(EINVAL, "empty xattr name");
+  if (len > POHMELFS_XATTR_NAME_MAX) return Status::Error(ERANGE, "xattr name too long");
+  std::string_view v;
+  if (!r->Bytes(len, &v)) return Short();
+  if (v.find('\0') != std::string_view::npos) return Status::Error(EINVAL, "NUL in xattr name");
+  name->assign(v);
+  return Status::Ok();
+}
+
+}  // namespace
+
+Status Open(const OpEnv& env, Reader* r, Writer* w) {
+  pohmelfs_open_req q;
+  if (!r->Get(&q)) return Short();
+  Oid oid = Oid::FromWire(q.oid);
+  uint32_t flags = from_le(q.flags);
+  auto st = env.store->StatById(oid);
+  if (!st.ok()) return st.status();
+  if ((flags & POHMELFS_OPEN_TRUNC) && S_ISREG(st->st_mode)) {
+    auto fd = env.store->OpenFile(oid);
+    if (!fd.ok()) return fd.status();
+    if (ftruncate((*fd)->get(), 0) != 0) return Status::FromErrno("truncate");
+    st = env.store->StatById(oid);
+    if (!st.ok()) return st.status();
+  }
+  if (S_ISREG(st->st_mode)) env.handles->Opened(oid);
+  PutAttr(w, *st, oid, false);
+  return Status::Ok();
+}
+
+Status Release(const OpEnv& env, Reader* r, Writer*) {
+  pohmelfs_obj_req q;
+  if (!r->Get(&q)) return Short();
+  env.handles->Released(Oid::FromWire(q.oid));
+  return Status::Ok();
+}
+
+Status Read(const OpEnv& env, Reader* r, Writer* w) {
+  pohmelfs_read_req q;
+  if (!r->Get(&q)) return Short();
+  uint32_t size = from_le(q.size);
+  uint64_t offset = from_le(q.offset);
+  if (size > POHMELFS_IO_MAX) return Status::Error(EINVAL, "read larger than IO_MAX");
+  if (offset > static_cast<uint64_t>(INT64_MAX)) return Status::Error(EINVAL, "bad offset");
+  auto fd = env.store->OpenFile(Oid::FromWire(q.oid));
+  if (!fd.ok()) return fd.status();
+  std::vector<uint8_t> buf(size);
+  size_t done = 0;
+  while (done < size) {
+    ssize_t n = pread((*fd)->get(), buf.data() + done, size - done,
+                      static_cast<off_t>(offset + done));
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return Status::FromErrno("read");
+    }
+    if (n == 0) break;
+    done += static_cast<size_t>(n);
+  }
+  w->Bytes(buf.data(), done);
+  return Status::Ok();
+}
+
+Status Write(const OpEnv& env, Reader* r, Writer* w) {
+  pohmelfs_write_req q;
+  if (!r->Get(&q)) return Short();
+  uint32_t size = from_le(q.size);
+  uint64_t offset = from_le(q.offset);
+  if (size > POHMELFS_IO_MAX) return Status::Error(EINVAL, "write larger than IO_MAX");
+  if (offset > static_cast<uint64_t>(INT64_MAX) - size) return Status::Error(EFBIG, "bad offset");
+  std::string_view data;
+  if (!r->Bytes(size, &data)) return Status::Error(EINVAL, "write data past end of message");
+  auto fd = env.store->OpenFile(Oid::FromWire(q.oid));
+  if (!fd.ok()) return fd.status();
+  bool append = from_le(q.flags) & POHMELFS_WRITE_APPEND;
+  size_t done = 0;
+  while (done < size) {
+    iovec v{const_cast<char*>(data.data() + done), size - done};
+    ssize_t n = append ? pwritev2((*fd)->get(), &v, 1, -1, RWF_APPEND)
+                       : pwrite((*fd)->get(), v.iov_base, v.iov_len,
+                                static_cast<off_t>(offset + done));
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      if (done > 0) break;  // report the short write
+      return Status::FromErrno("write");
+    }
+    done += static_cast<size_t>(n);
+  }
+  struct stat st;
+  if (fstat((*fd)->get(), &st) != 0) return Status::FromErrno("fstat");
+  pohmelfs_write_rep rep{};
+  rep.written = to_le(static_cast<uint64_t>(done));
+  rep.size = to_le(static_cast<uint64_t>(st.st_size));
+  w->Put(rep);
+  return Status::Ok();
+}
+
+Status Fsync(const OpEnv& env, Reader* r, Writer*) {
+  pohmelfs_fsync_req q;
+  if (!r->Get(&q)) return Short();
+  Oid oid = Oid::FromWire(q.oid);
+  auto is_dir = env.store->IsDir(oid);
+  if (!is_dir.ok()) return is_dir.status();
+  if (*is_dir) {
+    auto d = env.store->OpenDir(oid);
+    if (!d.ok()) return d.status();
+    UniqueFd fd(openat((*d)->get(), ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+    if (!fd.valid() || fsync(fd.get()) != 0) return Status::FromErrno("fsync directory");
+    return Status::Ok();
+  }
+  auto fd = env.store->OpenFile(oid);
+  if (!fd.ok()) return fd.status();
+  int rc = from_le(q.datasync) ? fdatasync((*fd)->get()) : fsync((*fd)->get());
+  if (rc != 0) return Status::FromErrno("fsync");
+  return Status::Ok();
+}
+
+Status StatFs(const OpEnv& env, Reader*, Writer* w) {
+  struct statvfs sv;
+  UniqueFd root(openat(env.store->root_fd(), ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  if (!root.valid() || fstatvfs(root.get(), &sv) != 0) return Status::FromErrno("statfs");
+  pohmelfs_statfs_rep rep{};
+  rep.blocks = to_le(static_cast<uint64_t>(sv.f_blocks));
+  rep.bfree = to_le(static_cast<uint64_t>(sv.f_bfree));
+  rep.bavail = to_le(static_cast<uint64_t>(sv.f_bavail));
+  rep.files = to_le(static_cast<uint64_t>(sv.f_files));
+  rep.ffree = to_le(static_cast<uint64_t>(sv.f_ffree));
+  rep.bsize = to_le(static_cast<uint32_t>(sv.f_frsize ? sv.f_frsize : sv.f_bsize));
+  rep.namemax = to_le(uint32_t{POHMELFS_NAME_MAX});
+  w->Put(rep);
+  return Status::Ok();
+}
+
+Status GetXattr(const OpEnv& env, Reader* r, Writer* w) {
+  pohmelfs_getxattr_req q;
+  if (!r->Get(&q)) return Short();
+  std::string name;
+  POHMELFS_RETURN_IF_ERROR(GetXattrName(r, from_le(q.name_len), &name));
+  if (IsPrivateXattr(name)) return Status::Error(ENODATA);
+  auto t = env.store->XattrPath(Oid::FromWire(q.oid));
+  if (!t.ok()) return t.status();
+  uint32_t size = std::min<uint32_t>(from_le(q.size), POHMELFS_XATTR_SIZE_MAX);
+  std::vector<uint8_t> buf(size);
+  ssize_t n = t->follow ? getxattr(t->path.c_str(), name.c_str(), size ? buf.data() : nullptr, size)
+                        : lgetxattr(t->path.c_str(), name.c_str(), size ? buf.data() : nullptr, size);
+  if (n < 0) return Status::FromErrno("getxattr");
+  if (size == 0) {
+    w->Put(to_le(static_cast<uint32_t>(n)));
+  } else {
+    w->Bytes(buf.data(), static_cast<size_t>(n));
+  }
+  return Status::Ok();
+}
+
+Status SetXattr(const OpEnv& env, Reader* r, Writer*) {
+  pohmelfs_setxattr_req q;
+  if (!r->Get(&q)) return Short();
+  std::string name;
+  POHMELFS_RETURN_IF_ERROR(GetXattrName(r, from_le(q.name_len), &name));
+  uint32_t len = from_le(q.value_len);
+  if (len > POHMELFS_XATTR_SIZE_MAX) return Status::Error(E2BIG, "xattr value too large");
+  std::string_view value;
+  if (!r->Bytes(len, &value)) return Short();
+  uint32_t flags = from_le(q.flags);
+  if (flags & ~uint32_t{XATTR_CREATE | XATTR_REPLACE}) return Status::Error(EINVAL, "xattr flags");
+  if (IsPrivateXattr(name)) return Status::Error(EPERM, "reserved xattr");
+  auto t = env.store->XattrPath(Oid::FromWire(q.oid));
+  if (!t.ok()) return t.status();
+  int rc = t->follow ? setxattr(t->path.c_str(), name.c_str(), value.data(), len, static_cast<int>(flags))
+                     : lsetxattr(t->path.c_str(), name.c_str(), value.data(), len, static_cast<int>(flags));
+  if (rc != 0) return Status::FromErrno("setxattr");
+  return Status::Ok();
+}
+
+Status ListXattr(const OpEnv& env, Reader* r, Writer* w) {
+  pohmelfs_listxattr_req q;
+  if (!r->Get(&q)) return Short();
+  auto t = env.store->XattrPath(Oid::FromWire(q.oid));
+  if (!t.ok()) return t.status();
+  std::vector<char> buf(POHMELFS_XATTR_SIZE_MAX);
+  ssize_t n = t->follow ? listxattr(t->path.c_str(), buf.data(), buf.size())
+                        : llistxattr(t->path.c_str(), buf.data(), buf.size());
+  if (n < 0) return Status::FromErrno("listxattr");
+  std::string out;
+  for (ssize_t i = 0; i < n;) {
+    std::string name(buf.data() + i);
+    i += static_cast<ssize_t>(name.size()) + 1;
+    if (!IsPrivateXattr(name)) {
+      out += name;
+      out.push_back('\0');
+    }
+  }
+  uint32_t size = from_le(q.size);
+  if (size == 0) {
+    w->Put(to_le(static_cast<uint32_t>(out.size())));
+  } else {
+    if (out.size() > size) return Status::Error(ERANGE);
+    w->Bytes(out);
+  }
+  return Status::Ok();
+}
+
+Status RemoveXattr(const OpEnv& env, Reader* r, Writer*) {
+  pohmelfs_removexattr_req q;
+  if (!r->Get(&q)) return Short();
+  std::string name;
+  POHMELFS_RETURN_IF_ERROR(GetXattrName(r, from_le(q.name_len), &name));
+  if (IsPrivateXattr(name)) return Status::Error(EPERM, "reserved xattr");
+  auto t = env.store->XattrPath(Oid::FromWire(q.oid));
+  if (!t.ok()) return t.status();
+  int rc = t->follow ? removexattr(t->path.c_str(), name.c_str())
+                     : lremovexattr(t->path.c_str(), name.c_str());
+  if (rc != 0) return Status::FromErrno("removexattr");
+  return Status::Ok();
+}
+
+Status Fallocate(const OpEnv& env, Reader* r, Writer*) {
+  pohmelfs_fallocate_req q;
+  if (!r->Get(&q)) return Short();
+  uint64_t off = from_le(q.offset), len = from_le(q.length);
+  if (off > static_cast<uint64_t>(INT64_MAX) || len > static_cast<uint64_t>(INT64_MAX) - off)
+    return Status::Error(EFBIG, "bad range");
+  auto fd = env.store->OpenFile(Oid::FromWire(q.oid));
+  if (!fd.ok()) return fd.status();
+  if (fallocate((*fd)->get(), static_cast<int>(from_le(q.mode)), static_cast<off_t>(off),
+                static_cast<off_t>(len)) != 0)
+    return Status::FromErrno("fallocate");
+  return Status::Ok();
+}
+
+}  // namespace pohmelfs::server::ops

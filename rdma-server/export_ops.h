@@ -1,0 +1,73 @@
+// Filesystem operations on the export, one handler per opcode. Each handler decodes its
+// request with proto::Reader (every length checked), acts through ExportStore, and appends its
+// reply body to `reply`. Errors are returned as Status (positive errno on the wire).
+//
+// Thread-safety: handlers run concurrently on the server's worker threads; the backing
+// filesystem and ExportStore provide the needed atomicity.
+#pragma once
+
+#include <cstdint>
+#include <string_view>
+#include <vector>
+
+#include "proto/codec.h"
+#include "rdma-server/export_store.h"
+
+namespace pohmelfs::server {
+
+// Per-session record of open handles (OPEN/RELEASE), released when a session ends.
+class OpenHandles {
+ public:
+  virtual ~OpenHandles() = default;
+  virtual void Opened(const Oid& oid) = 0;
+  virtual void Released(const Oid& oid) = 0;
+};
+
+struct OpEnv {
+  ExportStore* store;
+  OpenHandles* handles;
+};
+
+// Executes one command. REQUIRES: opcode is not HELLO, PING or BATCH.
+Status ExecuteOp(const OpEnv& env, uint16_t opcode, proto::Reader* req,
+                 std::vector<uint8_t>* reply);
+
+// Executes a request: one command, or a BATCH of commands.
+Status ExecuteRequest(const OpEnv& env, uint16_t opcode, proto::Reader* req,
+                      std::vector<uint8_t>* reply);
+
+namespace ops {
+// Namespace operations (export_ops.cc).
+Status Lookup(const OpEnv&, proto::Reader*, proto::Writer*);
+Status GetAttr(const OpEnv&, proto::Reader*, proto::Writer*);
+Status SetAttr(const OpEnv&, proto::Reader*, proto::Writer*);
+Status ReadDir(const OpEnv&, proto::Reader*, proto::Writer*);
+Status MkDir(const OpEnv&, proto::Reader*, proto::Writer*);
+Status RmDir(const OpEnv&, proto::Reader*, proto::Writer*);
+Status MkNod(const OpEnv&, proto::Reader*, proto::Writer*);
+Status Unlink(const OpEnv&, proto::Reader*, proto::Writer*);
+Status Rename(const OpEnv&, proto::Reader*, proto::Writer*);
+Status Link(const OpEnv&, proto::Reader*, proto::Writer*);
+Status Symlink(const OpEnv&, proto::Reader*, proto::Writer*);
+Status ReadLink(const OpEnv&, proto::Reader*, proto::Writer*);
+Status RmTree(const OpEnv&, proto::Reader*, proto::Writer*);
+Status MkPath(const OpEnv&, proto::Reader*, proto::Writer*);
+// Data, xattr and filesystem operations (export_data_ops.cc).
+Status Open(const OpEnv&, proto::Reader*, proto::Writer*);
+Status Release(const OpEnv&, proto::Reader*, proto::Writer*);
+Status Read(const OpEnv&, proto::Reader*, proto::Writer*);
+Status Write(const OpEnv&, proto::Reader*, proto::Writer*);
+Status Fsync(const OpEnv&, proto::Reader*, proto::Writer*);
+Status StatFs(const OpEnv&, proto::Reader*, proto::Writer*);
+Status GetXattr(const OpEnv&, proto::Reader*, proto::Writer*);
+Status SetXattr(const OpEnv&, proto::Reader*, proto::Writer*);
+Status ListXattr(const OpEnv&, proto::Reader*, proto::Writer*);
+Status RemoveXattr(const OpEnv&, proto::Reader*, proto::Writer*);
+Status Fallocate(const OpEnv&, proto::Reader*, proto::Writer*);
+
+// Shared helpers.
+Status Short();  // EINVAL: request shorter than its struct
+void PutAttr(proto::Writer* w, struct stat st, const Oid& oid, bool index_link_counted);
+}  // namespace ops
+
+}  // namespace pohmelfs::server

@@ -1,0 +1,313 @@
+#include "rdma-server/export_store.h"
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <linux/openat2.h>
+#include <sys/syscall.h>
+#include <sys/xattr.h>
+#include <unistd.h>
+
+#include <cstring>
+#include <thread>
+
+#include <spdlog/spdlog.h>
+
+namespace pohmelfs::server {
+namespace {
+
+// Directory records nest one per level; deeper than this is treated as a corrupt index.
+constexpr int kMaxDepth = 4096;
+
+}  // namespace
+
+int OpenBeneath(int dirfd, const std::string& path, uint64_t flags) {
+  open_how how{};
+  how.flags = flags | O_CLOEXEC;
+  how.resolve = RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS;
+  return static_cast<int>(syscall(SYS_openat2, dirfd, path.c_str(), &how, sizeof(how)));
+}
+
+SharedFd FdCache::Get(const Oid& oid) {
+  std::lock_guard lk(mu_);
+  auto it = index_.find(oid);
+  if (it == index_.end()) return nullptr;
+  lru_.splice(lru_.begin(), lru_, it->second);
+  return it->second->second;
+}
+
+void FdCache::Put(const Oid& oid, SharedFd fd) {
+  std::lock_guard lk(mu_);
+  auto it = index_.find(oid);
+  if (it != index_.end()) {
+    it->second->second = std::move(fd);
+    lru_.splice(lru_.begin(), lru_, it->second);
+    return;
+  }
+  lru_.emplace_front(oid, std::move(fd));
+  index_[oid] = lru_.begin();
+  if (lru_.size() > capacity_) {
+    index_.erase(lru_.back().first);
+    lru_.pop_back();
+  }
+}
+
+void FdCache::Erase(const Oid& oid) {
+  std::lock_guard lk(mu_);
+  auto it = index_.find(oid);
+  if (it == index_.end()) return;
+  lru_.erase(it->second);
+  index_.erase(it);
+}
+
+std::string ExportStore::FdPath(int fd) { return "/proc/self/fd/" + std::to_string(fd); }
+std::string ExportStore::FdPath(int fd, const std::string& name) {
+  return FdPath(fd) + "/" + name;
+}
+
+Result<std::unique_ptr<ExportStore>> ExportStore::Open(const std::string& dir) {
+  std::unique_ptr<ExportStore> s(new ExportStore());
+  Status st = s->Init(dir);
+  if (!st.ok()) return st;
+  return s;
+}
+
+Status ExportStore::Init(const std::string& dir) {
+  root_ = UniqueFd(open(dir.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC));
+  if (!root_.valid()) return Status::FromErrno(("open export " + dir).c_str());
+  auto mkdir_open = [](int parent, const char* name, UniqueFd* out) -> Status {
+    if (mkdirat(parent, name, 0700) != 0 && errno != EEXIST)
+      return Status::FromErrno((std::string("mkdir ") + name).c_str());
+    *out = UniqueFd(openat(parent, name, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
+    if (!out->valid()) return Status::FromErrno((std::string("open ") + name).c_str());
+    return Status::Ok();
+  };
+  Status s = mkdir_open(root_.get(), kHiddenDir, &hidden_);
+  if (s.ok()) s = mkdir_open(hidden_.get(), "ids", &ids_);
+  if (s.ok()) s = mkdir_open(hidden_.get(), "dirs", &dirs_);
+  if (!s.ok()) return s;
+
+  Oid root = Oid::Root();
+  std::string rp = FdPath(root_.get());
+  if (setxattr(rp.c_str(), kIdXattr, root.b.data(), root.b.size(), 0) != 0)
+    return Status::FromErrno(
+        "set trusted.pohmelfs.id on the export root (the server must run as root on a "
+        "filesystem with trusted xattrs)");
+  if (symlinkat("/", dirs_.get(), root.Hex().c_str()) != 0 && errno != EEXIST)
+    return Status::FromErrno("record the root directory");
+  SweepOrphans();
+  return Status::Ok();
+}
+
+void ExportStore::SweepOrphans() {
+  int fd = openat(ids_.get(), ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd < 0) return;
+  DIR* d = fdopendir(fd);
+  if (!d) {
+    close(fd);
+    return;
+  }
+  size_t removed = 0;
+  while (dirent* e = readdir(d)) {
+    if (e->d_name[0] == '.') continue;
+    struct stat st;
+    if (fstatat(ids_.get(), e->d_name, &st, AT_SYMLINK_NOFOLLOW) == 0 && st.st_nlink == 1 &&
+        unlinkat(ids_.get(), e->d_name, 0) == 0)
+      removed++;
+  }
+  closedir(d);
+  if (removed) spdlog::info("export: removed {} orphaned objects left by an earlier run", removed);
+}
+
+Result<SharedFd> ExportStore::OpenDir(const Oid& oid) { return ResolveDir(oid, 0); }
+
+Result<SharedFd> ExportStore::ResolveDir(const Oid& oid, int depth) {
+  if (depth > kMaxDepth) return Status::Error(ELOOP, "directory index too deep");
+  if (SharedFd fd = dir_cache_.Get(oid)) return fd;
+  if (oid == Oid::Root()) {
+    int fd = fcntl(root_.get(), F_DUPFD_CLOEXEC, 0);
+    if (fd < 0) return Status::FromErrno("dup root");
+    auto shared = std::make_shared<UniqueFd>(fd);
+    dir_cache_.Put(oid, shared);
+    return shared;
+  }
+  std::string hex = oid.Hex();
+  char buf[POHMELFS_NAME_MAX + 64];
+  ssize_t n = readlinkat(dirs_.get(), hex.c_str(), buf, sizeof(buf));
+  if (n < 0) {
+    if (errno == ENOENT) {
+      struct stat st;
+      if (fstatat(ids_.get(), hex.c_str(), &st, AT_SYMLINK_NOFOLLOW) == 0)
+        return Status::Error(ENOTDIR, "not a directory");
+      return Status::Error(ENOENT, "no such object");
+    }
+    return Status::FromErrno("read directory record");
+  }
+  std::string rec(buf, static_cast<size_t>(n));
+  size_t slash = rec.find('/');
+  Oid parent;
+  if (slash != 32 || !Oid::FromHex(rec.substr(0, 32), &parent))
+    return Status::Error(EIO, "corrupt directory record for " + hex);
+  std::string name = rec.substr(33);
+  if (name.empty() || name.find('/') != std::string::npos || name == "." || name == "..")
+    return Status::Error(EIO, "corrupt directory record for " + hex);
+  auto pfd = ResolveDir(parent, depth + 1);
+  if (!pfd.ok()) return pfd.status().code() == ENOTDIR ? Status::Error(EIO, "bad record") : pfd.status();
+  int fd = OpenBeneath((*pfd)->get(), name, O_PATH | O_DIRECTORY | O_NOFOLLOW);
+  if (fd < 0) return Status::Error(errno == ENOTDIR ? ENOENT : errno, "open directory " + hex);
+  auto shared = std::make_shared<UniqueFd>(fd);
+  // The record may be stale if the tree was changed behind the server's back.
+  uint8_t id[16];
+  if (getxattr(FdPath(fd).c_str(), kIdXattr, id, sizeof(id)) != 16 ||
+      std::memcmp(id, oid.b.data(), 16) != 0)
+    return Status::Error(ENOENT, "stale directory record for " + hex);
+  dir_cache_.Put(oid, shared);
+  return shared;
+}
+
+Result<SharedFd> ExportStore::OpenFile(const Oid& oid) {
+  if (SharedFd fd = file_cache_.Get(oid)) return fd;
+  std::string hex = oid.Hex();
+  int fd = OpenBeneath(ids_.get(), hex, O_RDWR | O_NOFOLLOW | O_NONBLOCK);
+  if (fd < 0 && (errno == EACCES || errno == EROFS || errno == ETXTBSY || errno == EPERM))
+    fd = OpenBeneath(ids_.get(), hex, O_RDONLY | O_NOFOLLOW | O_NONBLOCK);
+  if (fd < 0) {
+    if (errno == ENOENT) {
+      struct stat st;
+      if (fstatat(dirs_.get(), hex.c_str(), &st, AT_SYMLINK_NOFOLLOW) == 0)
+        return Status::Error(EISDIR, "is a directory");
+      return Status::Error(ENOENT, "no such object");
+    }
+    if (errno == ELOOP) return Status::Error(EINVAL, "not a regular file");
+    return Status::FromErrno("open object");
+  }
+  auto shared = std::make_shared<UniqueFd>(fd);
+  struct stat st;
+  if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode))
+    return Status::Error(EINVAL, "not a regular file");
+  file_cache_.Put(oid, shared);
+  return shared;
+}
+
+Result<bool> ExportStore::IsDir(const Oid& oid) {
+  if (oid == Oid::Root()) return true;
+  std::string hex = oid.Hex();
+  struct stat st;
+  if (fstatat(dirs_.get(), hex.c_str(), &st, AT_SYMLINK_NOFOLLOW) == 0) return true;
+  if (fstatat(ids_.get(), hex.c_str(), &st, AT_SYMLINK_NOFOLLOW) == 0) return false;
+  return Status::Error(ENOENT, "no such object");
+}
+
+Result<struct stat> ExportStore::StatById(const Oid& oid) {
+  struct stat st;
+  if (oid == Oid::Root() || fstatat(ids_.get(), oid.Hex().c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0) {
+    auto fd = OpenDir(oid);
+    if (!fd.ok()) return fd.status();
+    if (fstat((*fd)->get(), &st) != 0) return Status::FromErrno("fstat");
+    return st;
+  }
+  if (st.st_nlink > 0) st.st_nlink--;  // the index link
+  return st;
+}
+
+Result<struct stat> ExportStore::StatAt(int dirfd, const std::string& name) {
+  struct stat st;
+  if (fstatat(dirfd, name.c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0) return Status::FromErrno("stat");
+  return st;
+}
+
+Result<Oid> ExportStore::ReadId(int dirfd, const std::string& name) {
+  Oid oid;
+  ssize_t n = lgetxattr(FdPath(dirfd, name).c_str(), kIdXattr, oid.b.data(), oid.b.size());
+  if (n == 16) return oid;
+  if (n >= 0) return Status::Error(EIO, "corrupt id xattr on " + name);
+  return Status::FromErrno("read id");
+}
+
+Result<Oid> ExportStore::IdOf(int dirfd, const std::string& name, const struct stat& st,
+                              const Oid& parent) {
+  auto id = ReadId(dirfd, name);
+  if (id.ok() || id.code() != ENODATA) return id;
+  Oid oid = Oid::Random();
+  Status s = Attach(dirfd, name, S_ISDIR(st.st_mode), oid, parent);
+  if (!s.ok()) return s;
+  spdlog::info("export: assigned id {} to existing object '{}'", oid.Hex(), name);
+  return oid;
+}
+
+Status ExportStore::Attach(int dirfd, const std::string& name, bool is_dir, const Oid& oid,
+                           const Oid& parent) {
+  std::string path = FdPath(dirfd, name);
+  if (lsetxattr(path.c_str(), kIdXattr, oid.b.data(), oid.b.size(), 0) != 0)
+    return Status::FromErrno("set id xattr");
+  std::string hex = oid.Hex();
+  if (is_dir) return RecordDirMove(oid, parent, name);
+  if (linkat(dirfd, name.c_str(), ids_.get(), hex.c_str(), 0) != 0)
+    return Status::FromErrno("index object");
+  return Status::Ok();
+}
+
+Status ExportStore::RecordDirMove(const Oid& oid, const Oid& new_parent,
+                                  const std::string& new_name) {
+  std::string hex = oid.Hex();
+  std::string target = new_parent.Hex() + "/" + new_name;
+  std::string tmp = hex + ".tmp" +
+                    std::to_string(std::hash<std::thread::id>()(std::this_thread::get_id()));
+  unlinkat(dirs_.get(), tmp.c_str(), 0);
+  if (symlinkat(target.c_str(), dirs_.get(), tmp.c_str()) != 0)
+    return Status::FromErrno("record directory");
+  if (renameat(dirs_.get(), tmp.c_str(), dirs_.get(), hex.c_str()) != 0) {
+    Status s = Status::FromErrno("record directory");
+    unlinkat(dirs_.get(), tmp.c_str(), 0);
+    return s;
+  }
+  return Status::Ok();
+}
+
+void ExportStore::DetachDir(const Oid& oid) {
+  unlinkat(dirs_.get(), oid.Hex().c_str(), 0);
+  dir_cache_.Erase(oid);
+}
+
+void ExportStore::MaybeDetachFile(const Oid& oid) {
+  std::string hex = oid.Hex();
+  struct stat st;
+  if (fstatat(ids_.get(), hex.c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0 || st.st_nlink > 1) return;
+  std::lock_guard lk(open_mu_);
+  if (open_count_.count(oid)) {
+    orphans_[oid] = true;
+    return;
+  }
+  unlinkat(ids_.get(), hex.c_str(), 0);
+  file_cache_.Erase(oid);
+}
+
+void ExportStore::Opened(const Oid& oid) {
+  std::lock_guard lk(open_mu_);
+  open_count_[oid]++;
+}
+
+void ExportStore::Released(const Oid& oid) {
+  bool orphan = false;
+  {
+    std::lock_guard lk(open_mu_);
+    auto it = open_count_.find(oid);
+    if (it == open_count_.end()) return;
+    if (--it->second > 0) return;
+    open_count_.erase(it);
+    orphan = orphans_.erase(oid) > 0;
+  }
+  if (orphan) MaybeDetachFile(oid);
+}
+
+Result<ExportStore::XattrTarget> ExportStore::XattrPath(const Oid& oid) {
+  auto dir = IsDir(oid);
+  if (!dir.ok()) return dir.status();
+  if (*dir) {
+    auto fd = OpenDir(oid);
+    if (!fd.ok()) return fd.status();
+    return XattrTarget{FdPath((*fd)->get()), true, *fd};
+  }
+  return XattrTarget{FdPath(ids_.get(), oid.Hex()), false, nullptr};
+}
+
+}  // namespace pohmelfs::server

@@ -1,0 +1,51 @@
+// pohmelfs-server --export DIR --listen URI [--listen URI ...]
+// Runs in the foreground, logs to stderr, exits cleanly on SIGTERM or SIGINT.
+#include <signal.h>
+
+#include <CLI/CLI.hpp>
+#include <spdlog/sinks/stdout_color_sinks.h>
+#include <spdlog/spdlog.h>
+
+#include "rdma-server/server.h"
+
+int main(int argc, char** argv) {
+  pohmelfs::server::ServerOptions o;
+  std::string level = "info";
+  int session_timeout = 120;
+  CLI::App app{"POHMELFS server: exports a directory over the network"};
+  app.add_option("--export", o.export_dir, "directory to export")->required()->check(CLI::ExistingDirectory);
+  app.add_option("--listen", o.listen, "address to listen on, e.g. tcp://0.0.0.0:7000 or tcp://[::]:7000 (repeatable)")
+      ->required();
+  app.add_option("--workers", o.workers, "threads doing file IO")->check(CLI::Range(1, 1024));
+  app.add_option("--loop-threads", o.loop_threads, "network event-loop threads")->check(CLI::Range(1, 64));
+  app.add_option("--credits", o.credits, "requests one client may have in flight")->check(CLI::Range(1, 65536));
+  app.add_option("--session-timeout", session_timeout, "seconds an idle session is kept for resume")
+      ->check(CLI::Range(1, 86400));
+  app.add_option("--log-level", level, "trace, debug, info, warn, error");
+  CLI11_PARSE(app, argc, argv);
+  o.session_timeout = std::chrono::seconds(session_timeout);
+
+  auto logger = spdlog::stderr_color_mt("pohmelfs-server");
+  spdlog::set_default_logger(logger);
+  spdlog::set_level(spdlog::level::from_str(level));
+  spdlog::set_pattern("%Y-%m-%d %H:%M:%S.%e %^%l%$ %v");
+
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, SIGTERM);
+  sigaddset(&set, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &set, nullptr);  // inherited by every thread started below
+  signal(SIGPIPE, SIG_IGN);
+
+  auto server = pohmelfs::server::Server::Start(o);
+  if (!server.ok()) {
+    spdlog::error("cannot start: {}", server.status().ToString());
+    return 1;
+  }
+  spdlog::info("exporting {}", o.export_dir);
+  int sig = 0;
+  sigwait(&set, &sig);
+  spdlog::info("signal {}: shutting down", sig);
+  (*server)->Stop();
+  return 0;
+}

@@ -1,0 +1,62 @@
+// pohmelfs-server: accepts connections on every listen URI, runs the handshake, and executes
+// requests on a worker pool against one export.
+// Thread-safety: Start and Stop from one thread; the rest is internal.
+#pragma once
+
+#include <chrono>
+#include <condition_variable>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "rdma-server/export_store.h"
+#include "rdma-server/session_table.h"
+#include "rdma-server/work_queue.h"
+#include "transport/transport.h"
+
+namespace pohmelfs::server {
+
+struct ServerOptions {
+  std::string export_dir;
+  std::vector<std::string> listen;  // URIs
+  int workers = 8;                  // threads doing file IO
+  int loop_threads = 2;             // transport event loops
+  // Requests a client may have in flight; past this the server stops reading from it.
+  uint32_t credits = 256;
+  std::chrono::seconds session_timeout{120};
+};
+
+class Server {
+ public:
+  static Result<std::unique_ptr<Server>> Start(const ServerOptions& options);
+  ~Server();
+  // Addresses actually bound (real ports when 0 was asked for).
+  const std::vector<transport::Uri>& bound() const { return bound_; }
+  void Stop();
+
+ private:
+  struct ConnState;
+  explicit Server(const ServerOptions& o) : opts_(o) {}
+  void OnMessage(const transport::ConnectionPtr& conn, transport::Message&& m);
+  void OnClose(const transport::ConnectionPtr& conn, const Status& why);
+  void HandleHello(const transport::ConnectionPtr& conn, ConnState* st, const transport::Message& m);
+  void Execute(const transport::ConnectionPtr& conn, const std::shared_ptr<ConnState>& st,
+               transport::Message m);
+  void Reply(const transport::ConnectionPtr& conn, const proto::Header& req, uint32_t status,
+             const std::vector<uint8_t>& payload);
+  void ReaperLoop();
+
+  ServerOptions opts_;
+  std::unique_ptr<ExportStore> store_;
+  std::unique_ptr<SessionTable> sessions_;
+  std::unique_ptr<WorkQueue> work_;
+  std::vector<std::unique_ptr<transport::Transport>> transports_;
+  std::vector<transport::Uri> bound_;
+  std::mutex reaper_mu_;
+  std::condition_variable reaper_cv_;
+  bool stopping_ = false;  // GUARDED_BY(reaper_mu_)
+  std::thread reaper_;
+};
+
+}  // namespace pohmelfs::server

@@ -1,0 +1,468 @@
+#include "transport/tcp/tcp_transport.h"
+
+#include <fcntl.h>
+#include <arpa/inet.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cstring>
+#include <deque>
+#include <mutex>
+
+#include <spdlog/spdlog.h>
+
+#include "transport/event_loop.h"
+
+namespace pohmelfs::transport {
+namespace {
+
+constexpr size_t kReadChunk = 256 * 1024;
+// Sends gather at most this many iovecs per syscall (well under IOV_MAX).
+constexpr int kMaxIov = 64;
+
+std::string SockaddrToUri(const sockaddr_storage& ss) {
+  char host[INET6_ADDRSTRLEN] = "?";
+  uint16_t port = 0;
+  if (ss.ss_family == AF_INET) {
+    auto* a = reinterpret_cast<const sockaddr_in*>(&ss);
+    inet_ntop(AF_INET, &a->sin_addr, host, sizeof(host));
+    port = ntohs(a->sin_port);
+    return std::string("tcp://") + host + ":" + std::to_string(port);
+  }
+  auto* a = reinterpret_cast<const sockaddr_in6*>(&ss);
+  inet_ntop(AF_INET6, &a->sin6_addr, host, sizeof(host));
+  port = ntohs(a->sin6_port);
+  return std::string("tcp://[") + host + "]:" + std::to_string(port);
+}
+
+void TuneSocket(int fd) {
+  int one = 1;
+  setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+}
+
+class TcpConnection final : public Connection,
+                            public Pollable,
+                            public std::enable_shared_from_this<TcpConnection> {
+ public:
+  TcpConnection(int fd, EventLoop* loop, Handler handler, std::string peer)
+      : fd_(fd), loop_(loop), handler_(std::move(handler)), peer_(std::move(peer)) {
+    rbuf_.resize(kReadChunk);
+  }
+  ~TcpConnection() override {
+    if (fd_ >= 0) close(fd_);
+  }
+
+  Status Register() {
+    return loop_->Add(fd_, EPOLLIN | EPOLLRDHUP, shared_from_this());
+  }
+
+  Status Send(const proto::Header& h, std::span<const iovec> payload) override {
+    proto::Header hdr = h;
+    size_t total = 0;
+    for (const auto& v : payload) total += v.iov_len;
+    if (total > UINT32_MAX) return Status::Error(EMSGSIZE, "payload too large");
+    hdr.length = static_cast<uint32_t>(total);
+    pohmelfs_hdr wire;
+    proto::EncodeHeader(hdr, &wire);
+
+    std::lock_guard lk(send_mu_);
+    if (closed_) return Status::Error(ENOTCONN, "connection closed");
+    size_t sent = 0;
+    if (out_.empty()) {
+      // Fast path: straight from the caller's buffers.
+      iovec iov[kMaxIov];
+      int n = 0;
+      iov[n++] = iovec{&wire, sizeof(wire)};
+      for (const auto& v : payload) {
+        if (n == kMaxIov) break;
+        iov[n++] = v;
+      }
+      msghdr mh{};
+      mh.msg_iov = iov;
+      mh.msg_iovlen = static_cast<size_t>(n);
+      ssize_t r = sendmsg(fd_, &mh, MSG_NOSIGNAL | MSG_DONTWAIT);
+      if (r < 0 && errno != EAGAIN && errno != EINTR) {
+        Status s = Status::FromErrno("send");
+        CloseLocked(s);
+        return s;
+      }
+      if (r > 0) sent = static_cast<size_t>(r);
+      if (sent == sizeof(wire) + total) return Status::Ok();
+    }
+    // Queue what is left; append to the last chunk so a backlog of small messages is
+    // flushed with few iovecs.
+    if (out_.empty() || out_.back().data.size() > 1024 * 1024) out_.emplace_back();
+    auto& chunk = out_.back().data;
+    auto append = [&](const void* p, size_t len) {
+      size_t skip = std::min(sent, len);
+      sent -= skip;
+      auto* c = static_cast<const uint8_t*>(p);
+      chunk.insert(chunk.end(), c + skip, c + len);
+    };
+    append(&wire, sizeof(wire));
+    for (const auto& v : payload) append(v.iov_base, v.iov_len);
+    queued_bytes_ += chunk.size();
+    if (!want_write_) {
+      want_write_ = true;
+      UpdateEventsLocked();
+    }
+    return Status::Ok();
+  }
+
+  void PauseReceive() override {
+    std::lock_guard lk(send_mu_);
+    if (paused_ || closed_) return;
+    paused_ = true;
+    UpdateEventsLocked();
+  }
+
+  void ResumeReceive() override {
+    {
+      std::lock_guard lk(send_mu_);
+      if (!paused_ || closed_) return;
+      paused_ = false;
+      UpdateEventsLocked();
+    }
+    // Messages already buffered while paused must be delivered without waiting for new bytes.
+    auto self = shared_from_this();
+    loop_->Post([self] { self->DeliverBuffered(); });
+  }
+
+  void Close(const Status& why) override {
+    std::lock_guard lk(send_mu_);
+    CloseLocked(why);
+  }
+
+  bool IsOpen() const override { return !closed_.load(); }
+  const std::string& Peer() const override { return peer_; }
+  void SetMaxPayload(uint32_t bytes) override { max_payload_ = bytes; }
+
+  void OnEvents(uint32_t events) override {
+    if (events & EPOLLOUT) Flush();
+    if (events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)) ReadAvailable();
+  }
+
+ private:
+  struct Chunk {
+    std::vector<uint8_t> data;
+    size_t offset = 0;
+  };
+
+  // REQUIRES: send_mu_ held.
+  void UpdateEventsLocked() {
+    uint32_t ev = EPOLLRDHUP;
+    if (!paused_) ev |= EPOLLIN;
+    if (want_write_) ev |= EPOLLOUT;
+    (void)loop_->Modify(fd_, ev);
+  }
+
+  // REQUIRES: send_mu_ held.
+  void CloseLocked(const Status& why) {
+    if (closed_.exchange(true)) return;
+    ::shutdown(fd_, SHUT_RDWR);
+    out_.clear();
+    auto self = shared_from_this();
+    loop_->Post([self, why] { self->Finish(why); });
+  }
+
+  // Loop thread: unregister and tell the layer above, exactly once.
+  void Finish(const Status& why) {
+    if (finished_) return;
+    finished_ = true;
+    loop_->Remove(fd_);
+    if (handler_.on_close) handler_.on_close(shared_from_this(), why);
+    handler_ = Handler{};  // drop references the layer above may hold to us
+  }
+
+  void Flush() {
+    std::lock_guard lk(send_mu_);
+    while (!out_.empty() && !closed_) {
+      iovec iov[kMaxIov];
+      int n = 0;
+      for (auto& c : out_) {
+        if (n == kMaxIov) break;
+        iov[n++] = iovec{c.data.data() + c.offset, c.data.size() - c.offset};
+      }
+      msghdr mh{};
+      mh.msg_iov = iov;
+      mh.msg_iovlen = static_cast<size_t>(n);
+      ssize_t r = sendmsg(fd_, &mh, MSG_NOSIGNAL | MSG_DONTWAIT);
+      if (r < 0) {
+        if (errno == EAGAIN || errno == EINTR) return;
+        CloseLocked(Status::FromErrno("send"));
+        return;
+      }
+      size_t left = static_cast<size_t>(r);
+      while (left > 0 && !out_.empty()) {
+        auto& c = out_.front();
+        size_t take = std::min(left, c.data.size() - c.offset);
+        c.offset += take;
+        left -= take;
+        if (c.offset == c.data.size()) out_.pop_front();
+      }
+    }
+    if (out_.empty() && want_write_ && !closed_) {
+      want_write_ = false;
+      UpdateEventsLocked();
+    }
+  }
+
+  void ReadAvailable() {
+    while (!closed_) {
+      if (rend_ == rbuf_.size()) {
+        // Compact, or grow to hold one whole message.
+        if (rstart_ > 0) {
+          std::memmove(rbuf_.data(), rbuf_.data() + rstart_, rend_ - rstart_);
+          rend_ -= rstart_;
+          rstart_ = 0;
+        } else {
+          rbuf_.resize(rbuf_.size() * 2);
+        }
+      }
+      ssize_t r = recv(fd_, rbuf_.data() + rend_, rbuf_.size() - rend_, MSG_DONTWAIT);
+      if (r == 0) {
+        Close(Status::Error(ECONNRESET, "peer closed the connection"));
+        break;
+      }
+      if (r < 0) {
+        if (errno == EINTR) continue;
+        if (errno != EAGAIN) Close(Status::FromErrno("recv"));
+        break;
+      }
+      rend_ += static_cast<size_t>(r);
+      if (!DeliverBuffered()) break;
+    }
+    if (closed_) Finish(Status::Error(ECONNRESET, "closed"));
+  }
+
+  // Delivers every whole message in the buffer. Returns false when paused or closed.
+  bool DeliverBuffered() {
+    while (!closed_) {
+      if (paused_) return false;
+      size_t have = rend_ - rstart_;
+      if (have < sizeof(pohmelfs_hdr)) break;
+      pohmelfs_hdr wire;
+      std::memcpy(&wire, rbuf_.data() + rstart_, sizeof(wire));
+      auto hdr = proto::DecodeHeader(wire, max_payload_);
+      if (!hdr.ok()) {
+        spdlog::warn("{}: bad message header: {}; closing", peer_, hdr.status().ToString());
+        Close(hdr.status());
+        return false;
+      }
+      size_t need = sizeof(wire) + hdr->length;
+      if (have < need) {
+        if (rbuf_.size() - rstart_ < need) {
+          std::memmove(rbuf_.data(), rbuf_.data() + rstart_, have);
+          rstart_ = 0;
+          rend_ = have;
+          if (rbuf_.size() < need) rbuf_.resize(need);
+        }
+        break;
+      }
+      Message m;
+      m.hdr = *hdr;
+      const uint8_t* p = rbuf_.data() + rstart_ + sizeof(wire);
+      m.payload.assign(p, p + hdr->length);
+      rstart_ += need;
+      if (handler_.on_message) handler_.on_message(shared_from_this(), std::move(m));
+    }
+    if (rstart_ == rend_) rstart_ = rend_ = 0;
+    if (rbuf_.size() > 4 * kReadChunk && rend_ - rstart_ < kReadChunk) {
+      // Give back the space a large message needed.
+      std::memmove(rbuf_.data(), rbuf_.data() + rstart_, rend_ - rstart_);
+      rend_ -= rstart_;
+      rstart_ = 0;
+      rbuf_.resize(kReadChunk);
+      rbuf_.shrink_to_fit();
+    }
+    return !closed_;
+  }
+
+  const int fd_;
+  EventLoop* const loop_;
+  Handler handler_;  // loop thread only
+  const std::string peer_;
+  std::atomic<uint32_t> max_payload_{POHMELFS_PAYLOAD_MAX};
+
+  std::mutex send_mu_;
+  std::atomic<bool> closed_{false};
+  bool paused_ = false;                // GUARDED_BY(send_mu_)
+  bool want_write_ = false;            // GUARDED_BY(send_mu_)
+  std::deque<Chunk> out_;              // GUARDED_BY(send_mu_)
+  size_t queued_bytes_ = 0;            // GUARDED_BY(send_mu_)
+
+  // Receive state: loop thread only.
+  std::vector<uint8_t> rbuf_;
+  size_t rstart_ = 0, rend_ = 0;
+  bool finished_ = false;
+};
+
+class TcpListener final : public Pollable {
+ public:
+  TcpListener(int fd, std::function<void()> on_readable)
+      : fd_(fd), on_readable_(std::move(on_readable)) {}
+  ~TcpListener() override { close(fd_); }
+  void OnEvents(uint32_t) override { on_readable_(); }
+  int fd() const { return fd_; }
+
+ private:
+  int fd_;
+  std::function<void()> on_readable_;
+};
+
+Result<std::vector<sockaddr_storage>> Resolve(const Uri& uri, bool passive) {
+  addrinfo hints{};
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  hints.ai_flags = AI_NUMERICSERV | (passive ? AI_PASSIVE : 0);
+  addrinfo* res = nullptr;
+  std::string port = std::to_string(uri.port);
+  int rc = getaddrinfo(uri.host.c_str(), port.c_str(), &hints, &res);
+  if (rc != 0)
+    return Status::Error(EHOSTUNREACH, "resolve " + uri.host + ": " + gai_strerror(rc));
+  std::vector<sockaddr_storage> out;
+  for (auto* ai = res; ai; ai = ai->ai_next) {
+    sockaddr_storage ss{};
+    std::memcpy(&ss, ai->ai_addr, ai->ai_addrlen);
+    out.push_back(ss);
+  }
+  freeaddrinfo(res);
+  return out;
+}
+
+socklen_t AddrLen(const sockaddr_storage& ss) {
+  return ss.ss_family == AF_INET ? sizeof(sockaddr_in) : sizeof(sockaddr_in6);
+}
+
+class TcpTransport final : public Transport {
+ public:
+  explicit TcpTransport(const TransportOptions& o) {
+    int n = std::max(1, o.loop_threads);
+    for (int i = 0; i < n; i++) loops_.push_back(std::make_unique<EventLoop>("tcp-loop"));
+  }
+  ~TcpTransport() override { Shutdown(); }
+
+  Result<Uri> Listen(const Uri& uri, Handler handler) override {
+    auto addrs = Resolve(uri, true);
+    if (!addrs.ok()) return addrs.status();
+    const sockaddr_storage& ss = addrs->front();
+    int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0) return Status::FromErrno("socket");
+    int one = 1;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    if (ss.ss_family == AF_INET6) setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
+    if (bind(fd, reinterpret_cast<const sockaddr*>(&ss), AddrLen(ss)) != 0 ||
+        listen(fd, 512) != 0) {
+      Status s = Status::FromErrno(("listen on " + uri.ToString()).c_str());
+      close(fd);
+      return s;
+    }
+    sockaddr_storage bound{};
+    socklen_t blen = sizeof(bound);
+    getsockname(fd, reinterpret_cast<sockaddr*>(&bound), &blen);
+    auto parsed = ParseUri(SockaddrToUri(bound));
+    auto listener = std::make_shared<TcpListener>(fd, [this, fd, handler] { Accept(fd, handler); });
+    Status s = loops_[0]->Add(fd, EPOLLIN, listener);
+    if (!s.ok()) return s;
+    std::lock_guard lk(mu_);
+    listeners_.push_back(fd);
+    return parsed;
+  }
+
+  Result<ConnectionPtr> Connect(const Uri& uri, Handler handler,
+                                std::chrono::milliseconds timeout) override {
+    auto addrs = Resolve(uri, false);
+    if (!addrs.ok()) return addrs.status();
+    Status last = Status::Error(EHOSTUNREACH, "no address for " + uri.host);
+    for (const auto& ss : *addrs) {
+      int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+      if (fd < 0) return Status::FromErrno("socket");
+      int rc = connect(fd, reinterpret_cast<const sockaddr*>(&ss), AddrLen(ss));
+      if (rc != 0 && errno == EINPROGRESS) {
+        pollfd p{fd, POLLOUT, 0};
+        rc = poll(&p, 1, static_cast<int>(timeout.count()));
+        if (rc == 0) {
+          errno = ETIMEDOUT;
+          rc = -1;
+        } else if (rc > 0) {
+          int err = 0;
+          socklen_t len = sizeof(err);
+          getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len);
+          errno = err;
+          rc = err == 0 ? 0 : -1;
+        }
+      }
+      if (rc != 0) {
+        last = Status::FromErrno(("connect to " + uri.ToString()).c_str());
+        close(fd);
+        continue;
+      }
+      TuneSocket(fd);
+      auto conn = std::make_shared<TcpConnection>(fd, NextLoop(), std::move(handler),
+                                                  SockaddrToUri(ss));
+      Status s = conn->Register();
+      if (!s.ok()) return s;
+      return ConnectionPtr(conn);
+    }
+    return last;
+  }
+
+  void Shutdown() override {
+    std::vector<int> listeners;
+    {
+      std::lock_guard lk(mu_);
+      if (shut_) return;
+      shut_ = true;
+      listeners.swap(listeners_);
+    }
+    for (int fd : listeners) loops_[0]->Remove(fd);
+    for (auto& loop : loops_) {
+      loop->ForEachAndWait([](const std::shared_ptr<Pollable>& p) {
+        if (auto* c = dynamic_cast<TcpConnection*>(p.get()))
+          c->Close(Status::Error(ESHUTDOWN, "transport shut down"));
+      });
+    }
+    for (auto& loop : loops_) loop->Stop();
+  }
+
+ private:
+  EventLoop* NextLoop() { return loops_[next_++ % loops_.size()].get(); }
+
+  void Accept(int lfd, const Handler& handler) {
+    for (;;) {
+      sockaddr_storage ss{};
+      socklen_t len = sizeof(ss);
+      int fd = accept4(lfd, reinterpret_cast<sockaddr*>(&ss), &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
+      if (fd < 0) {
+        if (errno == EINTR) continue;
+        if (errno != EAGAIN) spdlog::warn("accept: {}", std::strerror(errno));
+        return;
+      }
+      TuneSocket(fd);
+      auto conn = std::make_shared<TcpConnection>(fd, NextLoop(), handler, SockaddrToUri(ss));
+      if (handler.on_accept) handler.on_accept(conn);
+      if (!conn->IsOpen()) continue;  // refused by on_accept
+      Status s = conn->Register();
+      if (!s.ok()) spdlog::warn("{}: register: {}", conn->Peer(), s.ToString());
+    }
+  }
+
+  std::vector<std::unique_ptr<EventLoop>> loops_;
+  std::atomic<size_t> next_{0};
+  std::mutex mu_;
+  std::vector<int> listeners_;  // GUARDED_BY(mu_)
+  bool shut_ = false;           // GUARDED_BY(mu_)
+};
+
+}  // namespace
+
+std::unique_ptr<Transport> CreateTcpTransport(const TransportOptions& options) {
+  return std::make_unique<TcpTransport>(options);
+}
+
+}  // namespace pohmelfs::transport
