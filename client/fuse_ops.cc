@@ -270,7 +270,9 @@ void DoReadDir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file
   auto add = [&](const char* name, const struct stat& st, uint64_t next, const Entry* e) -> bool {
     size_t left = size - used;
     if (!plus) {
-      size_t need = fuse_add_direntry(req, buf.data() + used, left, name, &st, static_cast<off_t>(next));
+      struct stat with_ino = st;
+      if (e) with_ino.st_ino = c->inodes->InoFor(e->oid);  // readdir drops d_ino 0
+      size_t need = fuse_add_direntry(req, buf.data() + used, left, name, &with_ino, static_cast<off_t>(next));
       if (need > left) return false;
       used += need;
       return true;

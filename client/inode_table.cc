@@ -16,10 +16,7 @@ uint64_t InodeTable::Ref(const proto::Oid& oid, uint64_t refs) {
     nodes_[it->second].lookups += refs;
     return it->second;
   }
-  uint64_t a, b;
-  std::memcpy(&a, oid.b.data(), 8);
-  std::memcpy(&b, oid.b.data() + 8, 8);
-  uint64_t id = (a ^ b) & ~(1ull << 63);
+  uint64_t id = Derive(oid);
   if (id <= kRootId || nodes_.count(id)) {
     do {
       id = next_fallback_++;
@@ -28,6 +25,19 @@ uint64_t InodeTable::Ref(const proto::Oid& oid, uint64_t refs) {
   nodes_[id] = Node{oid, refs};
   by_oid_[oid] = id;
   return id;
+}
+
+uint64_t InodeTable::Derive(const proto::Oid& oid) {
+  uint64_t a, b;
+  std::memcpy(&a, oid.b.data(), 8);
+  std::memcpy(&b, oid.b.data() + 8, 8);
+  return (a ^ b) & ~(1ull << 63);
+}
+
+uint64_t InodeTable::InoFor(const proto::Oid& oid) {
+  std::lock_guard lk(mu_);
+  auto it = by_oid_.find(oid);
+  return it != by_oid_.end() ? it->second : Derive(oid);
 }
 
 void InodeTable::Forget(uint64_t nodeid, uint64_t n) {

@@ -21,11 +21,14 @@ class InodeTable {
   explicit InodeTable(const proto::Oid& root);
   // The node id for oid, adding `refs` lookups (0: only find or assign the id).
   uint64_t Ref(const proto::Oid& oid, uint64_t refs = 1);
+  // The st_ino to report for oid without taking a reference (plain readdir).
+  uint64_t InoFor(const proto::Oid& oid);
   void Forget(uint64_t nodeid, uint64_t n);
   std::optional<proto::Oid> Get(uint64_t nodeid);
   size_t size();
 
  private:
+  static uint64_t Derive(const proto::Oid& oid);
   struct Node {
     proto::Oid oid;
     uint64_t lookups = 0;

@@ -60,28 +60,27 @@ void Detach(const OpEnv& env, const Oid& oid, bool is_dir) {
 
 Result<uint64_t> RemoveTree(const OpEnv& env, int parentfd, const std::string& name, int depth);
 
-// Removes every entry of the directory open as dirfd.
+// Removes every entry of the directory open as dirfd. Names are collected first: removing
+// entries under a getdents cursor would skip some.
 Result<uint64_t> EmptyDir(const OpEnv& env, int dirfd, int depth) {
-  uint64_t removed = 0;
+  std::vector<std::string> names;
   alignas(8) char buf[32 * 1024];
   for (;;) {
     long n = syscall(SYS_getdents64, dirfd, buf, sizeof(buf));
     if (n < 0) return Status::FromErrno("getdents");
     if (n == 0) break;
-    std::vector<std::string> names;
     for (long off = 0; off < n;) {
       auto* d = reinterpret_cast<Dirent64*>(buf + off);
       off += d->d_reclen;
       std::string nm = d->d_name;
       if (nm != "." && nm != "..") names.push_back(std::move(nm));
     }
-    for (const auto& nm : names) {
-      auto r = RemoveTree(env, dirfd, nm, depth + 1);
-      if (!r.ok()) return r;
-      removed += *r;
-    }
-    // Entries were removed under the cursor: start over from the beginning.
-    lseek(dirfd, 0, SEEK_SET);
+  }
+  uint64_t removed = 0;
+  for (const auto& nm : names) {
+    auto r = RemoveTree(env, dirfd, nm, depth + 1);
+    if (!r.ok()) return r;
+    removed += *r;
   }
   return removed;
 }
