@@ -112,7 +112,7 @@ Result<Entry> FsClient::MkDir(const Oid& parent, const std::string& name, uint32
 }
 
 Result<Entry> FsClient::MkNod(const Oid& parent, const std::string& name, uint32_t mode,
-                              uint64_t rdev, uint32_t uid, uint32_t gid) {
+                              uint64_t rdev, uint32_t uid, uint32_t gid, bool open) {
   pohmelfs_create_req q{};
   q.parent = parent.ToWire();
   q.new_oid = Oid::Random().ToWire();
@@ -121,7 +121,7 @@ Result<Entry> FsClient::MkNod(const Oid& parent, const std::string& name, uint32
   q.gid = to_le(gid);
   q.name_len = to_le(Len(name));
   q.rdev = to_le(rdev);
-  q.flags = to_le(uint32_t{POHMELFS_CREATE_EXCL});
+  q.flags = to_le(POHMELFS_CREATE_EXCL | (open ? POHMELFS_CREATE_OPEN : 0u));
   std::vector<uint8_t> b;
   Writer w(&b);
   w.Put(q);

@@ -52,8 +52,9 @@ class FsClient {
   Result<DirPage> ReadDir(const Oid& dir, uint64_t cookie, uint32_t max_bytes);
   Result<Entry> MkDir(const Oid& parent, const std::string& name, uint32_t mode, uint32_t uid,
                       uint32_t gid);
+  // With open, a regular file is also opened (release it with Release).
   Result<Entry> MkNod(const Oid& parent, const std::string& name, uint32_t mode, uint64_t rdev,
-                      uint32_t uid, uint32_t gid);
+                      uint32_t uid, uint32_t gid, bool open = false);
   Status Unlink(const Oid& parent, const std::string& name);
   Status RmDir(const Oid& parent, const std::string& name);
   Status Rename(const Oid& old_parent, const std::string& old_name, const Oid& new_parent,

@@ -177,10 +177,8 @@ void Create(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode, fu
   if (!p) return;
   const fuse_ctx* who = fuse_req_ctx(req);
   FuseContext* c = Ctx(req);
-  auto e = c->fs->MkNod(*p, name, S_IFREG | (mode & 07777), 0, who->uid, who->gid);
+  auto e = c->fs->MkNod(*p, name, S_IFREG | (mode & 07777), 0, who->uid, who->gid, true);
   if (!e.ok()) return ReplyStatus(req, e.status());
-  auto opened = c->fs->Open(e->oid, POHMELFS_OPEN_WRITE);
-  if (!opened.ok()) return ReplyStatus(req, opened.status());
   fuse_entry_param ep{};
   ep.ino = c->inodes->Ref(e->oid);
   ep.attr = StatFor(*e, ep.ino);

@@ -107,6 +107,10 @@ class Writer {
     std::memcpy(buf_->data() + offset, &s, sizeof(T));
   }
   void Pad8() { buf_->resize(POHMELFS_PAD8(buf_->size()), 0); }
+  // Appends n bytes for the caller to fill through At(); Truncate drops what was not filled.
+  void Grow(size_t n) { buf_->resize(buf_->size() + n); }
+  uint8_t* At(size_t offset) { return buf_->data() + offset; }
+  void Truncate(size_t size) { buf_->resize(size); }
   size_t size() const { return buf_->size(); }
 
  private:

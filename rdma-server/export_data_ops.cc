@@ -69,11 +69,13 @@ Status Read(const OpEnv& env, Reader* r, Writer* w) {
   if (offset > static_cast<uint64_t>(INT64_MAX)) return Status::Error(EINVAL, "bad offset");
   auto fd = env.store->OpenFile(Oid::FromWire(q.oid));
   if (!fd.ok()) return fd.status();
-  std::vector<uint8_t> buf(size);
+  // Read straight into the reply buffer.
+  size_t start = w->size();
+  w->Grow(size);
+  uint8_t* out = w->At(start);
   size_t done = 0;
   while (done < size) {
-    ssize_t n = pread((*fd)->get(), buf.data() + done, size - done,
-                      static_cast<off_t>(offset + done));
+    ssize_t n = pread((*fd)->get(), out + done, size - done, static_cast<off_t>(offset + done));
     if (n < 0) {
       if (errno == EINTR) continue;
       return Status::FromErrno("read");
@@ -81,7 +83,7 @@ Status Read(const OpEnv& env, Reader* r, Writer* w) {
     if (n == 0) break;
     done += static_cast<size_t>(n);
   }
-  w->Bytes(buf.data(), done);
+  w->Truncate(start + done);
   return Status::Ok();
 }
 

@@ -328,6 +328,7 @@ Status MkNod(const OpEnv& env, Reader* r, Writer* w) {
     unlinkat(fd, name.c_str(), 0);
     return s;
   }
+  if ((from_le(q.flags) & POHMELFS_CREATE_OPEN) && S_ISREG(mode)) env.handles->Opened(oid);
   return ReplyCreated(env, fd, name, oid, w);
 }
 

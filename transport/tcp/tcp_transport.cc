@@ -22,6 +22,8 @@ namespace pohmelfs::transport {
 namespace {
 
 constexpr size_t kReadChunk = 256 * 1024;
+// A receive buffer that grew up to this size (one default-maximum message) is kept.
+constexpr size_t kKeepBuffer = sizeof(pohmelfs_hdr) + POHMELFS_PAYLOAD_MAX;
 // Sends gather at most this many iovecs per syscall (well under IOV_MAX).
 constexpr int kMaxIov = 64;
 
@@ -272,7 +274,9 @@ class TcpConnection final : public Connection,
       if (handler_.on_message) handler_.on_message(shared_from_this(), std::move(m));
     }
     if (rstart_ == rend_) rstart_ = rend_ = 0;
-    if (rbuf_.size() > 4 * kReadChunk && rend_ - rstart_ < kReadChunk) {
+    // Keep room for one largest message (they come in streams); give back only what a peer
+    // with a larger negotiated maximum needed.
+    if (rbuf_.size() > kKeepBuffer && rend_ - rstart_ < kReadChunk) {
       // Give back the space a large message needed.
       std::memmove(rbuf_.data(), rbuf_.data() + rstart_, rend_ - rstart_);
       rend_ -= rstart_;
