@@ -10,7 +10,9 @@ using proto::to_le;
 using proto::Writer;
 
 namespace {
-uint32_t Len(const std::string& s) { return static_cast<uint32_t>(s.size()); }
+uint32_t Len(const std::string& s) {
+  return static_cast<uint32_t>(s.size());
+}
 }  // namespace
 
 Result<std::vector<uint8_t>> FsClient::Do(uint16_t opcode, std::span<const iovec> payload) {
@@ -147,8 +149,8 @@ Status FsClient::RmDir(const Oid& parent, const std::string& name) {
 
 Status FsClient::Rename(const Oid& old_parent, const std::string& old_name, const Oid& new_parent,
                         const std::string& new_name, uint32_t flags) {
-  pohmelfs_rename_req q{old_parent.ToWire(), new_parent.ToWire(), to_le(Len(old_name)),
-                        to_le(Len(new_name)), to_le(flags), 0};
+  pohmelfs_rename_req q{old_parent.ToWire(),  new_parent.ToWire(), to_le(Len(old_name)),
+                        to_le(Len(new_name)), to_le(flags),        0};
   std::vector<uint8_t> b;
   Writer w(&b);
   w.Put(q);
@@ -167,8 +169,8 @@ Result<Entry> FsClient::Link(const Oid& oid, const Oid& new_parent, const std::s
 
 Result<Entry> FsClient::Symlink(const Oid& parent, const std::string& name,
                                 const std::string& target, uint32_t uid, uint32_t gid) {
-  pohmelfs_symlink_req q{parent.ToWire(), Oid::Random().ToWire(), to_le(uid), to_le(gid),
-                         to_le(Len(name)), to_le(Len(target))};
+  pohmelfs_symlink_req q{parent.ToWire(), Oid::Random().ToWire(), to_le(uid),
+                         to_le(gid),      to_le(Len(name)),       to_le(Len(target))};
   std::vector<uint8_t> b;
   Writer w(&b);
   w.Put(q);
@@ -323,7 +325,8 @@ Status FsClient::RemoveXattr(const Oid& oid, const std::string& name) {
 
 Status FsClient::Fallocate(const Oid& oid, uint32_t mode, uint64_t offset, uint64_t length) {
   std::vector<uint8_t> b;
-  Writer(&b).Put(pohmelfs_fallocate_req{oid.ToWire(), to_le(offset), to_le(length), to_le(mode), 0});
+  Writer(&b).Put(
+      pohmelfs_fallocate_req{oid.ToWire(), to_le(offset), to_le(length), to_le(mode), 0});
   return Do(POHMELFS_OP_FALLOCATE, b).status();
 }
 
@@ -346,8 +349,8 @@ Result<Entry> FsClient::MkPath(const Oid& parent, const std::string& path, uint3
   if (count > POHMELFS_MKPATH_DEPTH_MAX) return Status::Error(ENAMETOOLONG, "path too deep");
   std::vector<uint8_t> b;
   Writer w(&b);
-  w.Put(pohmelfs_mkpath_req{parent.ToWire(), to_le(mode), to_le(uid), to_le(gid),
-                            to_le(Len(path)), to_le(count), 0});
+  w.Put(pohmelfs_mkpath_req{parent.ToWire(), to_le(mode), to_le(uid), to_le(gid), to_le(Len(path)),
+                            to_le(count), 0});
   w.Bytes(path);
   for (uint32_t i = 0; i < count; i++) w.Put(Oid::Random().ToWire());
   return DecodeEntry(Do(POHMELFS_OP_MKPATH, b));

@@ -3,6 +3,9 @@
 // the mount is in place (exit 0), or with the reason it failed (exit 1).
 #include <fcntl.h>
 #include <poll.h>
+#include <spdlog/sinks/stdout_color_sinks.h>
+#include <spdlog/sinks/syslog_sink.h>
+#include <spdlog/spdlog.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -10,10 +13,6 @@
 #include <cstdio>
 #include <cstring>
 #include <string>
-
-#include <spdlog/sinks/stdout_color_sinks.h>
-#include <spdlog/sinks/syslog_sink.h>
-#include <spdlog/spdlog.h>
 
 #include "client/fuse_ops.h"
 
@@ -83,7 +82,8 @@ int main(int argc, char** argv) {
     close(p[0]);
     report_fd = p[1];
     setsid();
-    spdlog::set_default_logger(spdlog::syslog_logger_mt("pohmelfs-mount", "pohmelfs-mount", LOG_PID));
+    spdlog::set_default_logger(
+        spdlog::syslog_logger_mt("pohmelfs-mount", "pohmelfs-mount", LOG_PID));
   } else {
     spdlog::set_default_logger(spdlog::stderr_color_mt("pohmelfs-mount"));
   }

@@ -1,18 +1,19 @@
 #include "client/fuse_ops.h"
 
+#include <spdlog/spdlog.h>
 #include <sys/xattr.h>
 
 #include <cstring>
 #include <mutex>
-
-#include <spdlog/spdlog.h>
 
 #include "client/pohmelfs_ioctl.h"
 
 namespace pohmelfs::client {
 namespace {
 
-FuseContext* Ctx(fuse_req_t req) { return static_cast<FuseContext*>(fuse_req_userdata(req)); }
+FuseContext* Ctx(fuse_req_t req) {
+  return static_cast<FuseContext*>(fuse_req_userdata(req));
+}
 
 // Resolves a node id, or replies ESTALE and returns nullopt.
 std::optional<Oid> NodeOid(fuse_req_t req, fuse_ino_t ino) {
@@ -42,7 +43,9 @@ void ReplyEntry(fuse_req_t req, const Result<Entry>& e) {
   if (fuse_reply_entry(req, &p) != 0) c->inodes->Forget(p.ino, 1);  // interrupted
 }
 
-void ReplyStatus(fuse_req_t req, const Status& s) { fuse_reply_err(req, s.code()); }
+void ReplyStatus(fuse_req_t req, const Status& s) {
+  fuse_reply_err(req, s.code());
+}
 
 void Init(void*, fuse_conn_info* conn) {
   conn->want |= FUSE_CAP_ASYNC_READ | FUSE_CAP_IOCTL_DIR;
@@ -270,7 +273,8 @@ void DoReadDir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file
     if (!plus) {
       struct stat with_ino = st;
       if (e) with_ino.st_ino = c->inodes->InoFor(e->oid);  // readdir drops d_ino 0
-      size_t need = fuse_add_direntry(req, buf.data() + used, left, name, &with_ino, static_cast<off_t>(next));
+      size_t need = fuse_add_direntry(req, buf.data() + used, left, name, &with_ino,
+                                      static_cast<off_t>(next));
       if (need > left) return false;
       used += need;
       return true;
@@ -283,7 +287,8 @@ void DoReadDir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file
       p.attr_timeout = c->opts.attr_timeout;
       p.entry_timeout = c->opts.entry_timeout;
     }
-    size_t need = fuse_add_direntry_plus(req, buf.data() + used, left, name, &p, static_cast<off_t>(next));
+    size_t need =
+        fuse_add_direntry_plus(req, buf.data() + used, left, name, &p, static_cast<off_t>(next));
     if (need > left) {
       if (e) c->inodes->Forget(p.ino, 0);  // drop the id if nothing else references it
       return false;
@@ -386,13 +391,13 @@ void Fallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t offset, off_t len
                fuse_file_info*) {
   auto oid = NodeOid(req, ino);
   if (!oid) return;
-  ReplyStatus(req, Ctx(req)->fs->Fallocate(*oid, static_cast<uint32_t>(mode),
-                                           static_cast<uint64_t>(offset),
-                                           static_cast<uint64_t>(length)));
+  ReplyStatus(
+      req, Ctx(req)->fs->Fallocate(*oid, static_cast<uint32_t>(mode), static_cast<uint64_t>(offset),
+                                   static_cast<uint64_t>(length)));
 }
 
-void Ioctl(fuse_req_t req, fuse_ino_t ino, unsigned int cmd, void*, fuse_file_info*,
-           unsigned flags, const void* in_buf, size_t in_bufsz, size_t) {
+void Ioctl(fuse_req_t req, fuse_ino_t ino, unsigned int cmd, void*, fuse_file_info*, unsigned flags,
+           const void* in_buf, size_t in_bufsz, size_t) {
   auto oid = NodeOid(req, ino);
   if (!oid) return;
   if (!(flags & FUSE_IOCTL_DIR)) return (void)fuse_reply_err(req, ENOTTY);
@@ -405,7 +410,8 @@ void Ioctl(fuse_req_t req, fuse_ino_t ino, unsigned int cmd, void*, fuse_file_in
   std::string path(arg->path, len);
   FuseContext* c = Ctx(req);
   const fuse_ctx* who = fuse_req_ctx(req);
-  if (who->uid != 0) return (void)fuse_reply_err(req, EPERM);  // bypasses per-entry permission checks
+  if (who->uid != 0)
+    return (void)fuse_reply_err(req, EPERM);  // bypasses per-entry permission checks
   Status s;
   if (cmd == POHMELFS_IOC_RMTREE) {
     s = c->fs->RmTree(*oid, path).status();
@@ -457,6 +463,8 @@ const fuse_lowlevel_ops kOps = [] {
 
 }  // namespace
 
-const fuse_lowlevel_ops* PohmelfsFuseOps() { return &kOps; }
+const fuse_lowlevel_ops* PohmelfsFuseOps() {
+  return &kOps;
+}
 
 }  // namespace pohmelfs::client

@@ -34,9 +34,9 @@ class InodeTable {
     uint64_t lookups = 0;
   };
   std::mutex mu_;
-  std::unordered_map<uint64_t, Node> nodes_;                          // GUARDED_BY(mu_)
+  std::unordered_map<uint64_t, Node> nodes_;                         // GUARDED_BY(mu_)
   std::unordered_map<proto::Oid, uint64_t, proto::OidHash> by_oid_;  // GUARDED_BY(mu_)
-  uint64_t next_fallback_ = 1ull << 63;                               // GUARDED_BY(mu_)
+  uint64_t next_fallback_ = 1ull << 63;                              // GUARDED_BY(mu_)
 };
 
 }  // namespace pohmelfs::client

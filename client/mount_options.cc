@@ -22,27 +22,21 @@ struct RawOptions {
   char* source;
 };
 
-#define POHMELFS_OPT(t, p) {t, offsetof(RawOptions, p), 1}
+#define POHMELFS_OPT(t, p) \
+  { t, offsetof(RawOptions, p), 1 }
 const fuse_opt kSpec[] = {
     POHMELFS_OPT("trans_scan_timeout=%u", trans_scan_timeout),
     POHMELFS_OPT("trans_retries=%u", trans_retries),
     POHMELFS_OPT("connect_timeout=%u", connect_timeout),
     POHMELFS_OPT("attr_timeout=%lf", attr_timeout),
-    POHMELFS_OPT("entry_timeout=%lf", entry_timeout),
-    POHMELFS_OPT("max_write=%u", max_write),
-    POHMELFS_OPT("threads=%u", threads),
-    POHMELFS_OPT("log_level=%s", log_level),
-    POHMELFS_OPT("-h", show_help),
-    POHMELFS_OPT("--help", show_help),
+    POHMELFS_OPT("entry_timeout=%lf", entry_timeout), POHMELFS_OPT("max_write=%u", max_write),
+    POHMELFS_OPT("threads=%u", threads), POHMELFS_OPT("log_level=%s", log_level),
+    POHMELFS_OPT("-h", show_help), POHMELFS_OPT("--help", show_help),
     // Options mount(8) and fstab pass that mean nothing to a FUSE filesystem.
-    FUSE_OPT_KEY("defaults", FUSE_OPT_KEY_DISCARD),
-    FUSE_OPT_KEY("auto", FUSE_OPT_KEY_DISCARD),
-    FUSE_OPT_KEY("noauto", FUSE_OPT_KEY_DISCARD),
-    FUSE_OPT_KEY("user", FUSE_OPT_KEY_DISCARD),
-    FUSE_OPT_KEY("users", FUSE_OPT_KEY_DISCARD),
-    FUSE_OPT_KEY("_netdev", FUSE_OPT_KEY_DISCARD),
-    FUSE_OPT_KEY("nofail", FUSE_OPT_KEY_DISCARD),
-    FUSE_OPT_END};
+    FUSE_OPT_KEY("defaults", FUSE_OPT_KEY_DISCARD), FUSE_OPT_KEY("auto", FUSE_OPT_KEY_DISCARD),
+    FUSE_OPT_KEY("noauto", FUSE_OPT_KEY_DISCARD), FUSE_OPT_KEY("user", FUSE_OPT_KEY_DISCARD),
+    FUSE_OPT_KEY("users", FUSE_OPT_KEY_DISCARD), FUSE_OPT_KEY("_netdev", FUSE_OPT_KEY_DISCARD),
+    FUSE_OPT_KEY("nofail", FUSE_OPT_KEY_DISCARD), FUSE_OPT_END};
 
 int OptProc(void* data, const char* arg, int key, fuse_args*) {
   auto* raw = static_cast<RawOptions*>(data);

@@ -1,10 +1,10 @@
 // pohmelfs-mount options (-o), in the POHMELFS style, and their defaults.
 #pragma once
 
+#include <fuse_lowlevel.h>
+
 #include <string>
 #include <vector>
-
-#include <fuse_lowlevel.h>
 
 namespace pohmelfs::client {
 

@@ -73,7 +73,8 @@ Status RpcClient::Handshake(const transport::ConnectionPtr& conn) {
   q.credits = to_le(uint32_t{1024});
   q.crypto_modes = to_le(uint32_t{POHMELFS_CRYPTO_NONE});
   q.name_len = to_le(static_cast<uint32_t>(opts_.client_name.size()));
-  iovec iov[2] = {{&q, sizeof(q)}, {const_cast<char*>(opts_.client_name.data()), opts_.client_name.size()}};
+  iovec iov[2] = {{&q, sizeof(q)},
+                  {const_cast<char*>(opts_.client_name.data()), opts_.client_name.size()}};
 
   uint64_t trans = next_trans_++;
   auto p = std::make_shared<Pending>();

@@ -87,12 +87,12 @@ class RpcClient {
   std::mutex conn_mu_;  // serialises reconnects
   std::mutex mu_;
   std::condition_variable cv_;
-  transport::ConnectionPtr conn_;                                // GUARDED_BY(mu_)
-  uint64_t session_ = 0;                                         // GUARDED_BY(mu_)
-  uint32_t credits_ = 16;                                        // GUARDED_BY(mu_)
-  uint32_t inflight_ = 0;                                        // GUARDED_BY(mu_)
+  transport::ConnectionPtr conn_;                                   // GUARDED_BY(mu_)
+  uint64_t session_ = 0;                                            // GUARDED_BY(mu_)
+  uint32_t credits_ = 16;                                           // GUARDED_BY(mu_)
+  uint32_t inflight_ = 0;                                           // GUARDED_BY(mu_)
   std::unordered_map<uint64_t, std::shared_ptr<Pending>> pending_;  // GUARDED_BY(mu_)
-  bool shutting_down_ = false;                                   // GUARDED_BY(mu_)
+  bool shutting_down_ = false;                                      // GUARDED_BY(mu_)
 };
 
 }  // namespace pohmelfs::client

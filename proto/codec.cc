@@ -78,8 +78,8 @@ Result<Header> DecodeHeader(const pohmelfs_hdr& in, uint32_t max_payload) {
   Header h;
   h.version = from_le(in.version);
   if (h.version < POHMELFS_PROTO_VERSION_MIN || h.version > POHMELFS_PROTO_VERSION_MAX)
-    return Status::Error(EPROTONOSUPPORT, "unsupported protocol version " +
-                                              std::to_string(h.version));
+    return Status::Error(EPROTONOSUPPORT,
+                         "unsupported protocol version " + std::to_string(h.version));
   h.opcode = from_le(in.opcode);
   h.flags = from_le(in.flags);
   h.length = from_le(in.length);
@@ -94,35 +94,64 @@ Result<Header> DecodeHeader(const pohmelfs_hdr& in, uint32_t max_payload) {
 
 const char* OpcodeName(uint16_t op) {
   switch (op) {
-    case POHMELFS_OP_HELLO: return "hello";
-    case POHMELFS_OP_PING: return "ping";
-    case POHMELFS_OP_BATCH: return "batch";
-    case POHMELFS_OP_LOOKUP: return "lookup";
-    case POHMELFS_OP_GETATTR: return "getattr";
-    case POHMELFS_OP_SETATTR: return "setattr";
-    case POHMELFS_OP_READDIR: return "readdir";
-    case POHMELFS_OP_MKDIR: return "mkdir";
-    case POHMELFS_OP_RMDIR: return "rmdir";
-    case POHMELFS_OP_MKNOD: return "mknod";
-    case POHMELFS_OP_OPEN: return "open";
-    case POHMELFS_OP_RELEASE: return "release";
-    case POHMELFS_OP_READ: return "read";
-    case POHMELFS_OP_WRITE: return "write";
-    case POHMELFS_OP_FSYNC: return "fsync";
-    case POHMELFS_OP_UNLINK: return "unlink";
-    case POHMELFS_OP_RENAME: return "rename";
-    case POHMELFS_OP_LINK: return "link";
-    case POHMELFS_OP_SYMLINK: return "symlink";
-    case POHMELFS_OP_READLINK: return "readlink";
-    case POHMELFS_OP_STATFS: return "statfs";
-    case POHMELFS_OP_GETXATTR: return "getxattr";
-    case POHMELFS_OP_SETXATTR: return "setxattr";
-    case POHMELFS_OP_LISTXATTR: return "listxattr";
-    case POHMELFS_OP_REMOVEXATTR: return "removexattr";
-    case POHMELFS_OP_FALLOCATE: return "fallocate";
-    case POHMELFS_OP_RMTREE: return "rmtree";
-    case POHMELFS_OP_MKPATH: return "mkpath";
-    default: return "unknown";
+    case POHMELFS_OP_HELLO:
+      return "hello";
+    case POHMELFS_OP_PING:
+      return "ping";
+    case POHMELFS_OP_BATCH:
+      return "batch";
+    case POHMELFS_OP_LOOKUP:
+      return "lookup";
+    case POHMELFS_OP_GETATTR:
+      return "getattr";
+    case POHMELFS_OP_SETATTR:
+      return "setattr";
+    case POHMELFS_OP_READDIR:
+      return "readdir";
+    case POHMELFS_OP_MKDIR:
+      return "mkdir";
+    case POHMELFS_OP_RMDIR:
+      return "rmdir";
+    case POHMELFS_OP_MKNOD:
+      return "mknod";
+    case POHMELFS_OP_OPEN:
+      return "open";
+    case POHMELFS_OP_RELEASE:
+      return "release";
+    case POHMELFS_OP_READ:
+      return "read";
+    case POHMELFS_OP_WRITE:
+      return "write";
+    case POHMELFS_OP_FSYNC:
+      return "fsync";
+    case POHMELFS_OP_UNLINK:
+      return "unlink";
+    case POHMELFS_OP_RENAME:
+      return "rename";
+    case POHMELFS_OP_LINK:
+      return "link";
+    case POHMELFS_OP_SYMLINK:
+      return "symlink";
+    case POHMELFS_OP_READLINK:
+      return "readlink";
+    case POHMELFS_OP_STATFS:
+      return "statfs";
+    case POHMELFS_OP_GETXATTR:
+      return "getxattr";
+    case POHMELFS_OP_SETXATTR:
+      return "setxattr";
+    case POHMELFS_OP_LISTXATTR:
+      return "listxattr";
+    case POHMELFS_OP_REMOVEXATTR:
+      return "removexattr";
+    case POHMELFS_OP_FALLOCATE:
+      return "fallocate";
+    case POHMELFS_OP_RMTREE:
+      return "rmtree";
+    case POHMELFS_OP_MKPATH:
+      return "mkpath";
+    default:
+      return "unknown";
   }
 }
 

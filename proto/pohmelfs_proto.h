@@ -26,29 +26,28 @@
 
 /* Hard limits. A peer that exceeds one gets an error reply (EINVAL, ENAMETOOLONG, E2BIG) or,
  * when the framing itself is broken, a closed connection. */
-#define POHMELFS_NAME_MAX 255u          /* one path component */
-#define POHMELFS_PATH_MAX 4095u         /* symlink target, mkpath path */
-#define POHMELFS_MKPATH_DEPTH_MAX 64u   /* components created by one MKPATH */
+#define POHMELFS_NAME_MAX 255u        /* one path component */
+#define POHMELFS_PATH_MAX 4095u       /* symlink target, mkpath path */
+#define POHMELFS_MKPATH_DEPTH_MAX 64u /* components created by one MKPATH */
 #define POHMELFS_XATTR_NAME_MAX 255u
-#define POHMELFS_XATTR_SIZE_MAX 65536u  /* one xattr value, one listxattr reply */
-#define POHMELFS_IO_MAX (1u << 20)      /* one READ or WRITE */
+#define POHMELFS_XATTR_SIZE_MAX 65536u    /* one xattr value, one listxattr reply */
+#define POHMELFS_IO_MAX (1u << 20)        /* one READ or WRITE */
 #define POHMELFS_READDIR_MAX (128u << 10) /* one READDIR reply */
-#define POHMELFS_BATCH_MAX 64u          /* commands in one BATCH */
+#define POHMELFS_BATCH_MAX 64u            /* commands in one BATCH */
 /* Largest payload of any message: an IO_MAX write plus its struct, or a full batch. */
 #define POHMELFS_PAYLOAD_MAX (POHMELFS_IO_MAX + 64u * 1024u)
 
 /* hdr.flags */
-#define POHMELFS_FLAG_REPLY (1u << 0)    /* this message answers hdr.trans */
-#define POHMELFS_FLAG_RESENT (1u << 1)   /* the client sent this transaction before */
+#define POHMELFS_FLAG_REPLY (1u << 0)  /* this message answers hdr.trans */
+#define POHMELFS_FLAG_RESENT (1u << 1) /* the client sent this transaction before */
 
 /* Feature bits negotiated in HELLO: the result is the AND of both sides' masks. */
 #define POHMELFS_FEAT_BATCH (1ull << 0)
 #define POHMELFS_FEAT_TREE_OPS (1ull << 1) /* RMTREE, MKPATH */
 #define POHMELFS_FEAT_XATTR (1ull << 2)
 #define POHMELFS_FEAT_FALLOCATE (1ull << 3)
-#define POHMELFS_FEAT_ALL                                                        \
-  (POHMELFS_FEAT_BATCH | POHMELFS_FEAT_TREE_OPS | POHMELFS_FEAT_XATTR | \
-   POHMELFS_FEAT_FALLOCATE)
+#define POHMELFS_FEAT_ALL \
+  (POHMELFS_FEAT_BATCH | POHMELFS_FEAT_TREE_OPS | POHMELFS_FEAT_XATTR | POHMELFS_FEAT_FALLOCATE)
 
 /* Channel protection modes offered in HELLO (bit mask); only NONE exists in version 1. */
 #define POHMELFS_CRYPTO_NONE (1u << 0)
@@ -104,7 +103,7 @@ struct pohmelfs_oid {
 struct pohmelfs_attr {
   struct pohmelfs_oid oid;
   __le64 size;
-  __le64 blocks; /* 512-byte units */
+  __le64 blocks;  /* 512-byte units */
   __le64 version; /* per-object change counter (replication); 0 when not tracked */
   __le64 rdev;    /* Linux encoding, as st_rdev */
   __le64 atime_sec;
@@ -142,7 +141,7 @@ struct pohmelfs_hello_rep {
   __le32 credits;     /* requests the client may have in flight */
   __le32 crypto_mode; /* the chosen POHMELFS_CRYPTO_* */
   struct pohmelfs_oid root;
-  __le32 auth_len;    /* bytes of authentication data after this struct */
+  __le32 auth_len; /* bytes of authentication data after this struct */
   __le32 pad1;
 };
 
@@ -214,7 +213,8 @@ struct pohmelfs_create_req {
   __le32 pad;
 };
 #define POHMELFS_CREATE_EXCL (1u << 0)
-#define POHMELFS_CREATE_OPEN (1u << 1) /* MKNOD of a regular file: also OPEN it (one round trip) */
+#define POHMELFS_CREATE_OPEN (1u << 1) /* MKNOD of a regular file: also OPEN it (one round trip) \
+                                        */
 
 /* OPEN: checks the object and applies O_TRUNC; the handle lives in the client. Reply: attr. */
 struct pohmelfs_open_req {

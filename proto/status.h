@@ -52,10 +52,10 @@ class [[nodiscard]] Result {
 };
 
 // Returns the Status of expr from the enclosing function when it is an error.
-#define POHMELFS_RETURN_IF_ERROR(expr)      \
-  do {                                      \
-    ::pohmelfs::Status _st = (expr);        \
-    if (!_st.ok()) return _st;              \
+#define POHMELFS_RETURN_IF_ERROR(expr) \
+  do {                                 \
+    ::pohmelfs::Status _st = (expr);   \
+    if (!_st.ok()) return _st;         \
   } while (0)
 
 }  // namespace pohmelfs

@@ -102,9 +102,9 @@ Status Write(const OpEnv& env, Reader* r, Writer* w) {
   size_t done = 0;
   while (done < size) {
     iovec v{const_cast<char*>(data.data() + done), size - done};
-    ssize_t n = append ? pwritev2((*fd)->get(), &v, 1, -1, RWF_APPEND)
-                       : pwrite((*fd)->get(), v.iov_base, v.iov_len,
-                                static_cast<off_t>(offset + done));
+    ssize_t n =
+        append ? pwritev2((*fd)->get(), &v, 1, -1, RWF_APPEND)
+               : pwrite((*fd)->get(), v.iov_base, v.iov_len, static_cast<off_t>(offset + done));
     if (n < 0) {
       if (errno == EINTR) continue;
       if (done > 0) break;  // report the short write
@@ -167,8 +167,9 @@ Status GetXattr(const OpEnv& env, Reader* r, Writer* w) {
   if (!t.ok()) return t.status();
   uint32_t size = std::min<uint32_t>(from_le(q.size), POHMELFS_XATTR_SIZE_MAX);
   std::vector<uint8_t> buf(size);
-  ssize_t n = t->follow ? getxattr(t->path.c_str(), name.c_str(), size ? buf.data() : nullptr, size)
-                        : lgetxattr(t->path.c_str(), name.c_str(), size ? buf.data() : nullptr, size);
+  ssize_t n = t->follow
+                  ? getxattr(t->path.c_str(), name.c_str(), size ? buf.data() : nullptr, size)
+                  : lgetxattr(t->path.c_str(), name.c_str(), size ? buf.data() : nullptr, size);
   if (n < 0) return Status::FromErrno("getxattr");
   if (size == 0) {
     w->Put(to_le(static_cast<uint32_t>(n)));
@@ -192,8 +193,10 @@ Status SetXattr(const OpEnv& env, Reader* r, Writer*) {
   if (IsPrivateXattr(name)) return Status::Error(EPERM, "reserved xattr");
   auto t = env.store->XattrPath(Oid::FromWire(q.oid));
   if (!t.ok()) return t.status();
-  int rc = t->follow ? setxattr(t->path.c_str(), name.c_str(), value.data(), len, static_cast<int>(flags))
-                     : lsetxattr(t->path.c_str(), name.c_str(), value.data(), len, static_cast<int>(flags));
+  int rc =
+      t->follow
+          ? setxattr(t->path.c_str(), name.c_str(), value.data(), len, static_cast<int>(flags))
+          : lsetxattr(t->path.c_str(), name.c_str(), value.data(), len, static_cast<int>(flags));
   if (rc != 0) return Status::FromErrno("setxattr");
   return Status::Ok();
 }

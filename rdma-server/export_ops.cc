@@ -1,12 +1,11 @@
 // Namespace operations: lookup, attributes, directories, names, links, tree operations.
+#include "rdma-server/export_ops.h"
+
 #include <dirent.h>
 #include <fcntl.h>
+#include <spdlog/spdlog.h>
 #include <sys/syscall.h>
 #include <unistd.h>
-
-#include <spdlog/spdlog.h>
-
-#include "rdma-server/export_ops.h"
 
 namespace pohmelfs::server::ops {
 
@@ -113,7 +112,9 @@ Status ChownNew(int dirfd, const std::string& name, uint32_t uid, uint32_t gid) 
 
 }  // namespace
 
-Status Short() { return Status::Error(EINVAL, "request shorter than its struct"); }
+Status Short() {
+  return Status::Error(EINVAL, "request shorter than its struct");
+}
 
 void PutAttr(Writer* w, struct stat st, const Oid& oid, bool index_link_counted) {
   if (index_link_counted && !S_ISDIR(st.st_mode) && st.st_nlink > 0) st.st_nlink--;
@@ -181,7 +182,8 @@ Status SetAttr(const OpEnv& env, Reader* r, Writer* w) {
   if (valid & (POHMELFS_SETATTR_UID | POHMELFS_SETATTR_GID)) {
     uid_t uid = (valid & POHMELFS_SETATTR_UID) ? from_le(q.uid) : static_cast<uid_t>(-1);
     gid_t gid = (valid & POHMELFS_SETATTR_GID) ? from_le(q.gid) : static_cast<gid_t>(-1);
-    if (fchownat(at_fd, at_name.c_str(), uid, gid, at_flags) != 0) return Status::FromErrno("chown");
+    if (fchownat(at_fd, at_name.c_str(), uid, gid, at_flags) != 0)
+      return Status::FromErrno("chown");
   }
   if (valid & (POHMELFS_SETATTR_ATIME | POHMELFS_SETATTR_MTIME | POHMELFS_SETATTR_ATIME_NOW |
                POHMELFS_SETATTR_MTIME_NOW)) {
@@ -477,7 +479,8 @@ Status MkPath(const OpEnv& env, Reader* r, Writer* w) {
     size_t slash = path.find('/', pos);
     if (slash == std::string::npos) slash = path.size();
     std::string part = path.substr(pos, slash - pos);
-    if (part.empty() || part == "." || part == "..") return Status::Error(EINVAL, "bad mkpath component");
+    if (part.empty() || part == "." || part == "..")
+      return Status::Error(EINVAL, "bad mkpath component");
     if (part.size() > POHMELFS_NAME_MAX) return Status::Error(ENAMETOOLONG);
     parts.push_back(std::move(part));
     pos = slash + 1;
@@ -493,7 +496,7 @@ Status MkPath(const OpEnv& env, Reader* r, Writer* w) {
   auto curfd = env.store->OpenDir(cur);
   if (!curfd.ok()) return curfd.status();
   SharedFd fd = *curfd;
-  struct stat st{};
+  struct stat st {};
   for (uint32_t i = 0; i < count; i++) {
     const std::string& part = parts[i];
     if (ExportStore::IsHidden(cur, part)) return Status::Error(EPERM, "reserved name");

@@ -3,14 +3,13 @@
 #include <dirent.h>
 #include <fcntl.h>
 #include <linux/openat2.h>
+#include <spdlog/spdlog.h>
 #include <sys/syscall.h>
 #include <sys/xattr.h>
 #include <unistd.h>
 
 #include <cstring>
 #include <thread>
-
-#include <spdlog/spdlog.h>
 
 namespace pohmelfs::server {
 namespace {
@@ -59,7 +58,9 @@ void FdCache::Erase(const Oid& oid) {
   index_.erase(it);
 }
 
-std::string ExportStore::FdPath(int fd) { return "/proc/self/fd/" + std::to_string(fd); }
+std::string ExportStore::FdPath(int fd) {
+  return "/proc/self/fd/" + std::to_string(fd);
+}
 std::string ExportStore::FdPath(int fd, const std::string& name) {
   return FdPath(fd) + "/" + name;
 }
@@ -118,7 +119,9 @@ void ExportStore::SweepOrphans() {
   if (removed) spdlog::info("export: removed {} orphaned objects left by an earlier run", removed);
 }
 
-Result<SharedFd> ExportStore::OpenDir(const Oid& oid) { return ResolveDir(oid, 0); }
+Result<SharedFd> ExportStore::OpenDir(const Oid& oid) {
+  return ResolveDir(oid, 0);
+}
 
 Result<SharedFd> ExportStore::ResolveDir(const Oid& oid, int depth) {
   if (depth > kMaxDepth) return Status::Error(ELOOP, "directory index too deep");
@@ -151,7 +154,8 @@ Result<SharedFd> ExportStore::ResolveDir(const Oid& oid, int depth) {
   if (name.empty() || name.find('/') != std::string::npos || name == "." || name == "..")
     return Status::Error(EIO, "corrupt directory record for " + hex);
   auto pfd = ResolveDir(parent, depth + 1);
-  if (!pfd.ok()) return pfd.status().code() == ENOTDIR ? Status::Error(EIO, "bad record") : pfd.status();
+  if (!pfd.ok())
+    return pfd.status().code() == ENOTDIR ? Status::Error(EIO, "bad record") : pfd.status();
   int fd = OpenBeneath((*pfd)->get(), name, O_PATH | O_DIRECTORY | O_NOFOLLOW);
   if (fd < 0) return Status::Error(errno == ENOTDIR ? ENOENT : errno, "open directory " + hex);
   auto shared = std::make_shared<UniqueFd>(fd);
@@ -250,8 +254,8 @@ Status ExportStore::RecordDirMove(const Oid& oid, const Oid& new_parent,
                                   const std::string& new_name) {
   std::string hex = oid.Hex();
   std::string target = new_parent.Hex() + "/" + new_name;
-  std::string tmp = hex + ".tmp" +
-                    std::to_string(std::hash<std::thread::id>()(std::this_thread::get_id()));
+  std::string tmp =
+      hex + ".tmp" + std::to_string(std::hash<std::thread::id>()(std::this_thread::get_id()));
   unlinkat(dirs_.get(), tmp.c_str(), 0);
   if (symlinkat(target.c_str(), dirs_.get(), tmp.c_str()) != 0)
     return Status::FromErrno("record directory");

@@ -87,8 +87,7 @@ class ExportStore {
   Result<Oid> ReadId(int dirfd, const std::string& name);
 
   // Records a new object: sets its id xattr and adds its index entry.
-  Status Attach(int dirfd, const std::string& name, bool is_dir, const Oid& oid,
-                const Oid& parent);
+  Status Attach(int dirfd, const std::string& name, bool is_dir, const Oid& oid, const Oid& parent);
   // Updates a directory's record after a rename.
   Status RecordDirMove(const Oid& oid, const Oid& new_parent, const std::string& new_name);
   // Drops the index entry of a removed directory.

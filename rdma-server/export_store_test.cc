@@ -3,9 +3,8 @@
 #include "rdma-server/export_store.h"
 
 #include <fcntl.h>
-#include <sys/xattr.h>
-
 #include <gtest/gtest.h>
+#include <sys/xattr.h>
 
 #include <filesystem>
 #include <fstream>
@@ -46,7 +45,8 @@ class ExportStoreTest : public ::testing::Test {
     return s.code();
   }
   template <typename T>
-  static std::vector<uint8_t> Req(const T& s, std::string_view tail = {}, std::string_view tail2 = {}) {
+  static std::vector<uint8_t> Req(const T& s, std::string_view tail = {},
+                                  std::string_view tail2 = {}) {
     std::vector<uint8_t> b(sizeof(T));
     std::memcpy(b.data(), &s, sizeof(T));
     b.insert(b.end(), tail.begin(), tail.end());
@@ -92,8 +92,8 @@ TEST_F(ExportStoreTest, DirectoriesResolveByIdAcrossRenames) {
   Oid b = MkDir(a, "b");
   Oid f = MkFile(b, "f");
   // Rename the parent: the child's record names its parent by id and stays valid.
-  pohmelfs_rename_req q{Oid::Root().ToWire(), Oid::Root().ToWire(), to_le(uint32_t{1}),
-                        to_le(uint32_t{2}), 0, 0};
+  pohmelfs_rename_req q{
+      Oid::Root().ToWire(), Oid::Root().ToWire(), to_le(uint32_t{1}), to_le(uint32_t{2}), 0, 0};
   ASSERT_EQ(Exec(POHMELFS_OP_RENAME, Req(q, "a", "a2")), 0);
   // A fresh store has no cached fds: resolution must go through the records.
   auto fresh = ExportStore::Open(dir_.string());
@@ -150,8 +150,13 @@ TEST_F(ExportStoreTest, CorruptRecordsCannotEscape) {
 TEST_F(ExportStoreTest, MkPathCreatesMissingParentsWithTheGivenIds) {
   MkDir(Oid::Root(), "x");
   std::string path = "x/y/z";
-  pohmelfs_mkpath_req q{Oid::Root().ToWire(), to_le(uint32_t{0755}), 0, 0,
-                        to_le(static_cast<uint32_t>(path.size())), to_le(uint32_t{3}), 0};
+  pohmelfs_mkpath_req q{Oid::Root().ToWire(),
+                        to_le(uint32_t{0755}),
+                        0,
+                        0,
+                        to_le(static_cast<uint32_t>(path.size())),
+                        to_le(uint32_t{3}),
+                        0};
   auto req = Req(q, path);
   Oid ids[3] = {Oid::Random(), Oid::Random(), Oid::Random()};
   for (auto& id : ids) {

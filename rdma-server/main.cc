@@ -1,10 +1,10 @@
 // pohmelfs-server --export DIR --listen URI [--listen URI ...]
 // Runs in the foreground, logs to stderr, exits cleanly on SIGTERM or SIGINT.
 #include <signal.h>
-
-#include <CLI/CLI.hpp>
 #include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
+
+#include <CLI/CLI.hpp>
 
 #include "rdma-server/server.h"
 
@@ -13,12 +13,17 @@ int main(int argc, char** argv) {
   std::string level = "info";
   int session_timeout = 120;
   CLI::App app{"POHMELFS server: exports a directory over the network"};
-  app.add_option("--export", o.export_dir, "directory to export")->required()->check(CLI::ExistingDirectory);
-  app.add_option("--listen", o.listen, "address to listen on, e.g. tcp://0.0.0.0:7000 or tcp://[::]:7000 (repeatable)")
+  app.add_option("--export", o.export_dir, "directory to export")
+      ->required()
+      ->check(CLI::ExistingDirectory);
+  app.add_option("--listen", o.listen,
+                 "address to listen on, e.g. tcp://0.0.0.0:7000 or tcp://[::]:7000 (repeatable)")
       ->required();
   app.add_option("--workers", o.workers, "threads doing file IO")->check(CLI::Range(1, 1024));
-  app.add_option("--loop-threads", o.loop_threads, "network event-loop threads")->check(CLI::Range(1, 64));
-  app.add_option("--credits", o.credits, "requests one client may have in flight")->check(CLI::Range(1, 65536));
+  app.add_option("--loop-threads", o.loop_threads, "network event-loop threads")
+      ->check(CLI::Range(1, 64));
+  app.add_option("--credits", o.credits, "requests one client may have in flight")
+      ->check(CLI::Range(1, 65536));
   app.add_option("--session-timeout", session_timeout, "seconds an idle session is kept for resume")
       ->check(CLI::Range(1, 86400));
   app.add_option("--log-level", level, "trace, debug, info, warn, error");

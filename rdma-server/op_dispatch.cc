@@ -13,32 +13,58 @@ using Handler = Status (*)(const OpEnv&, proto::Reader*, proto::Writer*);
 
 Handler HandlerFor(uint16_t opcode) {
   switch (opcode) {
-    case POHMELFS_OP_LOOKUP: return ops::Lookup;
-    case POHMELFS_OP_GETATTR: return ops::GetAttr;
-    case POHMELFS_OP_SETATTR: return ops::SetAttr;
-    case POHMELFS_OP_READDIR: return ops::ReadDir;
-    case POHMELFS_OP_MKDIR: return ops::MkDir;
-    case POHMELFS_OP_RMDIR: return ops::RmDir;
-    case POHMELFS_OP_MKNOD: return ops::MkNod;
-    case POHMELFS_OP_OPEN: return ops::Open;
-    case POHMELFS_OP_RELEASE: return ops::Release;
-    case POHMELFS_OP_READ: return ops::Read;
-    case POHMELFS_OP_WRITE: return ops::Write;
-    case POHMELFS_OP_FSYNC: return ops::Fsync;
-    case POHMELFS_OP_UNLINK: return ops::Unlink;
-    case POHMELFS_OP_RENAME: return ops::Rename;
-    case POHMELFS_OP_LINK: return ops::Link;
-    case POHMELFS_OP_SYMLINK: return ops::Symlink;
-    case POHMELFS_OP_READLINK: return ops::ReadLink;
-    case POHMELFS_OP_STATFS: return ops::StatFs;
-    case POHMELFS_OP_GETXATTR: return ops::GetXattr;
-    case POHMELFS_OP_SETXATTR: return ops::SetXattr;
-    case POHMELFS_OP_LISTXATTR: return ops::ListXattr;
-    case POHMELFS_OP_REMOVEXATTR: return ops::RemoveXattr;
-    case POHMELFS_OP_FALLOCATE: return ops::Fallocate;
-    case POHMELFS_OP_RMTREE: return ops::RmTree;
-    case POHMELFS_OP_MKPATH: return ops::MkPath;
-    default: return nullptr;
+    case POHMELFS_OP_LOOKUP:
+      return ops::Lookup;
+    case POHMELFS_OP_GETATTR:
+      return ops::GetAttr;
+    case POHMELFS_OP_SETATTR:
+      return ops::SetAttr;
+    case POHMELFS_OP_READDIR:
+      return ops::ReadDir;
+    case POHMELFS_OP_MKDIR:
+      return ops::MkDir;
+    case POHMELFS_OP_RMDIR:
+      return ops::RmDir;
+    case POHMELFS_OP_MKNOD:
+      return ops::MkNod;
+    case POHMELFS_OP_OPEN:
+      return ops::Open;
+    case POHMELFS_OP_RELEASE:
+      return ops::Release;
+    case POHMELFS_OP_READ:
+      return ops::Read;
+    case POHMELFS_OP_WRITE:
+      return ops::Write;
+    case POHMELFS_OP_FSYNC:
+      return ops::Fsync;
+    case POHMELFS_OP_UNLINK:
+      return ops::Unlink;
+    case POHMELFS_OP_RENAME:
+      return ops::Rename;
+    case POHMELFS_OP_LINK:
+      return ops::Link;
+    case POHMELFS_OP_SYMLINK:
+      return ops::Symlink;
+    case POHMELFS_OP_READLINK:
+      return ops::ReadLink;
+    case POHMELFS_OP_STATFS:
+      return ops::StatFs;
+    case POHMELFS_OP_GETXATTR:
+      return ops::GetXattr;
+    case POHMELFS_OP_SETXATTR:
+      return ops::SetXattr;
+    case POHMELFS_OP_LISTXATTR:
+      return ops::ListXattr;
+    case POHMELFS_OP_REMOVEXATTR:
+      return ops::RemoveXattr;
+    case POHMELFS_OP_FALLOCATE:
+      return ops::Fallocate;
+    case POHMELFS_OP_RMTREE:
+      return ops::RmTree;
+    case POHMELFS_OP_MKPATH:
+      return ops::MkPath;
+    default:
+      return nullptr;
   }
 }
 
@@ -87,8 +113,9 @@ Status ExecuteBatch(const OpEnv& env, proto::Reader* r, std::vector<uint8_t>* re
 Status ExecuteOp(const OpEnv& env, uint16_t opcode, proto::Reader* req,
                  std::vector<uint8_t>* reply) {
   Handler h = HandlerFor(opcode);
-  if (!h) return Status::Error(EOPNOTSUPP, std::string("opcode not allowed here: ") +
-                                               proto::OpcodeName(opcode));
+  if (!h)
+    return Status::Error(EOPNOTSUPP,
+                         std::string("opcode not allowed here: ") + proto::OpcodeName(opcode));
   // Bytes after a request's fields are ignored, so that a newer client may append fields.
   proto::Writer w(reply);
   return h(env, req, &w);

@@ -1,11 +1,10 @@
 #include "rdma-server/server.h"
 
+#include <spdlog/spdlog.h>
 #include <sys/stat.h>
 
 #include <atomic>
 #include <map>
-
-#include <spdlog/spdlog.h>
 
 namespace pohmelfs::server {
 
@@ -48,7 +47,9 @@ Result<std::unique_ptr<Server>> Server::Start(const ServerOptions& o) {
       c->context = std::make_shared<ConnState>();
       spdlog::info("{}: connected", c->Peer());
     };
-    h.on_message = [self](const ConnectionPtr& c, Message&& m) { self->OnMessage(c, std::move(m)); };
+    h.on_message = [self](const ConnectionPtr& c, Message&& m) {
+      self->OnMessage(c, std::move(m));
+    };
     h.on_close = [self](const ConnectionPtr& c, const Status& why) { self->OnClose(c, why); };
     auto bound = t->Listen(*uri, h);
     if (!bound.ok()) return bound.status();
@@ -59,7 +60,9 @@ Result<std::unique_ptr<Server>> Server::Start(const ServerOptions& o) {
   return s;
 }
 
-Server::~Server() { Stop(); }
+Server::~Server() {
+  Stop();
+}
 
 void Server::Stop() {
   {
@@ -106,7 +109,8 @@ void Server::OnMessage(const ConnectionPtr& conn, Message&& m) {
     return;
   }
   if (m.hdr.is_reply()) {
-    spdlog::warn("{}: trans {}: unexpected reply from a client; closing", conn->Peer(), m.hdr.trans);
+    spdlog::warn("{}: trans {}: unexpected reply from a client; closing", conn->Peer(),
+                 m.hdr.trans);
     conn->Close(Status::Error(EPROTO, "reply from client"));
     return;
   }
@@ -226,8 +230,8 @@ void Server::OnClose(const ConnectionPtr& conn, const Status& why) {
   auto st = std::static_pointer_cast<ConnState>(conn->context);
   if (st && st->session) {
     st->session->Detach();
-    spdlog::info("{}: disconnected ({}); session {:016x} kept for {}s", conn->Peer(), why.ToString(),
-                 st->session->id(), opts_.session_timeout.count());
+    spdlog::info("{}: disconnected ({}); session {:016x} kept for {}s", conn->Peer(),
+                 why.ToString(), st->session->id(), opts_.session_timeout.count());
   } else {
     spdlog::info("{}: disconnected ({})", conn->Peer(), why.ToString());
   }

@@ -40,7 +40,8 @@ class Server {
   explicit Server(const ServerOptions& o) : opts_(o) {}
   void OnMessage(const transport::ConnectionPtr& conn, transport::Message&& m);
   void OnClose(const transport::ConnectionPtr& conn, const Status& why);
-  void HandleHello(const transport::ConnectionPtr& conn, ConnState* st, const transport::Message& m);
+  void HandleHello(const transport::ConnectionPtr& conn, ConnState* st,
+                   const transport::Message& m);
   void Execute(const transport::ConnectionPtr& conn, const std::shared_ptr<ConnState>& st,
                transport::Message m);
   void Reply(const transport::ConnectionPtr& conn, const proto::Header& req, uint32_t status,

@@ -43,7 +43,10 @@ class Session final : public OpenHandles {
   // transaction arrived on), or null if that connection is gone.
   transport::ConnectionPtr FinishTrans(uint64_t trans, RecordedReply reply);
 
-  void Attach() { std::lock_guard lk(mu_); connections_++; }
+  void Attach() {
+    std::lock_guard lk(mu_);
+    connections_++;
+  }
   void Detach();
   // True when no connection has used the session for longer than timeout.
   bool Expired(std::chrono::steady_clock::time_point now, std::chrono::seconds timeout);
@@ -62,11 +65,11 @@ class Session final : public OpenHandles {
   ExportStore* const store_;
   const std::string client_;
   std::mutex mu_;
-  std::unordered_map<uint64_t, Entry> trans_;                   // GUARDED_BY(mu_)
-  std::deque<uint64_t> order_;                                  // GUARDED_BY(mu_)
-  std::unordered_map<Oid, int, proto::OidHash> open_;           // GUARDED_BY(mu_)
-  int connections_ = 0;                                         // GUARDED_BY(mu_)
-  std::chrono::steady_clock::time_point idle_since_;            // GUARDED_BY(mu_)
+  std::unordered_map<uint64_t, Entry> trans_;          // GUARDED_BY(mu_)
+  std::deque<uint64_t> order_;                         // GUARDED_BY(mu_)
+  std::unordered_map<Oid, int, proto::OidHash> open_;  // GUARDED_BY(mu_)
+  int connections_ = 0;                                // GUARDED_BY(mu_)
+  std::chrono::steady_clock::time_point idle_since_;   // GUARDED_BY(mu_)
 };
 
 class SessionTable {

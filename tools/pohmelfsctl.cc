@@ -6,12 +6,11 @@
 #include <sys/ioctl.h>
 #include <unistd.h>
 
+#include <CLI/CLI.hpp>
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
 #include <string>
-
-#include <CLI/CLI.hpp>
 
 #include "client/pohmelfs_ioctl.h"
 

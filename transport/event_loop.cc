@@ -1,13 +1,12 @@
 #include "transport/event_loop.h"
 
+#include <spdlog/spdlog.h>
 #include <sys/eventfd.h>
 #include <unistd.h>
 
 #include <condition_variable>
 #include <cstdint>
 #include <cstring>
-
-#include <spdlog/spdlog.h>
 
 namespace pohmelfs::transport {
 

@@ -4,13 +4,12 @@
 // Requires root and /dev/fuse (CI runs as root).
 #pragma once
 
+#include <gtest/gtest.h>
 #include <signal.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
-
-#include <gtest/gtest.h>
 
 #include <chrono>
 #include <cstdlib>
@@ -47,7 +46,8 @@ inline pid_t Spawn(const std::vector<std::string>& argv, const std::string& log)
 }
 
 // Runs argv to completion (bounded by timeout_s); returns its exit status or -1.
-inline int RunCommand(const std::vector<std::string>& argv, const std::string& log, int timeout_s = 60) {
+inline int RunCommand(const std::vector<std::string>& argv, const std::string& log,
+                      int timeout_s = 60) {
   pid_t pid = Spawn(argv, log);
   auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(timeout_s);
   for (;;) {
@@ -74,8 +74,8 @@ class ServerProcess {
   bool Start(const std::string& export_dir, const std::string& log,
              std::vector<std::string> extra = {}) {
     log_ = log;
-    std::vector<std::string> argv = {std::string(POHMELFS_BIN_DIR) + "/pohmelfs-server",
-                                     "--export", export_dir, "--listen", "tcp://127.0.0.1:0"};
+    std::vector<std::string> argv = {std::string(POHMELFS_BIN_DIR) + "/pohmelfs-server", "--export",
+                                     export_dir, "--listen", "tcp://127.0.0.1:0"};
     argv.insert(argv.end(), extra.begin(), extra.end());
     pid_ = Spawn(argv, log);
     auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);

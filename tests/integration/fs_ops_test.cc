@@ -1,6 +1,8 @@
 // Every operation of the foundation through ordinary syscalls on a real mount, with the error
 // cases an application relies on. The export is checked too, to see what the server stored.
+#include <dirent.h>
 #include <fcntl.h>
+#include <grp.h>
 #include <linux/fs.h>
 #include <sys/statvfs.h>
 #include <sys/sysmacros.h>
@@ -9,8 +11,6 @@
 #include <cerrno>
 #include <cstring>
 #include <set>
-#include <grp.h>
-#include <dirent.h>
 
 #include "client/pohmelfs_ioctl.h"
 #include "tests/integration/fixture.h"
@@ -23,7 +23,9 @@ class FsOpsTest : public MountedTest {};
 // errno of a call that must fail, or 0 if it succeeded.
 #define ERRNO_OF(call) ((call) < 0 ? errno : 0)
 
-std::string Slurp(const std::string& path) { return ReadFile(path); }
+std::string Slurp(const std::string& path) {
+  return ReadFile(path);
+}
 
 void WriteAll(const std::string& path, const std::string& data, int flags = O_TRUNC) {
   int fd = open(path.c_str(), O_WRONLY | O_CREAT | flags, 0644);
@@ -336,16 +338,14 @@ TEST_F(FsOpsTest, TreeOperationsInOneCommand) {
   ASSERT_EQ(RunCommand({ctl, "rmtree", M("t")}, log), 0) << ReadFile(log);
   EXPECT_FALSE(fs::exists(M("t")));
   EXPECT_FALSE(fs::exists(E("t")));
-  EXPECT_TRUE(fs::exists("/etc/passwd"));  // the link was removed, never followed
+  EXPECT_TRUE(fs::exists("/etc/passwd"));                  // the link was removed, never followed
   EXPECT_NE(RunCommand({ctl, "rmtree", M("t")}, log), 0);  // gone: ENOENT
 }
 
 TEST_F(FsOpsTest, ExistingFilesOnTheServerAreServed) {
   // Files created on the server behind the client's back get ids on first lookup.
   fs::create_directories(E("preexisting/sub"));
-  {
-    std::ofstream(E("preexisting/sub/file")) << "from the server";
-  }
+  { std::ofstream(E("preexisting/sub/file")) << "from the server"; }
   EXPECT_EQ(Slurp(M("preexisting/sub/file")), "from the server");
   WriteAll(M("preexisting/sub/file2"), "from the client");
   EXPECT_EQ(Slurp(E("preexisting/sub/file2")), "from the client");
@@ -356,22 +356,20 @@ TEST(MountHelper, MountTypeFusePohmelfsWorks) {
   fs::create_directories(scratch.path() / "export");
   fs::create_directories(scratch.path() / "mnt");
   ServerProcess server;
-  ASSERT_TRUE(server.Start((scratch.path() / "export").string(),
-                           (scratch.path() / "server.log").string()));
+  ASSERT_TRUE(
+      server.Start((scratch.path() / "export").string(), (scratch.path() / "server.log").string()));
   // mount(8) runs /sbin/mount.fuse.pohmelfs for type fuse.pohmelfs; point it at this build.
   std::string helper = "/sbin/mount.fuse.pohmelfs";
   bool installed = !fs::exists(helper);
   if (installed) fs::create_symlink(std::string(POHMELFS_BIN_DIR) + "/mount.fuse.pohmelfs", helper);
   std::string mnt = (scratch.path() / "mnt").string();
   std::string log = (scratch.path() / "mount.log").string();
-  int rc = RunCommand({"/bin/mount", "-t", "fuse.pohmelfs", "-o", "_netdev,trans_retries=2", server.uri(),
-                mnt},
-               log);
+  int rc = RunCommand(
+      {"/bin/mount", "-t", "fuse.pohmelfs", "-o", "_netdev,trans_retries=2", server.uri(), mnt},
+      log);
   if (installed) fs::remove(helper);
   ASSERT_EQ(rc, 0) << ReadFile(log);
-  {
-    std::ofstream(mnt + "/hello") << "via mount -t";
-  }
+  { std::ofstream(mnt + "/hello") << "via mount -t"; }
   EXPECT_EQ(ReadFile((scratch.path() / "export/hello").string()), "via mount -t");
   std::string mounts = ReadFile("/proc/mounts");
   EXPECT_NE(mounts.find(mnt + " fuse.pohmelfs"), std::string::npos);
@@ -384,14 +382,12 @@ TEST(DeadServer, CallsFailWithErrnoWithinTheBound) {
   fs::create_directories(scratch.path() / "export");
   fs::create_directories(scratch.path() / "mnt");
   ServerProcess server;
-  ASSERT_TRUE(server.Start((scratch.path() / "export").string(),
-                           (scratch.path() / "server.log").string()));
+  ASSERT_TRUE(
+      server.Start((scratch.path() / "export").string(), (scratch.path() / "server.log").string()));
   std::string mnt = (scratch.path() / "mnt").string();
   ASSERT_TRUE(Mount(server.uri(), mnt, (scratch.path() / "mount.log").string(),
                     "trans_scan_timeout=500,trans_retries=1,connect_timeout=500"));
-  {
-    std::ofstream(mnt + "/before") << "x";
-  }
+  { std::ofstream(mnt + "/before") << "x"; }
   ASSERT_TRUE(server.Stop(SIGKILL) || true);
   auto start = std::chrono::steady_clock::now();
   struct stat st;
@@ -407,8 +403,8 @@ TEST(ServerStartup, RefusesAMissingExport) {
   ScratchDir scratch("noexport");
   std::string log = (scratch.path() / "server.log").string();
   int rc = RunCommand({std::string(POHMELFS_BIN_DIR) + "/pohmelfs-server", "--export",
-                (scratch.path() / "absent").string(), "--listen", "tcp://127.0.0.1:0"},
-               log, 10);
+                       (scratch.path() / "absent").string(), "--listen", "tcp://127.0.0.1:0"},
+                      log, 10);
   EXPECT_NE(rc, 0);
   EXPECT_NE(ReadFile(log).find("absent"), std::string::npos);
 }

@@ -136,7 +136,8 @@ class HostileInputTest : public MountedTest {
   static std::vector<uint8_t> NameReq(const Oid& parent, std::string_view name,
                                       uint32_t claimed = UINT32_MAX) {
     pohmelfs_name_req q{parent.ToWire(),
-                        to_le(claimed == UINT32_MAX ? static_cast<uint32_t>(name.size()) : claimed), 0};
+                        to_le(claimed == UINT32_MAX ? static_cast<uint32_t>(name.size()) : claimed),
+                        0};
     return RawPeer::Bytes(q, name);
   }
   void ExpectServerHealthy() {
@@ -287,7 +288,8 @@ TEST_F(HostileInputTest, BatchRunsCommandsAndStopsAtTheFirstError) {
 
 TEST_F(HostileInputTest, BadNamesAreRejected) {
   for (std::string_view bad : {"..", ".", "a/b", "../../etc", "/etc/passwd"}) {
-    EXPECT_EQ(StatusOf(POHMELFS_OP_LOOKUP, NameReq(Oid::Root(), bad)), static_cast<uint32_t>(EINVAL))
+    EXPECT_EQ(StatusOf(POHMELFS_OP_LOOKUP, NameReq(Oid::Root(), bad)),
+              static_cast<uint32_t>(EINVAL))
         << bad;
     pohmelfs_create_req q{};
     q.parent = Oid::Root().ToWire();
@@ -299,8 +301,8 @@ TEST_F(HostileInputTest, BadNamesAreRejected) {
   }
   std::string nul("a\0b", 3);
   EXPECT_EQ(StatusOf(POHMELFS_OP_LOOKUP, NameReq(Oid::Root(), nul)), static_cast<uint32_t>(EINVAL));
-  pohmelfs_mkpath_req mp{Oid::Root().ToWire(), to_le(uint32_t{0755}), 0, 0, to_le(uint32_t{5}),
-                         to_le(uint32_t{2}), 0};
+  pohmelfs_mkpath_req mp{Oid::Root().ToWire(), to_le(uint32_t{0755}), 0, 0,
+                         to_le(uint32_t{5}),   to_le(uint32_t{2}),    0};
   auto body = RawPeer::Bytes(mp, "../xx");
   for (int i = 0; i < 2; i++) {
     auto o = RawPeer::Bytes(Oid::Random().ToWire());

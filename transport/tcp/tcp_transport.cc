@@ -1,11 +1,12 @@
 #include "transport/tcp/tcp_transport.h"
 
-#include <fcntl.h>
 #include <arpa/inet.h>
+#include <fcntl.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
+#include <spdlog/spdlog.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -13,8 +14,6 @@
 #include <cstring>
 #include <deque>
 #include <mutex>
-
-#include <spdlog/spdlog.h>
 
 #include "transport/event_loop.h"
 
@@ -59,9 +58,7 @@ class TcpConnection final : public Connection,
     if (fd_ >= 0) close(fd_);
   }
 
-  Status Register() {
-    return loop_->Add(fd_, EPOLLIN | EPOLLRDHUP, shared_from_this());
-  }
+  Status Register() { return loop_->Add(fd_, EPOLLIN | EPOLLRDHUP, shared_from_this()); }
 
   Status Send(const proto::Header& h, std::span<const iovec> payload) override {
     proto::Header hdr = h;
@@ -295,10 +292,10 @@ class TcpConnection final : public Connection,
 
   std::mutex send_mu_;
   std::atomic<bool> closed_{false};
-  bool paused_ = false;                // GUARDED_BY(send_mu_)
-  bool want_write_ = false;            // GUARDED_BY(send_mu_)
-  std::deque<Chunk> out_;              // GUARDED_BY(send_mu_)
-  size_t queued_bytes_ = 0;            // GUARDED_BY(send_mu_)
+  bool paused_ = false;      // GUARDED_BY(send_mu_)
+  bool want_write_ = false;  // GUARDED_BY(send_mu_)
+  std::deque<Chunk> out_;    // GUARDED_BY(send_mu_)
+  size_t queued_bytes_ = 0;  // GUARDED_BY(send_mu_)
 
   // Receive state: loop thread only.
   std::vector<uint8_t> rbuf_;
@@ -327,8 +324,7 @@ Result<std::vector<sockaddr_storage>> Resolve(const Uri& uri, bool passive) {
   addrinfo* res = nullptr;
   std::string port = std::to_string(uri.port);
   int rc = getaddrinfo(uri.host.c_str(), port.c_str(), &hints, &res);
-  if (rc != 0)
-    return Status::Error(EHOSTUNREACH, "resolve " + uri.host + ": " + gai_strerror(rc));
+  if (rc != 0) return Status::Error(EHOSTUNREACH, "resolve " + uri.host + ": " + gai_strerror(rc));
   std::vector<sockaddr_storage> out;
   for (auto* ai = res; ai; ai = ai->ai_next) {
     sockaddr_storage ss{};
@@ -407,8 +403,8 @@ class TcpTransport final : public Transport {
         continue;
       }
       TuneSocket(fd);
-      auto conn = std::make_shared<TcpConnection>(fd, NextLoop(), std::move(handler),
-                                                  SockaddrToUri(ss));
+      auto conn =
+          std::make_shared<TcpConnection>(fd, NextLoop(), std::move(handler), SockaddrToUri(ss));
       Status s = conn->Register();
       if (!s.ok()) return s;
       return ConnectionPtr(conn);
