@@ -117,6 +117,7 @@ class ServerProcess {
     return WIFEXITED(st) && WEXITSTATUS(st) == 0;
   }
   bool Alive() const { return pid_ > 0 && kill(pid_, 0) == 0; }
+  pid_t pid() const { return pid_; }
   const std::string& uri() const { return uri_; }
   std::string Log() const { return ReadFile(log_); }
   ~ServerProcess() { Stop(SIGKILL); }
@@ -140,6 +141,29 @@ inline bool Mount(const std::string& uri, const std::string& mnt, const std::str
 inline void Unmount(const std::string& mnt) {
   if (RunCommand({"/usr/bin/fusermount3", "-u", mnt}, "/dev/null", 30) != 0)
     umount2(mnt.c_str(), MNT_DETACH);
+}
+
+// Open descriptors of a process.
+inline size_t CountFds(pid_t pid) {
+  size_t n = 0;
+  std::error_code ec;
+  for (auto it = fs::directory_iterator("/proc/" + std::to_string(pid) + "/fd", ec);
+       !ec && it != fs::directory_iterator(); it.increment(ec))
+    n++;
+  return n;
+}
+
+// The pohmelfs-mount process serving mountpoint, or -1.
+inline pid_t FindMountProcess(const std::string& mountpoint) {
+  for (const auto& e : fs::directory_iterator("/proc")) {
+    std::string name = e.path().filename();
+    if (name.find_first_not_of("0123456789") != std::string::npos) continue;
+    std::string cmd = ReadFile(e.path().string() + "/cmdline");
+    if (cmd.find("pohmelfs-mount") != std::string::npos &&
+        cmd.find(mountpoint) != std::string::npos)
+      return std::stoi(name);
+  }
+  return -1;
 }
 
 // A scratch directory under the build tree's tmp, removed at the end.

@@ -351,6 +351,36 @@ TEST_F(FsOpsTest, ExistingFilesOnTheServerAreServed) {
   EXPECT_EQ(Slurp(E("preexisting/sub/file2")), "from the client");
 }
 
+TEST_F(FsOpsTest, MoreFilesThanTheDescriptorLimitWithoutHoldingDescriptors) {
+  // RLIMIT_NOFILE is 20000 here: neither side may keep a descriptor per known inode.
+  constexpr int kFiles = 21000;
+  ASSERT_EQ(mkdir(M("many").c_str(), 0755), 0);
+  std::vector<int> keep;  // a few stay open, as an application's would
+  for (int i = 0; i < kFiles; i++) {
+    int fd = open(M("many/" + std::to_string(i)).c_str(), O_CREAT | O_EXCL | O_WRONLY, 0644);
+    ASSERT_GE(fd, 0) << i << ": " << strerror(errno);
+    if (i % 1000 == 0) {
+      keep.push_back(fd);
+    } else {
+      ASSERT_EQ(close(fd), 0);
+    }
+  }
+  size_t seen = 0;
+  for (const auto& e : fs::directory_iterator(M("many"))) {
+    struct stat st;
+    ASSERT_EQ(stat(e.path().c_str(), &st), 0);
+    seen++;
+  }
+  EXPECT_EQ(seen, static_cast<size_t>(kFiles));
+  EXPECT_LT(CountFds(server_->pid()), 6000u);
+  pid_t client = FindMountProcess(mount_dir());
+  ASSERT_GT(client, 0);
+  EXPECT_LT(CountFds(client), 100u);
+  for (int fd : keep) EXPECT_EQ(close(fd), 0);
+  std::string ctl = std::string(POHMELFS_BIN_DIR) + "/pohmelfsctl";
+  ASSERT_EQ(RunCommand({ctl, "rmtree", M("many")}, "/dev/null"), 0);
+}
+
 TEST(MountHelper, MountTypeFusePohmelfsWorks) {
   ScratchDir scratch("helper");
   fs::create_directories(scratch.path() / "export");
