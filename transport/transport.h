@@ -69,6 +69,8 @@ struct Handler {
 
 struct TransportOptions {
   int loop_threads = 1;  // event-loop threads; connections are spread over them
+  // Largest payload a new connection accepts until SetMaxPayload changes it.
+  uint32_t max_payload = POHMELFS_PAYLOAD_MAX;
 };
 
 class Transport {
@@ -80,6 +82,7 @@ class Transport {
   virtual Result<ConnectionPtr> Connect(const Uri& uri, Handler handler,
                                         std::chrono::milliseconds timeout) = 0;
   // Closes every listener and connection and joins the loop threads. Idempotent.
+  // REQUIRES: not called from a Handler callback (it joins the thread running it).
   virtual void Shutdown() = 0;
 };
 

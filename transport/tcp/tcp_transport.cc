@@ -21,8 +21,6 @@ namespace pohmelfs::transport {
 namespace {
 
 constexpr size_t kReadChunk = 256 * 1024;
-// A receive buffer that grew up to this size (one default-maximum message) is kept.
-constexpr size_t kKeepBuffer = sizeof(pohmelfs_hdr) + POHMELFS_PAYLOAD_MAX;
 // Sends gather at most this many iovecs per syscall (well under IOV_MAX).
 constexpr int kMaxIov = 64;
 
@@ -50,8 +48,12 @@ class TcpConnection final : public Connection,
                             public Pollable,
                             public std::enable_shared_from_this<TcpConnection> {
  public:
-  TcpConnection(int fd, EventLoop* loop, Handler handler, std::string peer)
-      : fd_(fd), loop_(loop), handler_(std::move(handler)), peer_(std::move(peer)) {
+  TcpConnection(int fd, EventLoop* loop, Handler handler, std::string peer, uint32_t max_payload)
+      : fd_(fd),
+        loop_(loop),
+        handler_(std::move(handler)),
+        peer_(std::move(peer)),
+        max_payload_(max_payload) {
     rbuf_.resize(kReadChunk);
   }
   ~TcpConnection() override {
@@ -105,7 +107,6 @@ class TcpConnection final : public Connection,
     };
     append(&wire, sizeof(wire));
     for (const auto& v : payload) append(v.iov_base, v.iov_len);
-    queued_bytes_ += chunk.size();
     if (!want_write_) {
       want_write_ = true;
       UpdateEventsLocked();
@@ -163,6 +164,7 @@ class TcpConnection final : public Connection,
   // REQUIRES: send_mu_ held.
   void CloseLocked(const Status& why) {
     if (closed_.exchange(true)) return;
+    close_reason_ = why;
     ::shutdown(fd_, SHUT_RDWR);
     out_.clear();
     auto self = shared_from_this();
@@ -236,7 +238,14 @@ class TcpConnection final : public Connection,
       rend_ += static_cast<size_t>(r);
       if (!DeliverBuffered()) break;
     }
-    if (closed_) Finish(Status::Error(ECONNRESET, "closed"));
+    if (closed_) {
+      Status why;
+      {
+        std::lock_guard lk(send_mu_);
+        why = close_reason_;
+      }
+      Finish(why);
+    }
   }
 
   // Delivers every whole message in the buffer. Returns false when paused or closed.
@@ -270,16 +279,14 @@ class TcpConnection final : public Connection,
       rstart_ += need;
       if (handler_.on_message) handler_.on_message(shared_from_this(), std::move(m));
     }
-    if (rstart_ == rend_) rstart_ = rend_ = 0;
-    // Keep room for one largest message (they come in streams); give back only what a peer
-    // with a larger negotiated maximum needed.
-    if (rbuf_.size() > kKeepBuffer && rend_ - rstart_ < kReadChunk) {
-      // Give back the space a large message needed.
-      std::memmove(rbuf_.data(), rbuf_.data() + rstart_, rend_ - rstart_);
-      rend_ -= rstart_;
-      rstart_ = 0;
-      rbuf_.resize(kReadChunk);
-      rbuf_.shrink_to_fit();
+    if (rstart_ == rend_) {
+      rstart_ = rend_ = 0;
+      // The buffer keeps room for one largest message (they come in streams); it only gives
+      // back space when the negotiated maximum was lowered.
+      if (rbuf_.size() > sizeof(pohmelfs_hdr) + max_payload_ && rbuf_.size() > kReadChunk) {
+        rbuf_.resize(kReadChunk);
+        rbuf_.shrink_to_fit();
+      }
     }
     return !closed_;
   }
@@ -288,14 +295,15 @@ class TcpConnection final : public Connection,
   EventLoop* const loop_;
   Handler handler_;  // loop thread only
   const std::string peer_;
-  std::atomic<uint32_t> max_payload_{POHMELFS_PAYLOAD_MAX};
+  std::atomic<uint32_t> max_payload_;
 
   std::mutex send_mu_;
   std::atomic<bool> closed_{false};
-  bool paused_ = false;      // GUARDED_BY(send_mu_)
+  // Written under send_mu_; read without it on the loop thread before each delivery.
+  std::atomic<bool> paused_{false};
+  Status close_reason_;      // GUARDED_BY(send_mu_), set once by CloseLocked
   bool want_write_ = false;  // GUARDED_BY(send_mu_)
   std::deque<Chunk> out_;    // GUARDED_BY(send_mu_)
-  size_t queued_bytes_ = 0;  // GUARDED_BY(send_mu_)
 
   // Receive state: loop thread only.
   std::vector<uint8_t> rbuf_;
@@ -341,7 +349,7 @@ socklen_t AddrLen(const sockaddr_storage& ss) {
 
 class TcpTransport final : public Transport {
  public:
-  explicit TcpTransport(const TransportOptions& o) {
+  explicit TcpTransport(const TransportOptions& o) : max_payload_(o.max_payload) {
     int n = std::max(1, o.loop_threads);
     for (int i = 0; i < n; i++) loops_.push_back(std::make_unique<EventLoop>("tcp-loop"));
   }
@@ -403,8 +411,8 @@ class TcpTransport final : public Transport {
         continue;
       }
       TuneSocket(fd);
-      auto conn =
-          std::make_shared<TcpConnection>(fd, NextLoop(), std::move(handler), SockaddrToUri(ss));
+      auto conn = std::make_shared<TcpConnection>(fd, NextLoop(), std::move(handler),
+                                                  SockaddrToUri(ss), max_payload_);
       Status s = conn->Register();
       if (!s.ok()) return s;
       return ConnectionPtr(conn);
@@ -444,7 +452,8 @@ class TcpTransport final : public Transport {
         return;
       }
       TuneSocket(fd);
-      auto conn = std::make_shared<TcpConnection>(fd, NextLoop(), handler, SockaddrToUri(ss));
+      auto conn =
+          std::make_shared<TcpConnection>(fd, NextLoop(), handler, SockaddrToUri(ss), max_payload_);
       if (handler.on_accept) handler.on_accept(conn);
       if (!conn->IsOpen()) continue;  // refused by on_accept
       Status s = conn->Register();
@@ -452,6 +461,7 @@ class TcpTransport final : public Transport {
     }
   }
 
+  const uint32_t max_payload_;
   std::vector<std::unique_ptr<EventLoop>> loops_;
   std::atomic<size_t> next_{0};
   std::mutex mu_;
