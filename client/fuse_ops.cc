@@ -172,7 +172,8 @@ void Open(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
   auto e = Ctx(req)->fs->Open(*oid, flags);
   if (!e.ok()) return ReplyStatus(req, e.status());
   fi->keep_cache = 0;  // close-to-open: drop cached pages of this inode at every open
-  if (fuse_reply_open(req, fi) != 0) (void)Ctx(req)->fs->Release(*oid);
+  FsClient* fs = Ctx(req)->fs;  // req is gone once replied to
+  if (fuse_reply_open(req, fi) != 0) (void)fs->Release(*oid);
 }
 
 void Create(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode, fuse_file_info* fi) {
@@ -257,16 +258,19 @@ void ReleaseDir(fuse_req_t req, fuse_ino_t, fuse_file_info* fi) {
   fuse_reply_err(req, 0);
 }
 
-void DoReadDir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_info* fi,
-               bool plus) {
-  auto oid = NodeOid(req, ino);
-  if (!oid) return;
+// Fills buf (resized to what was used) under the handle's lock. Returns 0 or an errno.
+// The caller replies after the lock is dropped: once the reply is out, the kernel may release
+// the handle at once.
+int FillDir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_info* fi, bool plus,
+            std::vector<char>& buf) {
+  auto oid = Ctx(req)->inodes->Get(ino);
+  if (!oid) return ESTALE;
   FuseContext* c = Ctx(req);
   auto* h = reinterpret_cast<DirHandle*>(fi->fh);
   std::lock_guard lk(h->mu);
   uint64_t pos = static_cast<uint64_t>(off);
   if (pos < h->base && pos >= 2) h->Rewind();  // seek backwards: restart the stream
-  std::vector<char> buf(size);
+  buf.resize(size);
   size_t used = 0;
   auto add = [&](const char* name, const struct stat& st, uint64_t next, const Entry* e) -> bool {
     size_t left = size - used;
@@ -301,12 +305,12 @@ void DoReadDir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file
   dot.st_mode = S_IFDIR;
   if (pos == 0) {
     dot.st_ino = ino;
-    if (!add(".", dot, 1, nullptr)) return (void)fuse_reply_buf(req, buf.data(), used);
+    if (!add(".", dot, 1, nullptr)) return buf.resize(used), 0;
     pos = 1;
   }
   if (pos == 1) {
     dot.st_ino = FUSE_ROOT_ID;  // not the real parent, but readdir callers drop d_ino 0
-    if (!add("..", dot, 2, nullptr)) return (void)fuse_reply_buf(req, buf.data(), used);
+    if (!add("..", dot, 2, nullptr)) return buf.resize(used), 0;
     pos = 2;
     if (h->base != 2) h->Rewind();
   }
@@ -317,7 +321,7 @@ void DoReadDir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file
       auto page = c->fs->ReadDir(*oid, h->cookie, kReadDirBytes);
       if (!page.ok()) {
         if (used > 0) break;
-        return ReplyStatus(req, page.status());
+        return page.code();
       }
       h->page = std::move(page->entries);
       h->eof = page->eof;
@@ -329,7 +333,16 @@ void DoReadDir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file
     if (!add(d.name.c_str(), st, pos + 1, &d.entry)) break;
     pos++;
   }
-  fuse_reply_buf(req, buf.data(), used);
+  buf.resize(used);
+  return 0;
+}
+
+void DoReadDir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_info* fi,
+               bool plus) {
+  std::vector<char> buf;
+  int err = FillDir(req, ino, size, off, fi, plus, buf);
+  if (err != 0) return (void)fuse_reply_err(req, err);
+  fuse_reply_buf(req, buf.data(), buf.size());
 }
 
 void ReadDir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_info* fi) {
