@@ -104,8 +104,13 @@ Result<uint64_t> RemoveTree(const OpEnv& env, int parentfd, const std::string& n
   return removed + 1;
 }
 
+// New objects take the caller's uid and gid, except that in a set-group-ID directory they keep
+// the directory's group, which the backing filesystem already gave them (POSIX).
 Status ChownNew(int dirfd, const std::string& name, uint32_t uid, uint32_t gid) {
-  if (fchownat(dirfd, name.c_str(), uid, gid, AT_SYMLINK_NOFOLLOW) != 0)
+  struct stat dir;
+  if (fstat(dirfd, &dir) != 0) return Status::FromErrno("stat parent");
+  gid_t g = (dir.st_mode & S_ISGID) ? static_cast<gid_t>(-1) : gid;
+  if (fchownat(dirfd, name.c_str(), uid, g, AT_SYMLINK_NOFOLLOW) != 0)
     return Status::FromErrno("chown");
   return Status::Ok();
 }
