@@ -171,7 +171,7 @@ void Open(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
   if (fi->flags & O_TRUNC) flags |= POHMELFS_OPEN_TRUNC;
   auto e = Ctx(req)->fs->Open(*oid, flags);
   if (!e.ok()) return ReplyStatus(req, e.status());
-  fi->keep_cache = 0;  // close-to-open: drop cached pages of this inode at every open
+  fi->keep_cache = 0;           // close-to-open: drop cached pages of this inode at every open
   FsClient* fs = Ctx(req)->fs;  // req is gone once replied to
   if (fuse_reply_open(req, fi) != 0) (void)fs->Release(*oid);
 }

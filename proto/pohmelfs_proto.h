@@ -213,8 +213,9 @@ struct pohmelfs_create_req {
   __le32 pad;
 };
 #define POHMELFS_CREATE_EXCL (1u << 0)
-#define POHMELFS_CREATE_OPEN (1u << 1) /* MKNOD of a regular file: also OPEN it (one round trip) \
-                                        */
+#define POHMELFS_CREATE_OPEN                                          \
+  (1u << 1) /* MKNOD of a regular file: also OPEN it (one round trip) \
+             */
 
 /* OPEN: checks the object and applies O_TRUNC; the handle lives in the client. Reply: attr. */
 struct pohmelfs_open_req {
