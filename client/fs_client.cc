@@ -13,6 +13,23 @@ namespace {
 uint32_t Len(const std::string& s) {
   return static_cast<uint32_t>(s.size());
 }
+
+// GETXATTR and LISTXATTR replies: asked with size 0, a le32 size; else at most size bytes.
+Result<std::vector<uint8_t>> SizedReply(Result<std::vector<uint8_t>> reply, uint32_t size,
+                                        uint32_t* out_size) {
+  if (!reply.ok()) return reply.status();
+  if (size == 0) {
+    proto::Reader r(*reply);
+    uint32_t n;
+    if (!r.Get(&n)) return Status::Error(EPROTO, "short xattr size reply");
+    *out_size = from_le(n);
+    return std::vector<uint8_t>{};
+  }
+  if (reply->size() > size) return Status::Error(EPROTO, "xattr reply longer than asked");
+  *out_size = static_cast<uint32_t>(reply->size());
+  return reply;
+}
+
 }  // namespace
 
 Result<std::vector<uint8_t>> FsClient::Do(uint16_t opcode, std::span<const iovec> payload) {
@@ -271,18 +288,7 @@ Result<std::vector<uint8_t>> FsClient::GetXattr(const Oid& oid, const std::strin
   Writer w(&b);
   w.Put(pohmelfs_getxattr_req{oid.ToWire(), to_le(size), to_le(Len(name))});
   w.Bytes(name);
-  auto reply = Do(POHMELFS_OP_GETXATTR, b);
-  if (!reply.ok()) return reply.status();
-  if (size == 0) {
-    proto::Reader r(*reply);
-    uint32_t n;
-    if (!r.Get(&n)) return Status::Error(EPROTO, "short getxattr reply");
-    *value_size = from_le(n);
-    return std::vector<uint8_t>{};
-  }
-  if (reply->size() > size) return Status::Error(EPROTO, "getxattr reply too long");
-  *value_size = static_cast<uint32_t>(reply->size());
-  return reply;
+  return SizedReply(Do(POHMELFS_OP_GETXATTR, b), size, value_size);
 }
 
 Status FsClient::SetXattr(const Oid& oid, const std::string& name, const void* value, size_t size,
@@ -301,18 +307,7 @@ Result<std::vector<uint8_t>> FsClient::ListXattr(const Oid& oid, uint32_t size,
                                                  uint32_t* list_size) {
   std::vector<uint8_t> b;
   Writer(&b).Put(pohmelfs_listxattr_req{oid.ToWire(), to_le(size), 0});
-  auto reply = Do(POHMELFS_OP_LISTXATTR, b);
-  if (!reply.ok()) return reply.status();
-  if (size == 0) {
-    proto::Reader r(*reply);
-    uint32_t n;
-    if (!r.Get(&n)) return Status::Error(EPROTO, "short listxattr reply");
-    *list_size = from_le(n);
-    return std::vector<uint8_t>{};
-  }
-  if (reply->size() > size) return Status::Error(EPROTO, "listxattr reply too long");
-  *list_size = static_cast<uint32_t>(reply->size());
-  return reply;
+  return SizedReply(Do(POHMELFS_OP_LISTXATTR, b), size, list_size);
 }
 
 Status FsClient::RemoveXattr(const Oid& oid, const std::string& name) {

@@ -115,6 +115,36 @@ Status ChownNew(int dirfd, const std::string& name, uint32_t uid, uint32_t gid) 
   return Status::Ok();
 }
 
+// A create request (MKDIR, MKNOD) decoded and checked, with its parent directory open.
+struct NewEntry {
+  pohmelfs_create_req q;
+  std::string name;
+  Oid parent, oid;
+  SharedFd dir;
+};
+
+Status BeginCreate(const OpEnv& env, Reader* r, NewEntry* e) {
+  if (!r->Get(&e->q)) return Short();
+  POHMELFS_RETURN_IF_ERROR(proto::GetName(r, from_le(e->q.name_len), &e->name));
+  e->parent = Oid::FromWire(e->q.parent);
+  e->oid = Oid::FromWire(e->q.new_oid);
+  if (ExportStore::IsHidden(e->parent, e->name)) return Status::Error(EPERM, "reserved name");
+  POHMELFS_RETURN_IF_ERROR(CheckNewOid(env, e->oid));
+  auto dfd = env.store->OpenDir(e->parent);
+  if (!dfd.ok()) return dfd.status();
+  e->dir = *dfd;
+  return Status::Ok();
+}
+
+// Gives a just-created dirfd/name its owner and id; removes it again if that fails.
+Status FinishCreate(const OpEnv& env, int dirfd, const std::string& name, bool is_dir,
+                    const Oid& oid, const Oid& parent, uint32_t uid, uint32_t gid) {
+  Status s = ChownNew(dirfd, name, uid, gid);
+  if (s.ok()) s = env.store->Attach(dirfd, name, is_dir, oid, parent);
+  if (!s.ok()) unlinkat(dirfd, name.c_str(), is_dir ? AT_REMOVEDIR : 0);
+  return s;
+}
+
 }  // namespace
 
 Status Short() {
@@ -279,41 +309,24 @@ Status ReadDir(const OpEnv& env, Reader* r, Writer* w) {
 }
 
 Status MkDir(const OpEnv& env, Reader* r, Writer* w) {
-  pohmelfs_create_req q;
-  if (!r->Get(&q)) return Short();
-  std::string name;
-  POHMELFS_RETURN_IF_ERROR(proto::GetName(r, from_le(q.name_len), &name));
-  Oid parent = Oid::FromWire(q.parent), oid = Oid::FromWire(q.new_oid);
-  if (ExportStore::IsHidden(parent, name)) return Status::Error(EPERM, "reserved name");
-  POHMELFS_RETURN_IF_ERROR(CheckNewOid(env, oid));
-  auto dfd = env.store->OpenDir(parent);
-  if (!dfd.ok()) return dfd.status();
-  int fd = (*dfd)->get();
-  if (mkdirat(fd, name.c_str(), from_le(q.mode) & 07777) != 0) return Status::FromErrno("mkdir");
-  Status s = ChownNew(fd, name, from_le(q.uid), from_le(q.gid));
-  if (s.ok()) s = env.store->Attach(fd, name, true, oid, parent);
-  if (!s.ok()) {
-    unlinkat(fd, name.c_str(), AT_REMOVEDIR);
-    return s;
-  }
-  return ReplyCreated(env, fd, name, oid, w);
+  NewEntry e;
+  POHMELFS_RETURN_IF_ERROR(BeginCreate(env, r, &e));
+  int fd = e.dir->get();
+  if (mkdirat(fd, e.name.c_str(), from_le(e.q.mode) & 07777) != 0)
+    return Status::FromErrno("mkdir");
+  POHMELFS_RETURN_IF_ERROR(
+      FinishCreate(env, fd, e.name, true, e.oid, e.parent, from_le(e.q.uid), from_le(e.q.gid)));
+  return ReplyCreated(env, fd, e.name, e.oid, w);
 }
 
 Status MkNod(const OpEnv& env, Reader* r, Writer* w) {
-  pohmelfs_create_req q;
-  if (!r->Get(&q)) return Short();
-  std::string name;
-  POHMELFS_RETURN_IF_ERROR(proto::GetName(r, from_le(q.name_len), &name));
-  Oid parent = Oid::FromWire(q.parent), oid = Oid::FromWire(q.new_oid);
-  if (ExportStore::IsHidden(parent, name)) return Status::Error(EPERM, "reserved name");
-  POHMELFS_RETURN_IF_ERROR(CheckNewOid(env, oid));
-  auto dfd = env.store->OpenDir(parent);
-  if (!dfd.ok()) return dfd.status();
-  int fd = (*dfd)->get();
-  mode_t mode = from_le(q.mode);
+  NewEntry e;
+  POHMELFS_RETURN_IF_ERROR(BeginCreate(env, r, &e));
+  int fd = e.dir->get();
+  mode_t mode = from_le(e.q.mode);
   switch (mode & S_IFMT) {
     case S_IFREG: {
-      int f = openat(fd, name.c_str(), O_CREAT | O_EXCL | O_WRONLY | O_NOFOLLOW | O_CLOEXEC,
+      int f = openat(fd, e.name.c_str(), O_CREAT | O_EXCL | O_WRONLY | O_NOFOLLOW | O_CLOEXEC,
                      mode & 07777);
       if (f < 0) return Status::FromErrno("create");
       close(f);
@@ -323,20 +336,16 @@ Status MkNod(const OpEnv& env, Reader* r, Writer* w) {
     case S_IFCHR:
     case S_IFBLK:
     case S_IFSOCK:
-      if (mknodat(fd, name.c_str(), mode, static_cast<dev_t>(from_le(q.rdev))) != 0)
+      if (mknodat(fd, e.name.c_str(), mode, static_cast<dev_t>(from_le(e.q.rdev))) != 0)
         return Status::FromErrno("mknod");
       break;
     default:
       return Status::Error(EINVAL, "bad file type for mknod");
   }
-  Status s = ChownNew(fd, name, from_le(q.uid), from_le(q.gid));
-  if (s.ok()) s = env.store->Attach(fd, name, false, oid, parent);
-  if (!s.ok()) {
-    unlinkat(fd, name.c_str(), 0);
-    return s;
-  }
-  if ((from_le(q.flags) & POHMELFS_CREATE_OPEN) && S_ISREG(mode)) env.handles->Opened(oid);
-  return ReplyCreated(env, fd, name, oid, w);
+  POHMELFS_RETURN_IF_ERROR(
+      FinishCreate(env, fd, e.name, false, e.oid, e.parent, from_le(e.q.uid), from_le(e.q.gid)));
+  if ((from_le(e.q.flags) & POHMELFS_CREATE_OPEN) && S_ISREG(mode)) env.handles->Opened(e.oid);
+  return ReplyCreated(env, fd, e.name, e.oid, w);
 }
 
 Status Unlink(const OpEnv& env, Reader* r, Writer*) {
@@ -439,12 +448,8 @@ Status Symlink(const OpEnv& env, Reader* r, Writer* w) {
   int fd = (*dfd)->get();
   // The target is stored, never followed by the server.
   if (symlinkat(target.c_str(), fd, name.c_str()) != 0) return Status::FromErrno("symlink");
-  Status s = ChownNew(fd, name, from_le(q.uid), from_le(q.gid));
-  if (s.ok()) s = env.store->Attach(fd, name, false, oid, parent);
-  if (!s.ok()) {
-    unlinkat(fd, name.c_str(), 0);
-    return s;
-  }
+  POHMELFS_RETURN_IF_ERROR(
+      FinishCreate(env, fd, name, false, oid, parent, from_le(q.uid), from_le(q.gid)));
   return ReplyCreated(env, fd, name, oid, w);
 }
 
