@@ -269,6 +269,7 @@ int CreateEmpty(int dfd, const char* name) {
 // clean; fails unless it exits 0.
 Status Spawn(const std::vector<std::string>& args) {
   std::vector<char*> argv;
+  argv.reserve(args.size() + 1);
   for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
   argv.push_back(nullptr);
   posix_spawn_file_actions_t actions;

@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <cctype>
 #include <cmath>
+#include <cstdio>
 #include <string>
 #include <string_view>
 
@@ -138,7 +139,7 @@ JsonLine& JsonLine::F64(std::string_view key, double value) {
 
 }  // namespace pohmelfs::bench
 
-int main(int argc, char** argv) {
+int main(int argc, char** argv) try {
   using namespace pohmelfs::bench;
   // Logs (errors only) go to stderr: stdout carries the results, JSON lines with --json.
   spdlog::set_default_logger(spdlog::stderr_color_mt("pohmelfs-bench"));
@@ -161,4 +162,7 @@ int main(int argc, char** argv) {
   fabric.cmd = cmd;
   int usage = CheckFabricUsage(fabric);
   return usage != kExitOk ? usage : RunFabric(fabric);
+} catch (const std::exception& e) {
+  std::fprintf(stderr, "%s: %s\n", argv[0], e.what());
+  return 1;
 }

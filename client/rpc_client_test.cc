@@ -95,6 +95,7 @@ TEST_F(RpcClientTest, ManyConcurrentCallsShareOneConnection) {
   ASSERT_TRUE(c.ok());
   std::vector<std::thread> ts;
   std::atomic<int> ok{0};
+  ts.reserve(8);
   for (int t = 0; t < 8; t++)
     ts.emplace_back([&] {
       for (int i = 0; i < 200; i++)

@@ -5,10 +5,11 @@
 #include <spdlog/spdlog.h>
 
 #include <CLI/CLI.hpp>
+#include <cstdio>
 
 #include "rdma-server/server.h"
 
-int main(int argc, char** argv) {
+int main(int argc, char** argv) try {
   pohmelfs::server::ServerOptions o;
   std::string level = "info";
   int session_timeout = 120;
@@ -53,4 +54,7 @@ int main(int argc, char** argv) {
   spdlog::info("signal {}: shutting down", sig);
   (*server)->Stop();
   return 0;
+} catch (const std::exception& e) {
+  std::fprintf(stderr, "%s: %s\n", argv[0], e.what());
+  return 1;
 }

@@ -29,7 +29,8 @@ int TreeIoctl(unsigned long cmd, const std::string& path, const char* what) {
     while (access(base.c_str(), F_OK) != 0) {
       size_t s = base.find_last_of('/');
       std::string last = s == std::string::npos ? base : base.substr(s + 1);
-      rest = rest.empty() ? last : last + "/" + rest;
+      if (!rest.empty()) last.append("/").append(rest);
+      rest = std::move(last);
       base = s == std::string::npos ? "." : (s == 0 ? "/" : base.substr(0, s));
     }
     if (rest.empty()) {
@@ -62,7 +63,7 @@ int TreeIoctl(unsigned long cmd, const std::string& path, const char* what) {
 
 }  // namespace
 
-int main(int argc, char** argv) {
+int main(int argc, char** argv) try {
   CLI::App app{"POHMELFS administration"};
   app.require_subcommand(1);
   std::string path;
@@ -73,4 +74,7 @@ int main(int argc, char** argv) {
   CLI11_PARSE(app, argc, argv);
   if (rmtree->parsed()) return TreeIoctl(POHMELFS_IOC_RMTREE, path, "rmtree");
   return TreeIoctl(POHMELFS_IOC_MKPATH, path, "mkpath");
+} catch (const std::exception& e) {
+  std::fprintf(stderr, "%s: %s\n", argv[0], e.what());
+  return 1;
 }

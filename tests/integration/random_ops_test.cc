@@ -1151,6 +1151,8 @@ class Runner {
             char* c = static_cast<char*>(m);
             Res r;
             if (write) {
+              // Raw bytes into the mapping, not a C string.
+              // NOLINTNEXTLINE(bugprone-not-null-terminated-result)
               std::memcpy(c + at, data.data(), data.size());
               r = Sys(msync(m, len, MS_SYNC), "msync");
             } else {

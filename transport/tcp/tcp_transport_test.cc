@@ -131,6 +131,7 @@ TEST_P(TcpTransportTest, LargeScatterGatherMessagesKeepEveryByte) {
 TEST_P(TcpTransportTest, ConcurrentSendersLoseNothing) {
   constexpr int kThreads = 4, kPer = 500;
   std::vector<std::thread> ts;
+  ts.reserve(kThreads);
   for (int t = 0; t < kThreads; t++) {
     ts.emplace_back([&, t] {
       std::vector<uint8_t> payload(3000 + t, static_cast<uint8_t>(t));
