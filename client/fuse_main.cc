@@ -51,9 +51,22 @@ int WaitForChild(int fd, pid_t child, int timeout_ms) {
 
 int main(int argc, char** argv) {
   MountOptions o;
-  fuse_args args;
-  if (!ParseMountOptions(argc, argv, &o, &args)) return 2;
+  fuse_args args = FUSE_ARGS_INIT(0, nullptr);
   fuse_cmdline_opts co{};
+  // libfuse allocates both; free them on every way out of main.
+  struct Cleanup {
+    fuse_args* args;
+    fuse_cmdline_opts* co;
+    ~Cleanup() {
+      free(co->mountpoint);
+      fuse_opt_free_args(args);
+    }
+  } cleanup{&args, &co};
+  if (!ParseMountOptions(argc, argv, &o, &args)) return 2;
+  if (o.show_help) {
+    PrintMountUsage(argv[0]);
+    return 0;
+  }
   if (fuse_parse_cmdline(&args, &co) != 0) return 2;
   if (co.show_help || !co.mountpoint) {
     PrintMountUsage(argv[0]);
@@ -138,8 +151,6 @@ int main(int argc, char** argv) {
   fuse_session_unmount(se);
   fuse_remove_signal_handlers(se);
   fuse_session_destroy(se);
-  free(co.mountpoint);
-  fuse_opt_free_args(&args);
   spdlog::info("unmounted");
   return rc == 0 ? 0 : 1;
 }

@@ -80,8 +80,8 @@ bool ParseMountOptions(int argc, char** argv, MountOptions* out, fuse_args* args
   *args = FUSE_ARGS_INIT(argc, argv);
   if (fuse_opt_parse(args, &raw, kSpec, OptProc) != 0) return false;
   if (raw.show_help) {
-    PrintMountUsage(argv[0]);
-    std::exit(0);
+    out->show_help = true;
+    return true;
   }
   if (!raw.source) {
     PrintMountUsage(argv[0]);

@@ -18,7 +18,8 @@ struct MountOptions {
   unsigned max_write = 1u << 20;
   unsigned threads = 16;  // FUSE worker threads (max idle)
   std::string log_level = "warn";
-  std::string source;  // the URI argument as given
+  std::string source;      // the URI argument as given
+  bool show_help = false;  // -h/--help was given: print usage and exit 0
 };
 
 // Parses argv into options plus the arguments for libfuse (mountpoint, -f, -d, -o rest).

@@ -90,6 +90,29 @@ TEST_F(RpcClientTest, ServerGoneThenBackOnTheSameAddress) {
   EXPECT_EQ(again->status, 0u);
 }
 
+TEST_F(RpcClientTest, OneCreditStillServesConcurrentCallers) {
+  server_.reset();
+  server::ServerOptions o;
+  o.export_dir = dir_.string();
+  o.listen = {"tcp://127.0.0.1:0"};
+  o.credits = 1;  // the server pauses reading after every request and must resume
+  auto s = server::Server::Start(o);
+  ASSERT_TRUE(s.ok());
+  server_ = std::move(*s);
+  auto c = RpcClient::Connect(server_->bound()[0].ToString(), Fast());
+  ASSERT_TRUE(c.ok());
+  std::vector<std::thread> ts;
+  std::atomic<int> ok{0};
+  ts.reserve(4);
+  for (int t = 0; t < 4; t++)
+    ts.emplace_back([&] {
+      for (int i = 0; i < 100; i++)
+        if (auto r = GetAttrRoot(c->get()); r.ok() && r->status == 0) ok++;
+    });
+  for (auto& t : ts) t.join();
+  EXPECT_EQ(ok.load(), 400);
+}
+
 TEST_F(RpcClientTest, ManyConcurrentCallsShareOneConnection) {
   auto c = RpcClient::Connect(uri_, Fast());
   ASSERT_TRUE(c.ok());

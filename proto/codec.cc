@@ -161,7 +161,8 @@ bool IsMutating(uint16_t op) {
     case POHMELFS_OP_MKDIR:
     case POHMELFS_OP_RMDIR:
     case POHMELFS_OP_MKNOD:
-    case POHMELFS_OP_OPEN:  // O_TRUNC
+    case POHMELFS_OP_OPEN:     // O_TRUNC, and the open handle
+    case POHMELFS_OP_RELEASE:  // drops a handle: must not run twice
     case POHMELFS_OP_WRITE:
     case POHMELFS_OP_UNLINK:
     case POHMELFS_OP_RENAME:

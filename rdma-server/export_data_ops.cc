@@ -39,6 +39,8 @@ Status Open(const OpEnv& env, Reader* r, Writer* w) {
   if (!r->Get(&q)) return Short();
   Oid oid = Oid::FromWire(q.oid);
   uint32_t flags = from_le(q.flags);
+  // Checked and recorded as open together, so the last-name detach cannot fall in between.
+  std::lock_guard object(env.store->ObjectLock(oid));
   auto st = env.store->StatById(oid);
   if (!st.ok()) return st.status();
   if ((flags & POHMELFS_OPEN_TRUNC) && S_ISREG(st->st_mode)) {

@@ -63,9 +63,11 @@ Result<uint64_t> RemoveTree(const OpEnv& env, int parentfd, const std::string& n
 // entries under a getdents cursor would skip some.
 Result<uint64_t> EmptyDir(const OpEnv& env, int dirfd, int depth) {
   std::vector<std::string> names;
-  alignas(8) char buf[32 * 1024];
+  // On the heap: this function recurses once per directory level.
+  std::vector<uint64_t> storage(32 * 1024 / sizeof(uint64_t));
+  char* buf = reinterpret_cast<char*>(storage.data());
   for (;;) {
-    long n = syscall(SYS_getdents64, dirfd, buf, sizeof(buf));
+    long n = syscall(SYS_getdents64, dirfd, buf, storage.size() * sizeof(uint64_t));
     if (n < 0) return Status::FromErrno("getdents");
     if (n == 0) break;
     for (long off = 0; off < n;) {
@@ -207,11 +209,19 @@ Status SetAttr(const OpEnv& env, Reader* r, Writer* w) {
       return Status::FromErrno("truncate");
   }
   if (valid & POHMELFS_SETATTR_MODE) {
+    // chmod has no "don't follow" form on Linux 6.1: pin the object with an O_PATH fd first, so
+    // that a name swapped for a symlink meanwhile cannot redirect the chmod.
+    UniqueFd pinned;
+    if (!*is_dir) {
+      pinned = UniqueFd(OpenBeneath(at_fd, at_name, O_PATH | O_NOFOLLOW));
+      if (!pinned.valid()) return Status::FromErrno("open object");
+    }
+    const int obj_fd = *is_dir ? at_fd : pinned.get();
     struct stat st;
-    if (fstatat(at_fd, at_name.c_str(), &st, at_flags) != 0) return Status::FromErrno("stat");
+    if (fstat(obj_fd, &st) != 0) return Status::FromErrno("stat");
     if (!S_ISLNK(st.st_mode)) {
-      std::string path = *is_dir ? ExportStore::FdPath(at_fd) : ExportStore::FdPath(at_fd, at_name);
-      if (chmod(path.c_str(), from_le(q.mode) & 07777) != 0) return Status::FromErrno("chmod");
+      if (chmod(ExportStore::FdPath(obj_fd).c_str(), from_le(q.mode) & 07777) != 0)
+        return Status::FromErrno("chmod");
     }
   }
   if (valid & (POHMELFS_SETATTR_UID | POHMELFS_SETATTR_GID)) {
@@ -324,12 +334,12 @@ Status MkNod(const OpEnv& env, Reader* r, Writer* w) {
   POHMELFS_RETURN_IF_ERROR(BeginCreate(env, r, &e));
   int fd = e.dir->get();
   mode_t mode = from_le(e.q.mode);
+  UniqueFd created;  // regular files: the new file itself
   switch (mode & S_IFMT) {
     case S_IFREG: {
-      int f = openat(fd, e.name.c_str(), O_CREAT | O_EXCL | O_WRONLY | O_NOFOLLOW | O_CLOEXEC,
-                     mode & 07777);
-      if (f < 0) return Status::FromErrno("create");
-      close(f);
+      created = UniqueFd(openat(
+          fd, e.name.c_str(), O_CREAT | O_EXCL | O_WRONLY | O_NOFOLLOW | O_CLOEXEC, mode & 07777));
+      if (!created.valid()) return Status::FromErrno("create");
       break;
     }
     case S_IFIFO:
@@ -344,6 +354,9 @@ Status MkNod(const OpEnv& env, Reader* r, Writer* w) {
   }
   POHMELFS_RETURN_IF_ERROR(
       FinishCreate(env, fd, e.name, false, e.oid, e.parent, from_le(e.q.uid), from_le(e.q.gid)));
+  // The chown above clears set-user/group-ID bits; give the file the mode it was created with.
+  if (created.valid() && (mode & (S_ISUID | S_ISGID)) && fchmod(created.get(), mode & 07777) != 0)
+    return Status::FromErrno("chmod");
   if ((from_le(e.q.flags) & POHMELFS_CREATE_OPEN) && S_ISREG(mode)) env.handles->Opened(e.oid);
   return ReplyCreated(env, fd, e.name, e.oid, w);
 }
@@ -404,12 +417,23 @@ Status Rename(const OpEnv& env, Reader* r, Writer*) {
   Result<Oid> doid = Status::Error(ENOENT);
   if (dst_exists) doid = env.store->IdOf(n, nname, dst, np);
 
+  // A directory's record must follow its renames in the same order: one directory rename at a
+  // time (they are rare next to file operations).
+  bool dirs = S_ISDIR(sst->st_mode) || (dst_exists && S_ISDIR(dst.st_mode));
+  std::unique_lock<std::mutex> serial;
+  if (dirs) serial = std::unique_lock(env.store->DirRenameLock());
   if (renameat2(o, oname.c_str(), n, nname.c_str(), sys_flags) != 0)
     return Status::FromErrno("rename");
-  if (S_ISDIR(sst->st_mode)) (void)env.store->RecordDirMove(*soid, np, nname);
+  auto record = [&](const Oid& id, const Oid& parent, const std::string& name) {
+    Status s = env.store->RecordDirMove(id, parent, name);
+    if (!s.ok())
+      spdlog::error("export: directory {} renamed to '{}' but its record was not updated: {}",
+                    id.Hex(), name, s.ToString());
+  };
+  if (S_ISDIR(sst->st_mode)) record(*soid, np, nname);
   if (dst_exists && doid.ok() && !(*doid == *soid)) {
     if (flags & POHMELFS_RENAME_EXCHANGE) {
-      if (S_ISDIR(dst.st_mode)) (void)env.store->RecordDirMove(*doid, op, oname);
+      if (S_ISDIR(dst.st_mode)) record(*doid, op, oname);
     } else {
       Detach(env, *doid, S_ISDIR(dst.st_mode));
     }
@@ -429,6 +453,7 @@ Status Link(const OpEnv& env, Reader* r, Writer* w) {
   if (*is_dir) return Status::Error(EPERM, "hard link to a directory");
   auto nfd = env.store->OpenDir(np);
   if (!nfd.ok()) return nfd.status();
+  std::lock_guard object(env.store->ObjectLock(oid));
   if (linkat(env.store->ids_fd(), oid.Hex().c_str(), (*nfd)->get(), name.c_str(), 0) != 0)
     return Status::FromErrno("link");
   return ReplyCreated(env, (*nfd)->get(), name, oid, w);
@@ -518,14 +543,22 @@ Status MkPath(const OpEnv& env, Reader* r, Writer* w) {
       next = *id;
     } else {
       POHMELFS_RETURN_IF_ERROR(CheckNewOid(env, oids[i]));
-      if (mkdirat(fd->get(), part.c_str(), from_le(q.mode) & 07777) != 0 && errno != EEXIST)
+      if (mkdirat(fd->get(), part.c_str(), from_le(q.mode) & 07777) == 0) {
+        POHMELFS_RETURN_IF_ERROR(
+            FinishCreate(env, fd->get(), part, true, oids[i], cur, from_le(q.uid), from_le(q.gid)));
+        next = oids[i];
+      } else if (errno != EEXIST) {
         return Status::FromErrno("mkdir");
-      Status s = ChownNew(fd->get(), part, from_le(q.uid), from_le(q.gid));
-      if (s.ok()) s = env.store->Attach(fd->get(), part, true, oids[i], cur);
-      if (!s.ok()) return s;
-      next = oids[i];
+      }
+      // Created by us, or by someone else just now: look at what is there.
       if (fstatat(fd->get(), part.c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0)
         return Status::FromErrno("stat");
+      if (!S_ISDIR(st.st_mode)) return Status::Error(ENOTDIR, "mkpath through a non-directory");
+      if (next.IsZero()) {
+        auto id = env.store->IdOf(fd->get(), part, st, cur);
+        if (!id.ok()) return id.status();
+        next = *id;
+      }
     }
     int nfd = OpenBeneath(fd->get(), part, O_PATH | O_DIRECTORY | O_NOFOLLOW);
     if (nfd < 0) return Status::FromErrno("open directory");

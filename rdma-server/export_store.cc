@@ -171,9 +171,20 @@ Result<SharedFd> ExportStore::ResolveDir(const Oid& oid, int depth) {
 Result<SharedFd> ExportStore::OpenFile(const Oid& oid) {
   if (SharedFd fd = file_cache_.Get(oid)) return fd;
   std::string hex = oid.Hex();
-  int fd = OpenBeneath(ids_.get(), hex, O_RDWR | O_NOFOLLOW | O_NONBLOCK);
-  if (fd < 0 && (errno == EACCES || errno == EROFS || errno == ETXTBSY || errno == EPERM))
-    fd = OpenBeneath(ids_.get(), hex, O_RDONLY | O_NOFOLLOW | O_NONBLOCK);
+  // Pin the inode without opening it, check that it is a regular file, then open that same
+  // inode for IO: a device node (or a name swapped for one) is never opened, so no driver's
+  // open runs on a client's behalf.
+  UniqueFd pinned(OpenBeneath(ids_.get(), hex, O_PATH | O_NOFOLLOW));
+  int fd = -1;
+  if (pinned.valid()) {
+    struct stat st;
+    if (fstat(pinned.get(), &st) != 0) return Status::FromErrno("stat object");
+    if (!S_ISREG(st.st_mode)) return Status::Error(EINVAL, "not a regular file");
+    std::string path = FdPath(pinned.get());
+    fd = open(path.c_str(), O_RDWR | O_CLOEXEC);
+    if (fd < 0 && (errno == EACCES || errno == EROFS || errno == ETXTBSY || errno == EPERM))
+      fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  }
   if (fd < 0) {
     if (errno == ENOENT) {
       struct stat st;
@@ -185,9 +196,6 @@ Result<SharedFd> ExportStore::OpenFile(const Oid& oid) {
     return Status::FromErrno("open object");
   }
   auto shared = std::make_shared<UniqueFd>(fd);
-  struct stat st;
-  if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode))
-    return Status::Error(EINVAL, "not a regular file");
   file_cache_.Put(oid, shared);
   return shared;
 }
@@ -232,7 +240,12 @@ Result<Oid> ExportStore::IdOf(int dirfd, const std::string& name, const struct s
   auto id = ReadId(dirfd, name);
   if (id.ok() || id.code() != ENODATA) return id;
   Oid oid = Oid::Random();
-  Status s = Attach(dirfd, name, S_ISDIR(st.st_mode), oid, parent);
+  std::string path = FdPath(dirfd, name);
+  if (lsetxattr(path.c_str(), kIdXattr, oid.b.data(), oid.b.size(), XATTR_CREATE) != 0) {
+    if (errno == EEXIST) return ReadId(dirfd, name);  // a concurrent lookup won: use its id
+    return Status::FromErrno("set id xattr");
+  }
+  Status s = Index(dirfd, name, S_ISDIR(st.st_mode), oid, parent);
   if (!s.ok()) return s;
   spdlog::info("export: assigned id {} to existing object '{}'", oid.Hex(), name);
   return oid;
@@ -243,9 +256,13 @@ Status ExportStore::Attach(int dirfd, const std::string& name, bool is_dir, cons
   std::string path = FdPath(dirfd, name);
   if (lsetxattr(path.c_str(), kIdXattr, oid.b.data(), oid.b.size(), 0) != 0)
     return Status::FromErrno("set id xattr");
-  std::string hex = oid.Hex();
+  return Index(dirfd, name, is_dir, oid, parent);
+}
+
+Status ExportStore::Index(int dirfd, const std::string& name, bool is_dir, const Oid& oid,
+                          const Oid& parent) {
   if (is_dir) return RecordDirMove(oid, parent, name);
-  if (linkat(dirfd, name.c_str(), ids_.get(), hex.c_str(), 0) != 0)
+  if (linkat(dirfd, name.c_str(), ids_.get(), oid.Hex().c_str(), 0) != 0)
     return Status::FromErrno("index object");
   return Status::Ok();
 }
@@ -273,6 +290,7 @@ void ExportStore::DetachDir(const Oid& oid) {
 }
 
 void ExportStore::MaybeDetachFile(const Oid& oid) {
+  std::lock_guard object(ObjectLock(oid));
   std::string hex = oid.Hex();
   struct stat st;
   if (fstatat(ids_.get(), hex.c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0 || st.st_nlink > 1) return;

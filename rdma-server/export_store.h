@@ -16,6 +16,7 @@
 
 #include <sys/stat.h>
 
+#include <array>
 #include <list>
 #include <memory>
 #include <mutex>
@@ -88,6 +89,8 @@ class ExportStore {
 
   // Records a new object: sets its id xattr and adds its index entry.
   Status Attach(int dirfd, const std::string& name, bool is_dir, const Oid& oid, const Oid& parent);
+  // Adds the index entry of an object whose id xattr is set.
+  Status Index(int dirfd, const std::string& name, bool is_dir, const Oid& oid, const Oid& parent);
   // Updates a directory's record after a rename.
   Status RecordDirMove(const Oid& oid, const Oid& new_parent, const std::string& new_name);
   // Drops the index entry of a removed directory.
@@ -95,6 +98,11 @@ class ExportStore {
   // Drops the index link of a non-directory whose last name is gone, unless it is open
   // (then it is dropped at the last Release).
   void MaybeDetachFile(const Oid& oid);
+
+  // Serialises index changes of one object (LINK and OPEN against the last-name detach).
+  std::mutex& ObjectLock(const Oid& oid) { return object_locks_[proto::OidHash()(oid) % kLocks]; }
+  // Serialises directory renames with the update of their records.
+  std::mutex& DirRenameLock() { return dir_rename_mu_; }
 
   // Open handles, so that an unlinked but open file stays readable until its last release.
   void Opened(const Oid& oid);
@@ -121,6 +129,9 @@ class ExportStore {
   UniqueFd root_, hidden_, ids_, dirs_;
   FdCache dir_cache_{4096};
   FdCache file_cache_{1024};
+  static constexpr size_t kLocks = 64;
+  std::array<std::mutex, kLocks> object_locks_;
+  std::mutex dir_rename_mu_;
   std::mutex open_mu_;
   std::unordered_map<Oid, int, proto::OidHash> open_count_;  // GUARDED_BY(open_mu_)
   std::unordered_map<Oid, bool, proto::OidHash> orphans_;    // GUARDED_BY(open_mu_)

@@ -86,6 +86,10 @@ Status ExecuteBatch(const OpEnv& env, proto::Reader* r, std::vector<uint8_t>* re
     if (!r->Bytes(len, &body) || !r->Skip(POHMELFS_PAD8(len) - len))
       return Status::Error(EINVAL, "batch command body past end of message");
     uint16_t op = from_le(cmd.opcode);
+    // Batches carry metadata; bulk reads go alone (their replies are large and, inside a
+    // mutating batch, would be kept in the resend record).
+    if (op == POHMELFS_OP_READ || op == POHMELFS_OP_READDIR)
+      return Status::Error(EINVAL, "READ and READDIR are not allowed in a batch");
     size_t at = w.size();
     pohmelfs_cmd_rep cr{};
     cr.opcode = to_le(op);
@@ -98,6 +102,7 @@ Status ExecuteBatch(const OpEnv& env, proto::Reader* r, std::vector<uint8_t>* re
     cr.length = to_le(static_cast<uint32_t>(reply->size() - body_start));
     w.PatchAt(at, cr);
     w.Pad8();
+    if (reply->size() > POHMELFS_PAYLOAD_MAX) return Status::Error(E2BIG, "batch reply too large");
     if (!s.ok()) {
       done++;
       break;

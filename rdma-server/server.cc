@@ -15,8 +15,9 @@ using transport::Message;
 
 struct Server::ConnState {
   std::shared_ptr<Session> session;  // set by HELLO (loop thread), read by workers after
-  std::atomic<uint32_t> inflight{0};
-  std::atomic<bool> paused{false};
+  std::mutex mu;                     // orders pause and resume decisions
+  uint32_t inflight = 0;             // GUARDED_BY(mu)
+  bool paused = false;               // GUARDED_BY(mu)
 };
 
 Result<std::unique_ptr<Server>> Server::Start(const ServerOptions& o) {
@@ -129,9 +130,13 @@ void Server::OnMessage(const ConnectionPtr& conn, Message&& m) {
     Reply(conn, m.hdr, 0, {});
     return;
   }
-  if (++st->inflight >= opts_.credits && !st->paused.exchange(true)) {
-    spdlog::warn("{}: more than {} requests in flight; pausing reads", conn->Peer(), opts_.credits);
-    conn->PauseReceive();
+  {
+    std::lock_guard lk(st->mu);
+    if (++st->inflight >= opts_.credits && !st->paused) {
+      st->paused = true;
+      conn->PauseReceive();
+      spdlog::warn("{}: {} requests in flight; pausing reads", conn->Peer(), st->inflight);
+    }
   }
   work_->Push([this, conn, st, m = std::move(m)]() mutable { Execute(conn, st, std::move(m)); });
 }
@@ -223,7 +228,13 @@ void Server::Execute(const ConnectionPtr& conn, const std::shared_ptr<ConnState>
     if (mutating) target = session->FinishTrans(h.trans, {static_cast<uint32_t>(s.code()), reply});
     if (target) Reply(target, h, static_cast<uint32_t>(s.code()), reply);
   }
-  if (--st->inflight < opts_.credits / 2 && st->paused.exchange(false)) conn->ResumeReceive();
+  std::lock_guard lk(st->mu);
+  st->inflight--;
+  // Resume once half the credits are free again (at zero when there is only one).
+  if (st->paused && st->inflight < (opts_.credits + 1) / 2) {
+    st->paused = false;
+    conn->ResumeReceive();
+  }
 }
 
 void Server::OnClose(const ConnectionPtr& conn, const Status& why) {

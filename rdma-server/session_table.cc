@@ -18,12 +18,7 @@ Session::Begin Session::BeginTrans(uint64_t trans, const transport::ConnectionPt
   }
   trans_[trans].conn = conn;
   order_.push_back(trans);
-  while (order_.size() > kReplyHistory) {
-    auto old = trans_.find(order_.front());
-    if (old != trans_.end() && !old->second.done) break;  // never forget a running one
-    if (old != trans_.end()) trans_.erase(old);
-    order_.pop_front();
-  }
+  TrimLocked();
   return Begin::kNew;
 }
 
@@ -33,7 +28,22 @@ transport::ConnectionPtr Session::FinishTrans(uint64_t trans, RecordedReply repl
   if (it == trans_.end()) return nullptr;
   it->second.done = true;
   it->second.reply = std::move(reply);
-  return it->second.conn.lock();
+  recorded_bytes_ += it->second.reply.payload.size();
+  auto conn = it->second.conn.lock();
+  TrimLocked();
+  return conn;
+}
+
+void Session::TrimLocked() {
+  while (order_.size() > kReplyHistory || recorded_bytes_ > kReplyHistoryBytes) {
+    auto old = trans_.find(order_.front());
+    if (old != trans_.end() && !old->second.done) break;  // never forget a running one
+    if (old != trans_.end()) {
+      recorded_bytes_ -= old->second.reply.payload.size();
+      trans_.erase(old);
+    }
+    order_.pop_front();
+  }
 }
 
 void Session::Detach() {

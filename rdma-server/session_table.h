@@ -27,6 +27,9 @@ class Session final : public OpenHandles {
   // Recorded replies kept per session; a client never has more transactions outstanding than
   // its credits (256), so this is 16 full windows of resend history.
   static constexpr size_t kReplyHistory = 4096;
+  // And at most this many bytes of recorded replies (mutating replies are small; a batch reply
+  // is at most one payload).
+  static constexpr size_t kReplyHistoryBytes = 16u << 20;
 
   Session(uint64_t id, ExportStore* store, std::string client)
       : id_(id), store_(store), client_(std::move(client)) {}
@@ -56,6 +59,8 @@ class Session final : public OpenHandles {
   void ReleaseAll();
 
  private:
+  // Forgets the oldest finished transactions beyond the count and byte bounds.
+  void TrimLocked();  // REQUIRES: mu_ held
   struct Entry {
     bool done = false;
     RecordedReply reply;
@@ -67,6 +72,7 @@ class Session final : public OpenHandles {
   std::mutex mu_;
   std::unordered_map<uint64_t, Entry> trans_;          // GUARDED_BY(mu_)
   std::deque<uint64_t> order_;                         // GUARDED_BY(mu_)
+  size_t recorded_bytes_ = 0;                          // GUARDED_BY(mu_)
   std::unordered_map<Oid, int, proto::OidHash> open_;  // GUARDED_BY(mu_)
   int connections_ = 0;                                // GUARDED_BY(mu_)
   std::chrono::steady_clock::time_point idle_since_;   // GUARDED_BY(mu_)

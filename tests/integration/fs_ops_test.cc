@@ -326,6 +326,39 @@ TEST_F(FsOpsTest, NonRootCallerGetsEaccesAndOwnsWhatItCreates) {
   EXPECT_EQ(st.st_gid, 65534u);
 }
 
+TEST_F(FsOpsTest, NewFilesKeepSetIdBits) {
+  int fd = open(M("suid").c_str(), O_CREAT | O_EXCL | O_WRONLY, 06755);
+  ASSERT_GE(fd, 0);
+  close(fd);
+  ASSERT_EQ(chmod(M("suid").c_str(), 06755), 0);  // past the umask
+  struct stat st;
+  ASSERT_EQ(stat(E("suid").c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 07777, 06755u);
+  mode_t old = umask(0);
+  fd = open(M("suid2").c_str(), O_CREAT | O_EXCL | O_WRONLY, 04755);
+  umask(old);
+  ASSERT_GE(fd, 0);
+  close(fd);
+  ASSERT_EQ(stat(E("suid2").c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 07777, 04755u);  // the server's chown did not clear it
+}
+
+TEST_F(FsOpsTest, RemovingAVeryDeepTreeInOneCommand) {
+  // 320 levels: deeper than a recursion with large stack frames could survive.
+  std::string ctl = std::string(POHMELFS_BIN_DIR) + "/pohmelfsctl";
+  std::string log = (scratch_->path() / "deep.log").string();
+  std::string path = "deep";
+  ASSERT_EQ(mkdir(M(path).c_str(), 0755), 0);
+  for (int chunk = 0; chunk < 5; chunk++) {  // MKPATH creates at most 64 levels at once
+    for (int i = 0; i < 64; i++) path += "/d";
+    ASSERT_EQ(RunCommand({ctl, "mkpath", M(path)}, log), 0) << ReadFile(log);
+  }
+  WriteAll(M(path + "/leaf"), "x");
+  ASSERT_EQ(RunCommand({ctl, "rmtree", M("deep")}, log), 0) << ReadFile(log);
+  EXPECT_FALSE(fs::exists(E("deep")));
+  EXPECT_TRUE(server_->Alive());
+}
+
 TEST_F(FsOpsTest, TreeOperationsInOneCommand) {
   std::string ctl = std::string(POHMELFS_BIN_DIR) + "/pohmelfsctl";
   std::string log = (scratch_->path() / "ctl.log").string();

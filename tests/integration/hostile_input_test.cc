@@ -6,6 +6,7 @@
 #include <netinet/in.h>
 #include <poll.h>
 #include <sys/socket.h>
+#include <sys/sysmacros.h>
 
 #include <cstring>
 #include <optional>
@@ -284,6 +285,42 @@ TEST_F(HostileInputTest, BatchRunsCommandsAndStopsAtTheFirstError) {
   pohmelfs_cmd_rep c2;
   ASSERT_TRUE(rd.Get(&c2));
   EXPECT_EQ(proto::from_le(c2.status), static_cast<uint32_t>(ENOENT));
+}
+
+TEST_F(HostileInputTest, BulkReadsAreRefusedInsideABatch) {
+  std::vector<uint8_t> batch = RawPeer::Bytes(pohmelfs_batch_req{to_le(uint32_t{1}), 0});
+  pohmelfs_read_req rd{Oid::Root().ToWire(), 0, to_le(uint32_t{POHMELFS_IO_MAX}), 0};
+  auto body = RawPeer::Bytes(rd);
+  auto c = RawPeer::Bytes(pohmelfs_cmd{to_le(uint16_t{POHMELFS_OP_READ}), 0,
+                                       to_le(static_cast<uint32_t>(body.size()))});
+  batch.insert(batch.end(), c.begin(), c.end());
+  batch.insert(batch.end(), body.begin(), body.end());
+  EXPECT_EQ(StatusOf(POHMELFS_OP_BATCH, batch), static_cast<uint32_t>(EINVAL));
+}
+
+TEST_F(HostileInputTest, DeviceNodesAreNeverOpenedForIo) {
+  auto p = Peer();
+  pohmelfs_create_req q{};
+  q.parent = Oid::Root().ToWire();
+  Oid dev = Oid::Random();
+  q.new_oid = dev.ToWire();
+  q.mode = to_le(uint32_t{S_IFCHR | 0666});
+  q.rdev = to_le(static_cast<uint64_t>(makedev(1, 5)));  // /dev/zero: reads would succeed
+  q.name_len = to_le(uint32_t{4});
+  p->Send(POHMELFS_OP_MKNOD, RawPeer::Bytes(q, "zero"), 40);
+  auto r = p->Recv();
+  ASSERT_TRUE(r.has_value());
+  ASSERT_EQ(r->hdr.status, 0u);
+  pohmelfs_read_req rd{dev.ToWire(), 0, to_le(uint32_t{16}), 0};
+  p->Send(POHMELFS_OP_READ, RawPeer::Bytes(rd), 41);
+  r = p->Recv();
+  ASSERT_TRUE(r.has_value());
+  EXPECT_EQ(r->hdr.status, static_cast<uint32_t>(EINVAL));
+  pohmelfs_write_req wr{dev.ToWire(), 0, to_le(uint32_t{1}), 0};
+  p->Send(POHMELFS_OP_WRITE, RawPeer::Bytes(wr, "x"), 42);
+  r = p->Recv();
+  ASSERT_TRUE(r.has_value());
+  EXPECT_EQ(r->hdr.status, static_cast<uint32_t>(EINVAL));
 }
 
 TEST_F(HostileInputTest, BadNamesAreRejected) {
