@@ -34,12 +34,27 @@ RpcClient::~RpcClient() {
 }
 
 Result<transport::ConnectionPtr> RpcClient::EnsureConnected() {
+  const uint64_t epoch = connect_epoch_.load();
   std::lock_guard reconnect(conn_mu_);
   {
     std::lock_guard lk(mu_);
     if (conn_ && conn_->IsOpen()) return conn_;
     if (shutting_down_) return Status::Error(ESHUTDOWN, "client shutting down");
   }
+  // Another caller tried (and failed) while this one waited for the lock: share its result
+  // instead of queueing one more connect, so many callers do not multiply the wait.
+  if (connect_epoch_.load() != epoch) return last_connect_error_;
+  Status s = Reconnect();
+  connect_epoch_++;
+  if (!s.ok()) {
+    last_connect_error_ = s;
+    return s;
+  }
+  std::lock_guard lk(mu_);
+  return conn_;
+}
+
+Status RpcClient::Reconnect() {
   transport::Handler h;
   h.on_message = [this](const transport::ConnectionPtr&, transport::Message&& m) {
     OnMessage(std::move(m));
@@ -52,10 +67,11 @@ Result<transport::ConnectionPtr> RpcClient::EnsureConnected() {
     (*conn)->Close(s);
     return s;
   }
+  counters_.reconnects++;
   std::lock_guard lk(mu_);
   conn_ = *conn;
   cv_.notify_all();
-  return conn_;
+  return Status::Ok();
 }
 
 Status RpcClient::Handshake(const transport::ConnectionPtr& conn) {

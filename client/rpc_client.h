@@ -68,6 +68,8 @@ class RpcClient {
   RpcClient(transport::Uri uri, std::string text, const RpcOptions& o);
   // Returns the live connection, reconnecting (with handshake) if needed.
   Result<transport::ConnectionPtr> EnsureConnected();
+  // Connects and runs the handshake. REQUIRES: conn_mu_ held.
+  Status Reconnect();
   Status Handshake(const transport::ConnectionPtr& conn);
   void OnMessage(transport::Message&& m);
   void OnClose(const transport::Connection* conn);
@@ -84,7 +86,9 @@ class RpcClient {
   RpcCounters counters_;
   std::atomic<uint64_t> next_trans_{1};
 
-  std::mutex conn_mu_;  // serialises reconnects
+  std::mutex conn_mu_;                      // serialises reconnects
+  std::atomic<uint64_t> connect_epoch_{0};  // connect attempts made
+  Status last_connect_error_;               // GUARDED_BY(conn_mu_)
   std::mutex mu_;
   std::condition_variable cv_;
   transport::ConnectionPtr conn_;                                   // GUARDED_BY(mu_)

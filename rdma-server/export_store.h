@@ -25,7 +25,7 @@
 
 #include "proto/codec.h"
 #include "proto/status.h"
-#include "rdma-server/unique_fd.h"
+#include "proto/unique_fd.h"
 
 namespace pohmelfs::server {
 

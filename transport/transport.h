@@ -42,7 +42,9 @@ class Connection {
   }
 
   // Stops delivering messages until ResumeReceive (backpressure: the peer's sends block once
-  // the socket buffers fill). Safe from any thread.
+  // the socket buffers fill). Safe from any thread. Independently, a connection accepted by a
+  // listener stops being read while more than 32 maximum payloads of its sends are unsent (its
+  // peer is not reading the replies), and resumes when they drain.
   virtual void PauseReceive() = 0;
   virtual void ResumeReceive() = 0;
 

@@ -15,12 +15,17 @@
 #include <deque>
 #include <mutex>
 
+#include "proto/unique_fd.h"
 #include "transport/event_loop.h"
 
 namespace pohmelfs::transport {
 namespace {
 
 constexpr size_t kReadChunk = 256 * 1024;
+// A connection whose unsent bytes pass the high-water mark stops being read (its peer does not
+// read its replies) until they drop under the low-water mark: 32 and 8 maximum-size replies.
+constexpr size_t kSendHighWater = 32 * size_t{POHMELFS_PAYLOAD_MAX};
+constexpr size_t kSendLowWater = 8 * size_t{POHMELFS_PAYLOAD_MAX};
 // Sends gather at most this many iovecs per syscall (well under IOV_MAX).
 constexpr int kMaxIov = 64;
 
@@ -48,11 +53,16 @@ class TcpConnection final : public Connection,
                             public Pollable,
                             public std::enable_shared_from_this<TcpConnection> {
  public:
-  TcpConnection(int fd, EventLoop* loop, Handler handler, std::string peer, uint32_t max_payload)
+  // accepted: the connection came from a listener, whose side answers requests and so stops
+  // reading a peer that does not read its replies. The connecting side always reads (its
+  // replies must drain for its own sends to).
+  TcpConnection(int fd, EventLoop* loop, Handler handler, std::string peer, uint32_t max_payload,
+                bool accepted)
       : fd_(fd),
         loop_(loop),
         handler_(std::move(handler)),
         peer_(std::move(peer)),
+        accepted_(accepted),
         max_payload_(max_payload) {
     rbuf_.resize(kReadChunk);
   }
@@ -104,13 +114,18 @@ class TcpConnection final : public Connection,
       sent -= skip;
       auto* c = static_cast<const uint8_t*>(p);
       chunk.insert(chunk.end(), c + skip, c + len);
+      queued_ += len - skip;
     };
     append(&wire, sizeof(wire));
     for (const auto& v : payload) append(v.iov_base, v.iov_len);
-    if (!want_write_) {
-      want_write_ = true;
-      UpdateEventsLocked();
+    bool update = !want_write_;
+    want_write_ = true;
+    if (accepted_ && !send_full_ && queued_ > kSendHighWater) {
+      // The peer does not read what it asked for: stop reading its requests until it does.
+      send_full_ = true;
+      update = true;
     }
+    if (update) UpdateEventsLocked();
     return Status::Ok();
   }
 
@@ -156,7 +171,7 @@ class TcpConnection final : public Connection,
   // REQUIRES: send_mu_ held.
   void UpdateEventsLocked() {
     uint32_t ev = EPOLLRDHUP;
-    if (!paused_) ev |= EPOLLIN;
+    if (!paused_ && !send_full_) ev |= EPOLLIN;
     if (want_write_) ev |= EPOLLOUT;
     (void)loop_->Modify(fd_, ev);
   }
@@ -167,6 +182,7 @@ class TcpConnection final : public Connection,
     close_reason_ = why;
     ::shutdown(fd_, SHUT_RDWR);
     out_.clear();
+    queued_ = 0;
     auto self = shared_from_this();
     loop_->Post([self, why] { self->Finish(why); });
   }
@@ -203,18 +219,31 @@ class TcpConnection final : public Connection,
         auto& c = out_.front();
         size_t take = std::min(left, c.data.size() - c.offset);
         c.offset += take;
+        queued_ -= take;
         left -= take;
         if (c.offset == c.data.size()) out_.pop_front();
       }
     }
-    if (out_.empty() && want_write_ && !closed_) {
+    bool update = false, resume = false;
+    if (send_full_ && queued_ < kSendLowWater) {
+      send_full_ = false;
+      update = resume = true;
+    }
+    if (out_.empty() && want_write_) {
       want_write_ = false;
-      UpdateEventsLocked();
+      update = true;
+    }
+    if (update && !closed_) UpdateEventsLocked();
+    if (resume) {
+      // Requests already buffered while full are delivered without waiting for new bytes.
+      auto self = shared_from_this();
+      loop_->Post([self] { self->DeliverBuffered(); });
     }
   }
 
   void ReadAvailable() {
     while (!closed_) {
+      if (paused_ || send_full_) break;  // stopped: leave the bytes in the socket
       if (rend_ == rbuf_.size()) {
         // Compact, or grow to hold one whole message.
         if (rstart_ > 0) {
@@ -251,7 +280,7 @@ class TcpConnection final : public Connection,
   // Delivers every whole message in the buffer. Returns false when paused or closed.
   bool DeliverBuffered() {
     while (!closed_) {
-      if (paused_) return false;
+      if (paused_ || send_full_) return false;
       size_t have = rend_ - rstart_;
       if (have < sizeof(pohmelfs_hdr)) break;
       pohmelfs_hdr wire;
@@ -295,6 +324,7 @@ class TcpConnection final : public Connection,
   EventLoop* const loop_;
   Handler handler_;  // loop thread only
   const std::string peer_;
+  const bool accepted_;
   std::atomic<uint32_t> max_payload_;
 
   std::mutex send_mu_;
@@ -304,6 +334,10 @@ class TcpConnection final : public Connection,
   Status close_reason_;      // GUARDED_BY(send_mu_), set once by CloseLocked
   bool want_write_ = false;  // GUARDED_BY(send_mu_)
   std::deque<Chunk> out_;    // GUARDED_BY(send_mu_)
+  size_t queued_ = 0;        // GUARDED_BY(send_mu_): bytes in out_ not yet sent
+  // Written under send_mu_; read without it on the loop thread: reading stopped until out_
+  // drains.
+  std::atomic<bool> send_full_{false};
 
   // Receive state: loop thread only.
   std::vector<uint8_t> rbuf_;
@@ -412,7 +446,7 @@ class TcpTransport final : public Transport {
       }
       TuneSocket(fd);
       auto conn = std::make_shared<TcpConnection>(fd, NextLoop(), std::move(handler),
-                                                  SockaddrToUri(ss), max_payload_);
+                                                  SockaddrToUri(ss), max_payload_, false);
       Status s = conn->Register();
       if (!s.ok()) return s;
       return ConnectionPtr(conn);
@@ -441,6 +475,17 @@ class TcpTransport final : public Transport {
  private:
   EventLoop* NextLoop() { return loops_[next_++ % loops_.size()].get(); }
 
+  // Out of descriptors: the pending connection would keep the listener readable and the loop
+  // spinning. Use the reserve descriptor to accept and close it at once.
+  void ShedConnection(int lfd) {
+    reserve_.reset();
+    int fd = accept4(lfd, nullptr, nullptr, SOCK_CLOEXEC);
+    if (fd >= 0) close(fd);
+    reserve_ = UniqueFd(open("/dev/null", O_RDONLY | O_CLOEXEC));
+    if (shed_++ % 1000 == 0)
+      spdlog::warn("out of file descriptors: refused {} connection(s)", shed_.load());
+  }
+
   void Accept(int lfd, const Handler& handler) {
     for (;;) {
       sockaddr_storage ss{};
@@ -448,12 +493,16 @@ class TcpTransport final : public Transport {
       int fd = accept4(lfd, reinterpret_cast<sockaddr*>(&ss), &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
       if (fd < 0) {
         if (errno == EINTR) continue;
+        if (errno == EMFILE || errno == ENFILE) {
+          ShedConnection(lfd);
+          continue;
+        }
         if (errno != EAGAIN) spdlog::warn("accept: {}", std::strerror(errno));
         return;
       }
       TuneSocket(fd);
-      auto conn =
-          std::make_shared<TcpConnection>(fd, NextLoop(), handler, SockaddrToUri(ss), max_payload_);
+      auto conn = std::make_shared<TcpConnection>(fd, NextLoop(), handler, SockaddrToUri(ss),
+                                                  max_payload_, true);
       if (handler.on_accept) handler.on_accept(conn);
       if (!conn->IsOpen()) continue;  // refused by on_accept
       Status s = conn->Register();
@@ -462,6 +511,8 @@ class TcpTransport final : public Transport {
   }
 
   const uint32_t max_payload_;
+  UniqueFd reserve_{open("/dev/null", O_RDONLY | O_CLOEXEC)};  // loop 0 only
+  std::atomic<uint64_t> shed_{0};
   std::vector<std::unique_ptr<EventLoop>> loops_;
   std::atomic<size_t> next_{0};
   std::mutex mu_;

@@ -19,6 +19,7 @@ struct Inbox {
   std::condition_variable cv;
   std::vector<Message> msgs;
   int closes = 0;
+  std::atomic<int> echoed{0};
   ConnectionPtr accepted;
 
   Handler MakeHandler(bool echo) {
@@ -32,6 +33,7 @@ struct Inbox {
         proto::Header r = m.hdr;
         r.flags |= POHMELFS_FLAG_REPLY;
         (void)c->Send(r, m.payload.data(), m.payload.size());
+        echoed++;
         return;
       }
       std::lock_guard lk(mu);
@@ -157,6 +159,26 @@ TEST_P(TcpTransportTest, PausedReceiverHoldsMessagesUntilResumed) {
   EXPECT_FALSE(client_inbox_.WaitFor(1, 300ms));
   conn_->ResumeReceive();
   EXPECT_TRUE(client_inbox_.WaitFor(10));
+}
+
+TEST_P(TcpTransportTest, APeerThatDoesNotReadStopsBeingRead) {
+  // The client stops reading its replies but keeps sending 1 MiB requests: the server's
+  // replies pile up, and past its high-water mark it must stop reading the client instead of
+  // queueing without bound.
+  conn_->PauseReceive();
+  constexpr int kCount = 100;  // 100 MiB, about three times the high-water mark
+  std::vector<uint8_t> mib(1 << 20, 0x5a);
+  for (int i = 0; i < kCount; i++) ASSERT_TRUE(conn_->Send(Req(i), mib.data(), mib.size()).ok());
+  // Wait (bounded) until the server stops making progress.
+  int last = -1;
+  for (int rounds = 0; rounds < 100 && server_inbox_.echoed.load() != last; rounds++) {
+    last = server_inbox_.echoed.load();
+    std::this_thread::sleep_for(200ms);
+  }
+  EXPECT_LT(server_inbox_.echoed.load(), kCount);
+  conn_->ResumeReceive();
+  ASSERT_TRUE(client_inbox_.WaitFor(kCount, 30s));
+  EXPECT_EQ(server_inbox_.echoed.load(), kCount);
 }
 
 TEST_P(TcpTransportTest, PeerCloseIsReportedAndSendFails) {
