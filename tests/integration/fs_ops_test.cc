@@ -422,9 +422,15 @@ TEST(MountHelper, MountTypeFusePohmelfsWorks) {
   ASSERT_TRUE(
       server.Start((scratch.path() / "export").string(), (scratch.path() / "server.log").string()));
   // mount(8) runs /sbin/mount.fuse.pohmelfs for type fuse.pohmelfs; point it at this build.
+  // A real file there is an installed helper and is left alone; a link (perhaps dangling, from
+  // an interrupted run) is replaced by one to this build.
   std::string helper = "/sbin/mount.fuse.pohmelfs";
-  bool installed = !fs::exists(helper);
-  if (installed) fs::create_symlink(std::string(POHMELFS_BIN_DIR) + "/mount.fuse.pohmelfs", helper);
+  auto status = fs::symlink_status(helper);
+  bool installed = !fs::exists(status) || fs::is_symlink(status);
+  if (installed) {
+    fs::remove(helper);
+    fs::create_symlink(std::string(POHMELFS_BIN_DIR) + "/mount.fuse.pohmelfs", helper);
+  }
   std::string mnt = (scratch.path() / "mnt").string();
   std::string log = (scratch.path() / "mount.log").string();
   int rc = RunCommand(
