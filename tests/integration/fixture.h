@@ -184,6 +184,22 @@ class ScratchDir {
   fs::path path_;
 };
 
+// A server of its own on a fresh export, for a test that mounts, kills or restarts it itself.
+struct StandaloneServer {
+  explicit StandaloneServer(const std::string& name) : scratch(name) {
+    fs::create_directories(scratch.path() / "export");
+    fs::create_directories(scratch.path() / "mnt");
+    started = server.Start(export_dir(), (scratch.path() / "server.log").string());
+  }
+  std::string export_dir() const { return (scratch.path() / "export").string(); }
+  std::string mnt() const { return (scratch.path() / "mnt").string(); }
+  std::string log(const std::string& name) const { return (scratch.path() / name).string(); }
+
+  ScratchDir scratch;
+  ServerProcess server;
+  bool started = false;
+};
+
 // One server plus one mount for a whole test suite.
 class MountedTest : public ::testing::Test {
  protected:

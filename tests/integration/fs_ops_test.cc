@@ -415,12 +415,8 @@ TEST_F(FsOpsTest, MoreFilesThanTheDescriptorLimitWithoutHoldingDescriptors) {
 }
 
 TEST(MountHelper, MountTypeFusePohmelfsWorks) {
-  ScratchDir scratch("helper");
-  fs::create_directories(scratch.path() / "export");
-  fs::create_directories(scratch.path() / "mnt");
-  ServerProcess server;
-  ASSERT_TRUE(
-      server.Start((scratch.path() / "export").string(), (scratch.path() / "server.log").string()));
+  StandaloneServer s("helper");
+  ASSERT_TRUE(s.started) << s.server.Log();
   // mount(8) runs /sbin/mount.fuse.pohmelfs for type fuse.pohmelfs; point it at this build.
   // A real file there is an installed helper and is left alone; a link (perhaps dangling, from
   // an interrupted run) is replaced by one to this build.
@@ -431,41 +427,35 @@ TEST(MountHelper, MountTypeFusePohmelfsWorks) {
     fs::remove(helper);
     fs::create_symlink(std::string(POHMELFS_BIN_DIR) + "/mount.fuse.pohmelfs", helper);
   }
-  std::string mnt = (scratch.path() / "mnt").string();
-  std::string log = (scratch.path() / "mount.log").string();
-  int rc = RunCommand(
-      {"/bin/mount", "-t", "fuse.pohmelfs", "-o", "_netdev,trans_retries=2", server.uri(), mnt},
-      log);
+  std::string log = s.log("mount.log");
+  int rc = RunCommand({"/bin/mount", "-t", "fuse.pohmelfs", "-o", "_netdev,trans_retries=2",
+                       s.server.uri(), s.mnt()},
+                      log);
   if (installed) fs::remove(helper);
   ASSERT_EQ(rc, 0) << ReadFile(log);
-  { std::ofstream(mnt + "/hello") << "via mount -t"; }
-  EXPECT_EQ(ReadFile((scratch.path() / "export/hello").string()), "via mount -t");
-  std::string mounts = ReadFile("/proc/mounts");
-  EXPECT_NE(mounts.find(mnt + " fuse.pohmelfs"), std::string::npos);
-  Unmount(mnt);
-  EXPECT_EQ(ReadFile("/proc/mounts").find(mnt + " "), std::string::npos);
+  { std::ofstream(s.mnt() + "/hello") << "via mount -t"; }
+  EXPECT_EQ(ReadFile(s.export_dir() + "/hello"), "via mount -t");
+  EXPECT_NE(ReadFile("/proc/mounts").find(s.mnt() + " fuse.pohmelfs"), std::string::npos);
+  Unmount(s.mnt());
+  EXPECT_EQ(ReadFile("/proc/mounts").find(s.mnt() + " "), std::string::npos);
 }
 
 TEST(DeadServer, CallsFailWithErrnoWithinTheBound) {
-  ScratchDir scratch("dead");
-  fs::create_directories(scratch.path() / "export");
-  fs::create_directories(scratch.path() / "mnt");
-  ServerProcess server;
-  ASSERT_TRUE(
-      server.Start((scratch.path() / "export").string(), (scratch.path() / "server.log").string()));
-  std::string mnt = (scratch.path() / "mnt").string();
-  ASSERT_TRUE(Mount(server.uri(), mnt, (scratch.path() / "mount.log").string(),
+  StandaloneServer s("dead");
+  ASSERT_TRUE(s.started) << s.server.Log();
+  ASSERT_TRUE(Mount(s.server.uri(), s.mnt(), s.log("mount.log"),
                     "trans_scan_timeout=500,trans_retries=1,connect_timeout=500"));
-  { std::ofstream(mnt + "/before") << "x"; }
-  ASSERT_TRUE(server.Stop(SIGKILL) || true);
+  { std::ofstream(s.mnt() + "/before") << "x"; }
+  s.server.Stop(SIGKILL);  // killed: its exit status says nothing
   auto start = std::chrono::steady_clock::now();
   struct stat st;
-  int err = ERRNO_OF(stat((mnt + "/never-seen").c_str(), &st));
+  int err = ERRNO_OF(stat((s.mnt() + "/never-seen").c_str(), &st));
   auto took = std::chrono::steady_clock::now() - start;
   EXPECT_TRUE(err == EIO || err == ETIMEDOUT) << strerror(err);
-  // (retries + 1) * trans_scan_timeout plus slack for the machine.
+  // (retries + 1) * max(trans_scan_timeout, 2 * connect_timeout) = 2 s, plus slack for the
+  // machine.
   EXPECT_LT(took, std::chrono::seconds(10));
-  Unmount(mnt);
+  Unmount(s.mnt());
 }
 
 TEST(ServerStartup, RefusesAMissingExport) {
