@@ -50,6 +50,20 @@ class RpcClientTest : public ::testing::Test {
     return c->Call(POHMELFS_OP_GETATTR, b);
   }
 
+  // Runs `threads` callers doing `each` GETATTRs on one client; returns the successful ones.
+  int ConcurrentGetAttrs(RpcClient* c, int threads, int each) {
+    std::atomic<int> ok{0};
+    std::vector<std::thread> ts;
+    ts.reserve(threads);
+    for (int t = 0; t < threads; t++)
+      ts.emplace_back([&] {
+        for (int i = 0; i < each; i++)
+          if (auto r = GetAttrRoot(c); r.ok() && r->status == 0) ok++;
+      });
+    for (auto& t : ts) t.join();
+    return ok.load();
+  }
+
   fs::path dir_;
   std::unique_ptr<server::Server> server_;
   std::string uri_;
@@ -101,31 +115,13 @@ TEST_F(RpcClientTest, OneCreditStillServesConcurrentCallers) {
   server_ = std::move(*s);
   auto c = RpcClient::Connect(server_->bound()[0].ToString(), Fast());
   ASSERT_TRUE(c.ok());
-  std::vector<std::thread> ts;
-  std::atomic<int> ok{0};
-  ts.reserve(4);
-  for (int t = 0; t < 4; t++)
-    ts.emplace_back([&] {
-      for (int i = 0; i < 100; i++)
-        if (auto r = GetAttrRoot(c->get()); r.ok() && r->status == 0) ok++;
-    });
-  for (auto& t : ts) t.join();
-  EXPECT_EQ(ok.load(), 400);
+  EXPECT_EQ(ConcurrentGetAttrs(c->get(), 4, 100), 400);
 }
 
 TEST_F(RpcClientTest, ManyConcurrentCallsShareOneConnection) {
   auto c = RpcClient::Connect(uri_, Fast());
   ASSERT_TRUE(c.ok());
-  std::vector<std::thread> ts;
-  std::atomic<int> ok{0};
-  ts.reserve(8);
-  for (int t = 0; t < 8; t++)
-    ts.emplace_back([&] {
-      for (int i = 0; i < 200; i++)
-        if (auto r = GetAttrRoot(c->get()); r.ok() && r->status == 0) ok++;
-    });
-  for (auto& t : ts) t.join();
-  EXPECT_EQ(ok.load(), 1600);
+  EXPECT_EQ(ConcurrentGetAttrs(c->get(), 8, 200), 1600);
 }
 
 }  // namespace

@@ -53,25 +53,22 @@ class ExportStoreTest : public ::testing::Test {
     b.insert(b.end(), tail2.begin(), tail2.end());
     return b;
   }
-  Oid MkDir(const Oid& parent, const std::string& name) {
+  // Creates parent/name with MKDIR or MKNOD through the dispatcher; returns its new id.
+  Oid Create(uint16_t op, const Oid& parent, const std::string& name, uint32_t mode) {
     Oid id = Oid::Random();
     pohmelfs_create_req q{};
     q.parent = parent.ToWire();
     q.new_oid = id.ToWire();
-    q.mode = to_le(uint32_t{0755});
+    q.mode = to_le(mode);
     q.name_len = to_le(static_cast<uint32_t>(name.size()));
-    EXPECT_EQ(Exec(POHMELFS_OP_MKDIR, Req(q, name)), 0);
+    EXPECT_EQ(Exec(op, Req(q, name)), 0);
     return id;
   }
+  Oid MkDir(const Oid& parent, const std::string& name) {
+    return Create(POHMELFS_OP_MKDIR, parent, name, 0755);
+  }
   Oid MkFile(const Oid& parent, const std::string& name) {
-    Oid id = Oid::Random();
-    pohmelfs_create_req q{};
-    q.parent = parent.ToWire();
-    q.new_oid = id.ToWire();
-    q.mode = to_le(uint32_t{S_IFREG | 0644});
-    q.name_len = to_le(static_cast<uint32_t>(name.size()));
-    EXPECT_EQ(Exec(POHMELFS_OP_MKNOD, Req(q, name)), 0);
-    return id;
+    return Create(POHMELFS_OP_MKNOD, parent, name, S_IFREG | 0644);
   }
 
   fs::path dir_;
