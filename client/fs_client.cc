@@ -33,7 +33,7 @@ Result<std::vector<uint8_t>> SizedReply(Result<std::vector<uint8_t>> reply, uint
 }  // namespace
 
 Result<std::vector<uint8_t>> FsClient::Do(uint16_t opcode, std::span<const iovec> payload) {
-  auto r = rpc_->Call(opcode, payload);
+  auto r = caller_->Call(opcode, payload);
   if (!r.ok()) return r.status();
   if (r->status != 0) return Status::Error(static_cast<int>(r->status));
   return std::move(r->payload);
@@ -51,6 +51,7 @@ Result<Entry> FsClient::DecodeEntry(const Result<std::vector<uint8_t>>& reply) {
   if (!r.Get(&a)) return Status::Error(EPROTO, "short attr reply");
   Entry e;
   e.oid = Oid::FromWire(a.oid);
+  e.version = from_le(a.version);
   proto::AttrToStat(a, &e.st);
   return e;
 }
@@ -82,6 +83,7 @@ Result<Entry> FsClient::SetAttr(const Oid& oid, const SetAttrArgs& a) {
   q.atime_nsec = to_le(static_cast<uint32_t>(a.atime.tv_nsec));
   q.mtime_sec = to_le(static_cast<uint64_t>(a.mtime.tv_sec));
   q.mtime_nsec = to_le(static_cast<uint32_t>(a.mtime.tv_nsec));
+  q.version = to_le(a.version);
   std::vector<uint8_t> b;
   Writer(&b).Put(q);
   return DecodeEntry(Do(POHMELFS_OP_SETATTR, b));
@@ -107,6 +109,7 @@ Result<DirPage> FsClient::ReadDir(const Oid& dir, uint64_t cookie, uint32_t max_
     if (!proto::GetName(&r, len, &e.name).ok() || !r.Skip(POHMELFS_PAD8(len) - len))
       return Status::Error(EPROTO, "bad readdir entry name");
     e.entry.oid = Oid::FromWire(de.attr.oid);
+    e.entry.version = from_le(de.attr.version);
     proto::AttrToStat(de.attr, &e.entry.st);
     e.next_cookie = from_le(de.next_cookie);
     page.entries.push_back(std::move(e));
@@ -115,10 +118,10 @@ Result<DirPage> FsClient::ReadDir(const Oid& dir, uint64_t cookie, uint32_t max_
 }
 
 Result<Entry> FsClient::MkDir(const Oid& parent, const std::string& name, uint32_t mode,
-                              uint32_t uid, uint32_t gid) {
+                              uint32_t uid, uint32_t gid, const Oid& new_oid) {
   pohmelfs_create_req q{};
   q.parent = parent.ToWire();
-  q.new_oid = Oid::Random().ToWire();
+  q.new_oid = new_oid.ToWire();
   q.mode = to_le(mode);
   q.uid = to_le(uid);
   q.gid = to_le(gid);
@@ -131,10 +134,11 @@ Result<Entry> FsClient::MkDir(const Oid& parent, const std::string& name, uint32
 }
 
 Result<Entry> FsClient::MkNod(const Oid& parent, const std::string& name, uint32_t mode,
-                              uint64_t rdev, uint32_t uid, uint32_t gid, bool open) {
+                              uint64_t rdev, uint32_t uid, uint32_t gid, bool open,
+                              const Oid& new_oid) {
   pohmelfs_create_req q{};
   q.parent = parent.ToWire();
-  q.new_oid = Oid::Random().ToWire();
+  q.new_oid = new_oid.ToWire();
   q.mode = to_le(mode);
   q.uid = to_le(uid);
   q.gid = to_le(gid);
@@ -185,9 +189,10 @@ Result<Entry> FsClient::Link(const Oid& oid, const Oid& new_parent, const std::s
 }
 
 Result<Entry> FsClient::Symlink(const Oid& parent, const std::string& name,
-                                const std::string& target, uint32_t uid, uint32_t gid) {
-  pohmelfs_symlink_req q{parent.ToWire(), Oid::Random().ToWire(), to_le(uid),
-                         to_le(gid),      to_le(Len(name)),       to_le(Len(target))};
+                                const std::string& target, uint32_t uid, uint32_t gid,
+                                const Oid& new_oid) {
+  pohmelfs_symlink_req q{parent.ToWire(), new_oid.ToWire(), to_le(uid),
+                         to_le(gid),      to_le(Len(name)), to_le(Len(target))};
   std::vector<uint8_t> b;
   Writer w(&b);
   w.Put(q);

@@ -1,6 +1,7 @@
-// Typed filesystem calls over RpcClient: builds each request with proto's structs, turns the
-// reply status into a Status and decodes reply bodies with bounds checks.
-// Thread-safety: as RpcClient (many concurrent callers).
+// Typed filesystem calls over a Caller (one server, or a replicated server set): builds each
+// request with proto's structs, turns the reply status into a Status and decodes reply bodies
+// with bounds checks.
+// Thread-safety: as the Caller (many concurrent callers).
 #pragma once
 
 #include <sys/stat.h>
@@ -10,7 +11,7 @@
 #include <string>
 #include <vector>
 
-#include "client/rpc_client.h"
+#include "client/caller.h"
 
 namespace pohmelfs::client {
 
@@ -18,6 +19,7 @@ using proto::Oid;
 
 struct Entry {
   Oid oid;
+  uint64_t version = 0;  // the object's change counter on the server that answered
   struct stat st {};
 };
 
@@ -37,31 +39,34 @@ struct SetAttrArgs {
   uint32_t mode = 0, uid = 0, gid = 0;
   uint64_t size = 0;
   timespec atime{}, mtime{};
+  uint64_t version = 0;  // with POHMELFS_SETATTR_VERSION
 };
 
 class FsClient {
  public:
-  explicit FsClient(std::unique_ptr<RpcClient> rpc) : rpc_(std::move(rpc)) {}
+  explicit FsClient(std::shared_ptr<Caller> caller) : caller_(std::move(caller)) {}
 
-  const Oid& root() const { return rpc_->root(); }
-  RpcClient& rpc() { return *rpc_; }
+  const Oid& root() const { return caller_->root(); }
+  Caller& caller() { return *caller_; }
 
   Result<Entry> Lookup(const Oid& parent, const std::string& name);
   Result<Entry> GetAttr(const Oid& oid);
   Result<Entry> SetAttr(const Oid& oid, const SetAttrArgs& a);
   Result<DirPage> ReadDir(const Oid& dir, uint64_t cookie, uint32_t max_bytes);
+  // Creates take the new object's id: a fresh random one, or (resync) the id it has elsewhere.
   Result<Entry> MkDir(const Oid& parent, const std::string& name, uint32_t mode, uint32_t uid,
-                      uint32_t gid);
+                      uint32_t gid, const Oid& new_oid = Oid::Random());
   // With open, a regular file is also opened (release it with Release).
   Result<Entry> MkNod(const Oid& parent, const std::string& name, uint32_t mode, uint64_t rdev,
-                      uint32_t uid, uint32_t gid, bool open = false);
+                      uint32_t uid, uint32_t gid, bool open = false,
+                      const Oid& new_oid = Oid::Random());
   Status Unlink(const Oid& parent, const std::string& name);
   Status RmDir(const Oid& parent, const std::string& name);
   Status Rename(const Oid& old_parent, const std::string& old_name, const Oid& new_parent,
                 const std::string& new_name, uint32_t flags);
   Result<Entry> Link(const Oid& oid, const Oid& new_parent, const std::string& name);
   Result<Entry> Symlink(const Oid& parent, const std::string& name, const std::string& target,
-                        uint32_t uid, uint32_t gid);
+                        uint32_t uid, uint32_t gid, const Oid& new_oid = Oid::Random());
   Result<std::string> ReadLink(const Oid& oid);
   Result<Entry> Open(const Oid& oid, uint32_t flags);
   Status Release(const Oid& oid);
@@ -91,7 +96,7 @@ class FsClient {
   Result<std::vector<uint8_t>> Do(uint16_t opcode, const std::vector<uint8_t>& payload);
   static Result<Entry> DecodeEntry(const Result<std::vector<uint8_t>>& reply);
 
-  std::unique_ptr<RpcClient> rpc_;
+  std::shared_ptr<Caller> caller_;
 };
 
 }  // namespace pohmelfs::client

@@ -72,13 +72,12 @@ int main(int argc, char** argv) {
     PrintMountUsage(argv[0]);
     return co.show_help ? 0 : 2;
   }
-  if (o.servers.size() != 1) {
-    std::fprintf(stderr,
-                 "pohmelfs-mount: give exactly one server URI (replication over several servers "
-                 "is not available in this version)\n");
-    return 2;
+  std::string fsname;  // commas separate FUSE options: escape the ones between servers
+  for (char c : o.source) {
+    if (c == ',' || c == '\\') fsname += '\\';
+    fsname += c;
   }
-  std::string fsopts = "-oallow_other,default_permissions,subtype=pohmelfs,fsname=" + o.source;
+  std::string fsopts = "-oallow_other,default_permissions,subtype=pohmelfs,fsname=" + fsname;
   fuse_opt_add_arg(&args, fsopts.c_str());
 
   int report_fd = -1;
@@ -110,16 +109,20 @@ int main(int argc, char** argv) {
   char host[256] = "client";
   gethostname(host, sizeof(host) - 1);
   ro.client_name = std::string(host) + ":" + std::to_string(getpid());
-  auto rpc = RpcClient::Connect(o.servers[0], ro);
-  if (!rpc.ok()) {
-    std::string msg = "cannot connect to " + o.servers[0] + ": " + rpc.status().ToString();
+  ServerSetOptions so;
+  so.rpc = ro;
+  so.keepalive_interval = std::chrono::milliseconds(o.keepalive_interval_ms);
+  so.keepalive_timeout = std::chrono::milliseconds(o.keepalive_timeout_ms);
+  auto set = ServerSet::Start(o.servers, so);
+  if (!set.ok()) {
+    std::string msg = "cannot mount " + o.source + ": " + set.status().reason();
     spdlog::error("{}", msg);
     Report(report_fd, msg);
     return 1;
   }
-  FsClient fs(std::move(*rpc));
+  FsClient fs(*set);
   InodeTable inodes(fs.root());
-  FuseContext ctx{&fs, &inodes, o};
+  FuseContext ctx{&fs, set->get(), &inodes, o};
 
   fuse_session* se = fuse_session_new(&args, PohmelfsFuseOps(), sizeof(fuse_lowlevel_ops), &ctx);
   ctx.se = se;
@@ -151,6 +154,7 @@ int main(int argc, char** argv) {
   fuse_session_unmount(se);
   fuse_remove_signal_handlers(se);
   fuse_session_destroy(se);
+  (*set)->Stop();
   spdlog::info("unmounted");
   return rc == 0 ? 0 : 1;
 }

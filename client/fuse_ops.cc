@@ -409,11 +409,27 @@ void Fallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t offset, off_t len
                                    static_cast<uint64_t>(length)));
 }
 
+// The server-set control channel: one text command in, text out.
+void ServersIoctl(fuse_req_t req, const void* in_buf, size_t in_bufsz, size_t out_bufsz) {
+  if (in_bufsz < sizeof(pohmelfs_ioc_ctl) || out_bufsz < sizeof(pohmelfs_ioc_ctl))
+    return (void)fuse_reply_err(req, EINVAL);
+  if (fuse_req_ctx(req)->uid != 0) return (void)fuse_reply_err(req, EPERM);
+  const auto* in = static_cast<const pohmelfs_ioc_ctl*>(in_buf);
+  size_t len = strnlen(in->text, sizeof(in->text));
+  if (len == sizeof(in->text)) return (void)fuse_reply_err(req, EINVAL);
+  auto out = std::make_unique<pohmelfs_ioc_ctl>();
+  auto text = RunServersCommand(*Ctx(req)->servers, std::string(in->text, len));
+  if (!text.ok()) return ReplyStatus(req, text.status());
+  std::snprintf(out->text, sizeof(out->text), "%s", text->c_str());
+  fuse_reply_ioctl(req, 0, out.get(), sizeof(*out));
+}
+
 void Ioctl(fuse_req_t req, fuse_ino_t ino, unsigned int cmd, void*, fuse_file_info*, unsigned flags,
-           const void* in_buf, size_t in_bufsz, size_t) {
+           const void* in_buf, size_t in_bufsz, size_t out_bufsz) {
   auto oid = NodeOid(req, ino);
   if (!oid) return;
   if (!(flags & FUSE_IOCTL_DIR)) return (void)fuse_reply_err(req, ENOTTY);
+  if (cmd == POHMELFS_IOC_SERVERS) return ServersIoctl(req, in_buf, in_bufsz, out_bufsz);
   if (cmd != POHMELFS_IOC_RMTREE && cmd != POHMELFS_IOC_MKPATH)
     return (void)fuse_reply_err(req, ENOTTY);
   if (in_bufsz < sizeof(pohmelfs_ioc_path)) return (void)fuse_reply_err(req, EINVAL);

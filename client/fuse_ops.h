@@ -11,11 +11,13 @@
 #include "client/fs_client.h"
 #include "client/inode_table.h"
 #include "client/mount_options.h"
+#include "client/server_set.h"
 
 namespace pohmelfs::client {
 
 struct FuseContext {
   FsClient* fs;
+  ServerSet* servers;
   InodeTable* inodes;
   MountOptions opts;
   fuse_session* se = nullptr;  // set once the session exists, for notifications

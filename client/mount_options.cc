@@ -16,6 +16,9 @@ struct RawOptions {
   double entry_timeout;
   unsigned max_write;
   unsigned threads;
+  unsigned keepalive_interval;
+  unsigned keepalive_timeout;
+  char* cluster;
   char* log_level;
   int show_help;
   int nonopt_seen;
@@ -31,6 +34,8 @@ const fuse_opt kSpec[] = {
     POHMELFS_OPT("attr_timeout=%lf", attr_timeout),
     POHMELFS_OPT("entry_timeout=%lf", entry_timeout), POHMELFS_OPT("max_write=%u", max_write),
     POHMELFS_OPT("threads=%u", threads), POHMELFS_OPT("log_level=%s", log_level),
+    POHMELFS_OPT("keepalive_interval=%u", keepalive_interval),
+    POHMELFS_OPT("keepalive_timeout=%u", keepalive_timeout), POHMELFS_OPT("cluster=%s", cluster),
     POHMELFS_OPT("-h", show_help), POHMELFS_OPT("--help", show_help),
     // Options mount(8) and fstab pass that mean nothing to a FUSE filesystem.
     FUSE_OPT_KEY("defaults", FUSE_OPT_KEY_DISCARD), FUSE_OPT_KEY("auto", FUSE_OPT_KEY_DISCARD),
@@ -53,9 +58,15 @@ int OptProc(void* data, const char* arg, int key, fuse_args*) {
 
 void PrintMountUsage(const char* prog) {
   std::printf(
-      "usage: %s URI[,URI...] MOUNTPOINT [-f] [-d] [-o option[,option...]]\n"
-      "  URI: tcp://host:port or tcp://[ipv6]:port\n"
+      "usage: %s SERVER[,SERVER...] MOUNTPOINT [-f] [-d] [-o option[,option...]]\n"
+      "  SERVER: URI[?prio=N][&perm=r|w|rw], URI is tcp://host:port or tcp://[ipv6]:port;\n"
+      "          higher prio serves reads first (0), perm says whether it serves reads and\n"
+      "          receives writes (rw)\n"
       "options:\n"
+      "  cluster=FILE           read the servers from FILE, one SERVER per line (the SERVER\n"
+      "                         argument is then only a name for the mount table)\n"
+      "  keepalive_interval=MS  ping a server idle this long (1000)\n"
+      "  keepalive_timeout=MS   a server silent this long after a ping is down (1000)\n"
       "  trans_scan_timeout=MS  wait this long for a reply before resending (5000)\n"
       "  trans_retries=N        resends before a call fails with ETIMEDOUT/EIO (3)\n"
       "  connect_timeout=MS     bound on one connection attempt (5000)\n"
@@ -77,6 +88,8 @@ bool ParseMountOptions(int argc, char** argv, MountOptions* out, fuse_args* args
   raw.entry_timeout = out->entry_timeout;
   raw.max_write = out->max_write;
   raw.threads = out->threads;
+  raw.keepalive_interval = out->keepalive_interval_ms;
+  raw.keepalive_timeout = out->keepalive_timeout_ms;
   *args = FUSE_ARGS_INIT(argc, argv);
   if (fuse_opt_parse(args, &raw, kSpec, OptProc) != 0) return false;
   if (raw.show_help) {
@@ -89,20 +102,20 @@ bool ParseMountOptions(int argc, char** argv, MountOptions* out, fuse_args* args
   }
   out->source = raw.source;
   std::free(raw.source);
-  std::string s = out->source;
-  for (size_t pos = 0; pos <= s.size();) {
-    size_t comma = s.find(',', pos);
-    if (comma == std::string::npos) comma = s.size();
-    if (comma > pos) out->servers.push_back(s.substr(pos, comma - pos));
-    pos = comma + 1;
+  auto servers = raw.cluster ? LoadClusterFile(raw.cluster) : ParseServerList(out->source);
+  std::free(raw.cluster);
+  if (!servers.ok()) {
+    std::fprintf(stderr, "pohmelfs-mount: %s\n", servers.status().reason().c_str());
+    return false;
   }
+  out->servers = std::move(*servers);
   if (raw.log_level) {
     out->log_level = raw.log_level;
     std::free(raw.log_level);
   }
-  if (raw.trans_scan_timeout == 0 || raw.connect_timeout == 0 || raw.max_write < 4096 ||
-      raw.max_write > (1u << 20) || raw.threads == 0 || raw.attr_timeout < 0 ||
-      raw.entry_timeout < 0) {
+  if (raw.trans_scan_timeout == 0 || raw.connect_timeout == 0 || raw.keepalive_interval < 10 ||
+      raw.keepalive_timeout < 10 || raw.max_write < 4096 || raw.max_write > (1u << 20) ||
+      raw.threads == 0 || raw.attr_timeout < 0 || raw.entry_timeout < 0) {
     std::fprintf(stderr, "pohmelfs-mount: an option is out of range (see --help)\n");
     return false;
   }
@@ -113,6 +126,8 @@ bool ParseMountOptions(int argc, char** argv, MountOptions* out, fuse_args* args
   out->entry_timeout = raw.entry_timeout;
   out->max_write = raw.max_write;
   out->threads = raw.threads;
+  out->keepalive_interval_ms = raw.keepalive_interval;
+  out->keepalive_timeout_ms = raw.keepalive_timeout;
   return true;
 }
 

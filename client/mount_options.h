@@ -6,13 +6,17 @@
 #include <string>
 #include <vector>
 
+#include "client/replica_spec.h"
+
 namespace pohmelfs::client {
 
 struct MountOptions {
-  std::vector<std::string> servers;  // from the URI[,URI...] argument
+  std::vector<ReplicaSpec> servers;  // from the SERVER[,SERVER...] argument or cluster=FILE
   unsigned trans_scan_timeout_ms = 5000;
   unsigned trans_retries = 3;
   unsigned connect_timeout_ms = 5000;
+  unsigned keepalive_interval_ms = 1000;
+  unsigned keepalive_timeout_ms = 1000;
   double attr_timeout = 1.0;   // seconds the kernel may cache attributes
   double entry_timeout = 1.0;  // seconds the kernel may cache names
   unsigned max_write = 1u << 20;

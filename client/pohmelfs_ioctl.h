@@ -1,5 +1,6 @@
-/* ioctls on a directory of a POHMELFS mount, for the two tree operations that travel as one
- * network command each (used by pohmelfsctl rmtree / mkpath). */
+/* ioctls on a directory of a POHMELFS mount: the two tree operations that travel as one
+ * network command each (pohmelfsctl rmtree / mkpath), and the control channel of the mount's
+ * server set (pohmelfsctl servers). Root only. */
 #ifndef POHMELFS_IOCTL_H
 #define POHMELFS_IOCTL_H
 
@@ -11,5 +12,12 @@ struct pohmelfs_ioc_path {
 
 #define POHMELFS_IOC_RMTREE _IOW('P', 1, struct pohmelfs_ioc_path)
 #define POHMELFS_IOC_MKPATH _IOW('P', 2, struct pohmelfs_ioc_path)
+
+/* In: a NUL-terminated command ("status", "add SERVER", "remove URI", "set SERVER",
+ * "heal URI", "resolve URI", "wait MS"). Out: NUL-terminated text (a table, or a message). */
+struct pohmelfs_ioc_ctl {
+  char text[8192];
+};
+#define POHMELFS_IOC_SERVERS _IOWR('P', 3, struct pohmelfs_ioc_ctl)
 
 #endif

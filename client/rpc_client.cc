@@ -11,16 +11,21 @@ using Clock = std::chrono::steady_clock;
 RpcClient::RpcClient(transport::Uri uri, std::string text, const RpcOptions& o)
     : uri_(std::move(uri)), uri_text_(std::move(text)), opts_(o) {}
 
-Result<std::unique_ptr<RpcClient>> RpcClient::Connect(const std::string& text,
-                                                      const RpcOptions& o) {
+Result<std::unique_ptr<RpcClient>> RpcClient::Create(const std::string& text, const RpcOptions& o) {
   auto uri = transport::ParseUri(text);
   if (!uri.ok()) return uri.status();
   auto t = transport::CreateTransport(uri->scheme, {.loop_threads = 1});
   if (!t.ok()) return t.status();
   std::unique_ptr<RpcClient> c(new RpcClient(*uri, text, o));
   c->transport_ = std::move(*t);
-  auto conn = c->EnsureConnected();
-  if (!conn.ok()) return conn.status();
+  return c;
+}
+
+Result<std::unique_ptr<RpcClient>> RpcClient::Connect(const std::string& text,
+                                                      const RpcOptions& o) {
+  auto c = Create(text, o);
+  if (!c.ok()) return c.status();
+  POHMELFS_RETURN_IF_ERROR((*c)->TryConnect());
   return c;
 }
 
@@ -33,7 +38,40 @@ RpcClient::~RpcClient() {
   transport_->Shutdown();
 }
 
-Result<transport::ConnectionPtr> RpcClient::EnsureConnected() {
+Status RpcClient::TryConnect() {
+  return EnsureConnected(true).status();
+}
+
+void RpcClient::Disconnect(const Status& why) {
+  transport::ConnectionPtr c;
+  {
+    std::lock_guard lk(mu_);
+    c = conn_;
+  }
+  if (c) c->Close(why);
+}
+
+bool RpcClient::connected() {
+  std::lock_guard lk(mu_);
+  return conn_ && conn_->IsOpen();
+}
+
+uint32_t RpcClient::inflight() {
+  std::lock_guard lk(mu_);
+  return inflight_;
+}
+
+void RpcClient::SetOnDisconnect(std::function<void()> f) {
+  on_disconnect_ = std::move(f);
+}
+
+Result<transport::ConnectionPtr> RpcClient::EnsureConnected(bool may_connect) {
+  {
+    std::lock_guard lk(mu_);
+    if (conn_ && conn_->IsOpen()) return conn_;
+    if (shutting_down_) return Status::Error(ESHUTDOWN, "client shutting down");
+  }
+  if (!may_connect) return Status::Error(EIO, "not connected to " + uri_text_);
   const uint64_t epoch = connect_epoch_.load();
   std::lock_guard reconnect(conn_mu_);
   {
@@ -68,6 +106,7 @@ Status RpcClient::Reconnect() {
     return s;
   }
   counters_.reconnects++;
+  last_receive_ = Clock::now().time_since_epoch().count();
   std::lock_guard lk(mu_);
   conn_ = *conn;
   cv_.notify_all();
@@ -125,11 +164,13 @@ Status RpcClient::Handshake(const transport::ConnectionPtr& conn) {
   features_ = from_le(rep.features);
   max_payload_ = std::min<uint32_t>(from_le(rep.max_payload), POHMELFS_PAYLOAD_MAX);
   root_ = proto::Oid::FromWire(rep.root);
+  server_id_ = proto::Oid::FromWire(rep.server_id);
   return Status::Ok();
 }
 
 void RpcClient::OnMessage(transport::Message&& m) {
   counters_.bytes_in += sizeof(pohmelfs_hdr) + m.payload.size();
+  last_receive_ = Clock::now().time_since_epoch().count();
   if (!m.hdr.is_reply()) {
     spdlog::warn("{}: unexpected request {} from server (trans {})", uri_text_,
                  proto::OpcodeName(m.hdr.opcode), m.hdr.trans);
@@ -146,14 +187,19 @@ void RpcClient::OnMessage(transport::Message&& m) {
 }
 
 void RpcClient::OnClose(const transport::Connection* conn) {
-  std::lock_guard lk(mu_);
-  if (conn_.get() == conn) {
-    spdlog::warn("{}: connection lost", uri_text_);
-    conn_.reset();
+  bool was_current = false;
+  {
+    std::lock_guard lk(mu_);
+    if (conn_.get() == conn) {
+      spdlog::warn("{}: connection lost", uri_text_);
+      conn_.reset();
+      was_current = true;
+    }
+    for (auto& [trans, p] : pending_)
+      if (p->sent_on == conn) p->sent_on = nullptr;  // wake its waiter to resend
+    cv_.notify_all();
   }
-  for (auto& [trans, p] : pending_)
-    if (p->sent_on == conn) p->sent_on = nullptr;  // wake its waiter to resend
-  cv_.notify_all();
+  if (was_current && on_disconnect_) on_disconnect_();
 }
 
 bool RpcClient::AcquireCredit(Clock::time_point deadline) {
@@ -171,77 +217,114 @@ void RpcClient::ReleaseCredit() {
   cv_.notify_all();
 }
 
-Result<RpcReply> RpcClient::Call(uint16_t opcode, std::span<const iovec> payload) {
-  counters_.calls++;
-  const auto total_deadline = Clock::now() + opts_.trans_scan_timeout * (opts_.trans_retries + 1);
-  if (!AcquireCredit(total_deadline)) return Status::Error(ETIMEDOUT, "no send credit");
-  struct CreditGuard {
-    RpcClient* c;
-    ~CreditGuard() { c->ReleaseCredit(); }
-  } guard{this};
+RpcClient::Transaction::Transaction(RpcClient* c, uint16_t opcode, std::span<const iovec> payload,
+                                    const CallOptions& co)
+    : c_(c), opcode_(opcode), payload_(payload) {
+  attempts_ = co.attempts > 0 ? co.attempts : c->opts_.trans_retries + 1;
+  timeout_ = co.attempt_timeout.count() > 0 ? co.attempt_timeout : c->opts_.trans_scan_timeout;
+  fail_fast_ = co.fail_fast;
+  for (const auto& v : payload) bytes_ += v.iov_len;
+}
 
-  const uint64_t trans = next_trans_++;
-  auto p = std::make_shared<Pending>();
+RpcClient::Transaction::~Transaction() {
+  if (registered_) {
+    std::lock_guard lk(c_->mu_);
+    c_->pending_.erase(trans_);
+  }
+  if (has_credit_) c_->ReleaseCredit();
+}
+
+std::unique_ptr<RpcClient::Transaction> RpcClient::Begin(uint16_t opcode,
+                                                         std::span<const iovec> payload,
+                                                         const CallOptions& co) {
+  counters_.calls++;
+  auto t = std::make_unique<Transaction>(this, opcode, payload, co);
+  const auto total_deadline = Clock::now() + t->timeout_ * t->attempts_;
+  if (!AcquireCredit(total_deadline)) {
+    t->last_ = Status::Error(ETIMEDOUT, "no send credit");
+    t->ever_connected_ = true;
+    t->attempt_ = t->attempts_;  // Wait returns the error at once
+    return t;
+  }
+  t->has_credit_ = true;
+  t->trans_ = next_trans_++;
   {
     std::lock_guard lk(mu_);
-    pending_[trans] = p;
+    pending_[t->trans_] = t->p_;
   }
-  struct PendingGuard {
-    RpcClient* c;
-    uint64_t trans;
-    ~PendingGuard() {
-      std::lock_guard lk(c->mu_);
-      c->pending_.erase(trans);
-    }
-  } pguard{this, trans};
+  t->registered_ = true;
+  SendAttempt(*t);
+  return t;
+}
 
-  size_t bytes = 0;
-  for (const auto& v : payload) bytes += v.iov_len;
-  Status last = Status::Error(ETIMEDOUT, "no reply");
-  bool ever_connected = false;
-  for (int attempt = 0; attempt <= opts_.trans_retries; attempt++) {
-    const auto deadline = Clock::now() + opts_.trans_scan_timeout;
-    auto conn = EnsureConnected();
-    if (conn.ok()) {
-      ever_connected = true;
-      proto::Header h;
-      h.opcode = opcode;
-      h.trans = trans;
-      h.flags = attempt > 0 ? POHMELFS_FLAG_RESENT : 0;
-      {
-        std::lock_guard lk(mu_);
-        h.session = session_;
-        p->sent_on = conn->get();
-      }
-      if (attempt > 0) {
-        counters_.resends++;
-        spdlog::info("{}: trans {}: resending {} (attempt {})", uri_text_, trans,
-                     proto::OpcodeName(opcode), attempt + 1);
-      }
-      Status s = (*conn)->Send(h, payload);
-      counters_.bytes_out += sizeof(pohmelfs_hdr) + bytes;
-      std::unique_lock lk(mu_);
-      if (s.ok())
-        cv_.wait_until(lk, deadline,
-                       [&] { return p->done || p->sent_on == nullptr || shutting_down_; });
-      if (p->done) return std::move(p->reply);
-      if (shutting_down_) return Status::Error(ESHUTDOWN, "client shutting down");
-      if (p->sent_on != nullptr && s.ok()) {
-        counters_.timeouts++;
-        last = Status::Error(ETIMEDOUT, "no reply within trans_scan_timeout");
-        continue;
-      }
-      last = Status::Error(EIO, "connection lost");
-    } else {
-      last = conn.status();
-    }
-    // Not connected: wait out this attempt's period (a reconnect by another call wakes us).
-    std::unique_lock lk(mu_);
-    cv_.wait_until(lk, deadline, [&] { return shutting_down_ || (conn_ && conn_->IsOpen()); });
+void RpcClient::SendAttempt(Transaction& t) {
+  t.deadline_ = Clock::now() + t.timeout_;
+  t.sent_ = false;
+  auto conn = EnsureConnected(!t.fail_fast_);
+  if (!conn.ok()) {
+    t.last_ = conn.status();
+    return;
   }
-  spdlog::warn("{}: trans {}: {} failed after {} attempts: {}", uri_text_, trans,
-               proto::OpcodeName(opcode), opts_.trans_retries + 1, last.ToString());
-  return Status::Error(ever_connected ? ETIMEDOUT : EIO, last.reason());
+  t.ever_connected_ = true;
+  proto::Header h;
+  h.opcode = t.opcode_;
+  h.trans = t.trans_;
+  h.flags = t.attempt_ > 0 ? POHMELFS_FLAG_RESENT : 0;
+  {
+    std::lock_guard lk(mu_);
+    h.session = session_;
+    t.p_->sent_on = conn->get();
+  }
+  if (t.attempt_ > 0) {
+    counters_.resends++;
+    spdlog::info("{}: trans {}: resending {} (attempt {})", uri_text_, t.trans_,
+                 proto::OpcodeName(t.opcode_), t.attempt_ + 1);
+  }
+  Status s = (*conn)->Send(h, t.payload_);
+  counters_.bytes_out += sizeof(pohmelfs_hdr) + t.bytes_;
+  if (s.ok())
+    t.sent_ = true;
+  else
+    t.last_ = Status::Error(EIO, "send failed: " + s.reason());
+}
+
+Result<RpcReply> RpcClient::Wait(Transaction& t) {
+  while (t.attempt_ < t.attempts_) {
+    {
+      std::unique_lock lk(mu_);
+      Pending& p = *t.p_;
+      if (t.sent_) {
+        cv_.wait_until(lk, t.deadline_,
+                       [&] { return p.done || p.sent_on == nullptr || shutting_down_; });
+      } else if (!t.fail_fast_) {
+        // Not connected: wait out this attempt's period (a reconnect by another call wakes us).
+        cv_.wait_until(lk, t.deadline_,
+                       [&] { return shutting_down_ || (conn_ && conn_->IsOpen()); });
+      }
+      if (p.done) return std::move(p.reply);
+      if (shutting_down_) return Status::Error(ESHUTDOWN, "client shutting down");
+      if (t.sent_ && p.sent_on != nullptr) {
+        counters_.timeouts++;
+        t.last_ = Status::Error(ETIMEDOUT, "no reply within trans_scan_timeout");
+      } else if (t.sent_) {
+        t.last_ = Status::Error(EIO, "connection lost");
+      }
+    }
+    if (++t.attempt_ >= t.attempts_) break;
+    if (t.fail_fast_ && !t.sent_) break;
+    if (t.fail_fast_ && !connected()) break;
+    SendAttempt(t);
+  }
+  if (!t.fail_fast_)
+    spdlog::warn("{}: trans {}: {} failed after {} attempts: {}", uri_text_, t.trans_,
+                 proto::OpcodeName(t.opcode_), t.attempt_, t.last_.ToString());
+  if (t.fail_fast_ && t.last_.code() == EIO) return t.last_;
+  return Status::Error(t.ever_connected_ ? ETIMEDOUT : EIO, t.last_.reason());
+}
+
+Result<RpcReply> RpcClient::Call(uint16_t opcode, std::span<const iovec> payload) {
+  auto t = Begin(opcode, payload);
+  return Wait(*t);
 }
 
 }  // namespace pohmelfs::client

@@ -4,12 +4,17 @@
 // resent mutating transaction from its reply record, so nothing is applied twice. Credits
 // from the server bound the calls in flight.
 //
-// Thread-safety: Call may be used from many threads at once.
+// A call can also be split in two (Begin, then Wait), so that one thread can have the same
+// request in flight to several servers at once (replicated writes).
+//
+// Thread-safety: Call, Begin and Wait may be used from many threads at once; one Transaction
+// is used by one thread.
 #pragma once
 
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -27,6 +32,15 @@ struct RpcOptions {
   std::string client_name = "pohmelfs";
 };
 
+// Per-call overrides of RpcOptions.
+struct CallOptions {
+  int attempts = 0;                              // 0: trans_retries + 1
+  std::chrono::milliseconds attempt_timeout{0};  // 0: trans_scan_timeout
+  // Return EIO as soon as the connection is lost or cannot be made, instead of reconnecting
+  // and resending (a replica set moves on to another server and heals this one later).
+  bool fail_fast = false;
+};
+
 struct RpcReply {
   uint32_t status = 0;  // 0 or a positive errno from the server
   std::vector<uint8_t> payload;
@@ -41,7 +55,15 @@ class RpcClient {
  public:
   // Connects and runs the handshake; fails if the server cannot be reached.
   static Result<std::unique_ptr<RpcClient>> Connect(const std::string& uri, const RpcOptions& o);
+  // A client that is not connected yet (TryConnect connects it).
+  static Result<std::unique_ptr<RpcClient>> Create(const std::string& uri, const RpcOptions& o);
   ~RpcClient();
+
+  // One request in flight. Its payload iovecs are borrowed until Wait returns.
+  class Transaction;
+  std::unique_ptr<Transaction> Begin(uint16_t opcode, std::span<const iovec> payload,
+                                     const CallOptions& co = {});
+  Result<RpcReply> Wait(Transaction& t);
 
   // Sends one request (payload = the iovecs, borrowed for the duration of the call) and waits
   // for its reply. Returns ETIMEDOUT when no reply came after all retries, EIO when the server
@@ -52,7 +74,22 @@ class RpcClient {
     return Call(opcode, std::span<const iovec>(&v, payload.empty() ? 0 : 1));
   }
 
+  // Connects now if not connected (bounded by connect_timeout).
+  Status TryConnect();
+  // Closes the connection (calls in flight on it see a lost connection).
+  void Disconnect(const Status& why);
+  bool connected();
+  // Time of the last message received from the server (or of the connect).
+  std::chrono::steady_clock::time_point last_receive() const {
+    return std::chrono::steady_clock::time_point(
+        std::chrono::steady_clock::duration(last_receive_.load()));
+  }
+  uint32_t inflight();
+  // Called (from a network thread, without locks held) when a connection is lost.
+  void SetOnDisconnect(std::function<void()> f);
+
   const proto::Oid& root() const { return root_; }
+  const proto::Oid& server_id() const { return server_id_; }
   uint64_t features() const { return features_; }
   uint32_t max_payload() const { return max_payload_; }
   const std::string& server() const { return uri_text_; }
@@ -67,7 +104,9 @@ class RpcClient {
 
   RpcClient(transport::Uri uri, std::string text, const RpcOptions& o);
   // Returns the live connection, reconnecting (with handshake) if needed.
-  Result<transport::ConnectionPtr> EnsureConnected();
+  Result<transport::ConnectionPtr> EnsureConnected(bool may_connect);
+  // Sends the transaction's current attempt (reconnecting first when allowed).
+  void SendAttempt(Transaction& t);
   // Connects and runs the handshake. REQUIRES: conn_mu_ held.
   Status Reconnect();
   Status Handshake(const transport::ConnectionPtr& conn);
@@ -81,7 +120,10 @@ class RpcClient {
   const RpcOptions opts_;
   std::unique_ptr<transport::Transport> transport_;
   proto::Oid root_;
+  proto::Oid server_id_;
   uint64_t features_ = 0;
+  std::atomic<int64_t> last_receive_{0};
+  std::function<void()> on_disconnect_;  // set before the first connect
   uint32_t max_payload_ = POHMELFS_PAYLOAD_MAX;
   RpcCounters counters_;
   std::atomic<uint64_t> next_trans_{1};
@@ -97,6 +139,33 @@ class RpcClient {
   uint32_t inflight_ = 0;                                           // GUARDED_BY(mu_)
   std::unordered_map<uint64_t, std::shared_ptr<Pending>> pending_;  // GUARDED_BY(mu_)
   bool shutting_down_ = false;                                      // GUARDED_BY(mu_)
+};
+
+// One transaction: its id, its pending slot and its send credit, held until destroyed.
+class RpcClient::Transaction {
+ public:
+  Transaction(RpcClient* c, uint16_t opcode, std::span<const iovec> payload, const CallOptions& co);
+  ~Transaction();
+  Transaction(const Transaction&) = delete;
+  Transaction& operator=(const Transaction&) = delete;
+
+ private:
+  friend class RpcClient;
+  RpcClient* c_;
+  const uint16_t opcode_;
+  const std::span<const iovec> payload_;
+  size_t bytes_ = 0;
+  int attempts_ = 1;
+  std::chrono::milliseconds timeout_{0};
+  bool fail_fast_ = false;
+  uint64_t trans_ = 0;
+  std::shared_ptr<Pending> p_ = std::make_shared<Pending>();
+  bool has_credit_ = false, registered_ = false;
+  int attempt_ = 0;
+  bool sent_ = false;  // the current attempt went out on a connection
+  bool ever_connected_ = false;
+  std::chrono::steady_clock::time_point deadline_;
+  Status last_ = Status::Error(ETIMEDOUT, "no reply");
 };
 
 }  // namespace pohmelfs::client

@@ -150,6 +150,8 @@ const char* OpcodeName(uint16_t op) {
       return "rmtree";
     case POHMELFS_OP_MKPATH:
       return "mkpath";
+    case POHMELFS_OP_REPLICA:
+      return "replica";
     default:
       return "unknown";
   }

@@ -16,6 +16,7 @@
 #include <sys/stat.h>
 
 #include <array>
+#include <compare>
 #include <cstdint>
 #include <cstring>
 #include <functional>
@@ -56,6 +57,7 @@ struct Oid {
   std::string Hex() const;
   bool IsZero() const;
   bool operator==(const Oid&) const = default;
+  auto operator<=>(const Oid&) const = default;
 };
 
 struct OidHash {

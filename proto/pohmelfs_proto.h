@@ -14,6 +14,8 @@
  *
  * Version changelog:
  *   1: initial protocol (handshake, namespace, data, xattr, tree ops, batch, ping).
+ *   2: replication: server_id in the HELLO reply, per-object versions in pohmelfs_attr,
+ *      SETATTR_VERSION, the REPLICA command (stale-replica markers).
  */
 #ifndef POHMELFS_PROTO_H
 #define POHMELFS_PROTO_H
@@ -21,8 +23,8 @@
 #include <linux/types.h> /* __u8, __le16, __le32, __le64: in the kernel and in userspace */
 
 #define POHMELFS_MAGIC 0x4d484f50u /* "POHM" read as little-endian bytes */
-#define POHMELFS_PROTO_VERSION_MIN 1
-#define POHMELFS_PROTO_VERSION_MAX 1
+#define POHMELFS_PROTO_VERSION_MIN 2
+#define POHMELFS_PROTO_VERSION_MAX 2
 
 /* Hard limits. A peer that exceeds one gets an error reply (EINVAL, ENAMETOOLONG, E2BIG) or,
  * when the framing itself is broken, a closed connection. */
@@ -46,8 +48,10 @@
 #define POHMELFS_FEAT_TREE_OPS (1ull << 1) /* RMTREE, MKPATH */
 #define POHMELFS_FEAT_XATTR (1ull << 2)
 #define POHMELFS_FEAT_FALLOCATE (1ull << 3)
-#define POHMELFS_FEAT_ALL \
-  (POHMELFS_FEAT_BATCH | POHMELFS_FEAT_TREE_OPS | POHMELFS_FEAT_XATTR | POHMELFS_FEAT_FALLOCATE)
+#define POHMELFS_FEAT_REPLICA (1ull << 4) /* versions, REPLICA markers */
+#define POHMELFS_FEAT_ALL                                                                         \
+  (POHMELFS_FEAT_BATCH | POHMELFS_FEAT_TREE_OPS | POHMELFS_FEAT_XATTR | POHMELFS_FEAT_FALLOCATE | \
+   POHMELFS_FEAT_REPLICA)
 
 /* Channel protection modes offered in HELLO (bit mask); only NONE exists in version 1. */
 #define POHMELFS_CRYPTO_NONE (1u << 0)
@@ -81,7 +85,8 @@ enum pohmelfs_opcode {
   POHMELFS_OP_FALLOCATE = 32,
   POHMELFS_OP_RMTREE = 33,
   POHMELFS_OP_MKPATH = 34,
-  POHMELFS_OP_MAX = 35
+  POHMELFS_OP_REPLICA = 35, /* stale-replica markers (replication bookkeeping) */
+  POHMELFS_OP_MAX = 36
 };
 
 struct pohmelfs_hdr {
@@ -104,7 +109,10 @@ struct pohmelfs_attr {
   struct pohmelfs_oid oid;
   __le64 size;
   __le64 blocks;  /* 512-byte units */
-  __le64 version; /* per-object change counter (replication); 0 when not tracked */
+  __le64 version; /* per-object change counter: the server adds one on every change to the
+                   * object's data, attributes or xattrs (not to a directory's entries); 0 for
+                   * an object never changed since its creation. Replicas that applied the
+                   * same changes agree; a replica that missed one has a smaller value. */
   __le64 rdev;    /* Linux encoding, as st_rdev */
   __le64 atime_sec;
   __le64 mtime_sec;
@@ -143,6 +151,7 @@ struct pohmelfs_hello_rep {
   struct pohmelfs_oid root;
   __le32 auth_len; /* bytes of authentication data after this struct */
   __le32 pad1;
+  struct pohmelfs_oid server_id; /* this export's identity, stable across restarts */
 };
 
 /* Requests that name one object. GETATTR, READLINK, RELEASE: no reply body other than the
@@ -167,6 +176,8 @@ struct pohmelfs_name_req {
 #define POHMELFS_SETATTR_MTIME (1u << 5)
 #define POHMELFS_SETATTR_ATIME_NOW (1u << 6)
 #define POHMELFS_SETATTR_MTIME_NOW (1u << 7)
+/* Sets attr.version to `version` instead of adding one (used by resync, after copying). */
+#define POHMELFS_SETATTR_VERSION (1u << 8)
 
 struct pohmelfs_setattr_req {
   struct pohmelfs_oid oid;
@@ -179,7 +190,8 @@ struct pohmelfs_setattr_req {
   __le64 mtime_sec;
   __le32 atime_nsec;
   __le32 mtime_nsec;
-}; /* reply: pohmelfs_attr */
+  __le64 version; /* with POHMELFS_SETATTR_VERSION */
+};                /* reply: pohmelfs_attr */
 
 /* READDIR: entries after the cookie, up to max_bytes of reply. Cookie 0 starts. */
 struct pohmelfs_readdir_req {
@@ -365,6 +377,23 @@ struct pohmelfs_cmd_rep {
   __le32 pad1;
 };
 
+/* REPLICA: stale-replica markers, kept durably by each server. A marker for peer P on server S
+ * means "S holds changes that P missed" (P was down or failed while S applied them). MARK and
+ * CLEAR are idempotent; LIST replies pohmelfs_replica_list_rep followed by count oids. */
+#define POHMELFS_REPLICA_MARK 1u
+#define POHMELFS_REPLICA_CLEAR 2u
+#define POHMELFS_REPLICA_LIST 3u
+#define POHMELFS_REPLICA_LIST_MAX 256u
+struct pohmelfs_replica_req {
+  __le32 cmd;
+  __le32 pad;
+  struct pohmelfs_oid peer; /* MARK, CLEAR: the peer's server_id */
+};
+struct pohmelfs_replica_list_rep {
+  __le32 count;
+  __le32 pad;
+};
+
 #define POHMELFS_PAD8(n) (((n) + 7u) & ~7u)
 
 #ifdef __cplusplus
@@ -376,10 +405,10 @@ POHMELFS_ASSERT_SIZE(pohmelfs_hdr, 40);
 POHMELFS_ASSERT_SIZE(pohmelfs_oid, 16);
 POHMELFS_ASSERT_SIZE(pohmelfs_attr, 104);
 POHMELFS_ASSERT_SIZE(pohmelfs_hello_req, 40);
-POHMELFS_ASSERT_SIZE(pohmelfs_hello_rep, 56);
+POHMELFS_ASSERT_SIZE(pohmelfs_hello_rep, 72);
 POHMELFS_ASSERT_SIZE(pohmelfs_obj_req, 16);
 POHMELFS_ASSERT_SIZE(pohmelfs_name_req, 24);
-POHMELFS_ASSERT_SIZE(pohmelfs_setattr_req, 64);
+POHMELFS_ASSERT_SIZE(pohmelfs_setattr_req, 72);
 POHMELFS_ASSERT_SIZE(pohmelfs_readdir_req, 32);
 POHMELFS_ASSERT_SIZE(pohmelfs_readdir_rep, 8);
 POHMELFS_ASSERT_SIZE(pohmelfs_dirent, 120);
@@ -403,5 +432,7 @@ POHMELFS_ASSERT_SIZE(pohmelfs_batch_req, 8);
 POHMELFS_ASSERT_SIZE(pohmelfs_cmd, 8);
 POHMELFS_ASSERT_SIZE(pohmelfs_batch_rep, 8);
 POHMELFS_ASSERT_SIZE(pohmelfs_cmd_rep, 16);
+POHMELFS_ASSERT_SIZE(pohmelfs_replica_req, 24);
+POHMELFS_ASSERT_SIZE(pohmelfs_replica_list_rep, 8);
 
 #endif /* POHMELFS_PROTO_H */

@@ -1,4 +1,4 @@
-// Data, xattr and filesystem-wide operations.
+// Data, xattr and filesystem-wide operations (STATFS, REPLICA).
 #include <fcntl.h>
 #include <sys/statvfs.h>
 #include <sys/uio.h>
@@ -32,6 +32,17 @@ Status GetXattrName(Reader* r, uint32_t len, std::string* name) {
   return Status::Ok();
 }
 
+// REPLICA LIST: the count, then the marked peers.
+Status ListStale(const OpEnv& env, Writer* w) {
+  auto peers = env.store->ListStale(POHMELFS_REPLICA_LIST_MAX);
+  if (!peers.ok()) return peers.status();
+  pohmelfs_replica_list_rep rep{};
+  rep.count = to_le(static_cast<uint32_t>(peers->size()));
+  w->Put(rep);
+  for (const Oid& peer : *peers) w->Put(peer.ToWire());
+  return Status::Ok();
+}
+
 }  // namespace
 
 Status Open(const OpEnv& env, Reader* r, Writer* w) {
@@ -47,11 +58,15 @@ Status Open(const OpEnv& env, Reader* r, Writer* w) {
     auto fd = env.store->OpenFile(oid);
     if (!fd.ok()) return fd.status();
     if (ftruncate((*fd)->get(), 0) != 0) return Status::FromErrno("truncate");
+    POHMELFS_RETURN_IF_ERROR(
+        ExportStore::BumpVersionLocked(ExportStore::XattrTarget::OfFd((*fd)->get())));
     st = env.store->StatById(oid);
     if (!st.ok()) return st.status();
   }
+  auto version = env.store->VersionById(oid);
+  if (!version.ok()) return version.status();
   if (S_ISREG(st->st_mode)) env.handles->Opened(oid);
-  PutAttr(w, *st, oid, false);
+  PutAttr(w, *st, oid, *version, false);
   return Status::Ok();
 }
 
@@ -98,7 +113,8 @@ Status Write(const OpEnv& env, Reader* r, Writer* w) {
   if (offset > static_cast<uint64_t>(INT64_MAX) - size) return Status::Error(EFBIG, "bad offset");
   std::string_view data;
   if (!r->Bytes(size, &data)) return Status::Error(EINVAL, "write data past end of message");
-  auto fd = env.store->OpenFile(Oid::FromWire(q.oid));
+  Oid oid = Oid::FromWire(q.oid);
+  auto fd = env.store->OpenFile(oid);
   if (!fd.ok()) return fd.status();
   bool append = from_le(q.flags) & POHMELFS_WRITE_APPEND;
   size_t done = 0;
@@ -114,6 +130,8 @@ Status Write(const OpEnv& env, Reader* r, Writer* w) {
     }
     done += static_cast<size_t>(n);
   }
+  POHMELFS_RETURN_IF_ERROR(
+      env.store->BumpVersion(oid, ExportStore::XattrTarget::OfFd((*fd)->get())));
   struct stat st;
   if (fstat((*fd)->get(), &st) != 0) return Status::FromErrno("fstat");
   pohmelfs_write_rep rep{};
@@ -169,9 +187,7 @@ Status GetXattr(const OpEnv& env, Reader* r, Writer* w) {
   if (!t.ok()) return t.status();
   uint32_t size = std::min<uint32_t>(from_le(q.size), POHMELFS_XATTR_SIZE_MAX);
   std::vector<uint8_t> buf(size);
-  ssize_t n = t->follow
-                  ? getxattr(t->path.c_str(), name.c_str(), size ? buf.data() : nullptr, size)
-                  : lgetxattr(t->path.c_str(), name.c_str(), size ? buf.data() : nullptr, size);
+  ssize_t n = t->Get(name.c_str(), size ? buf.data() : nullptr, size);
   if (n < 0) return Status::FromErrno("getxattr");
   if (size == 0) {
     w->Put(to_le(static_cast<uint32_t>(n)));
@@ -193,14 +209,12 @@ Status SetXattr(const OpEnv& env, Reader* r, Writer*) {
   uint32_t flags = from_le(q.flags);
   if (flags & ~uint32_t{XATTR_CREATE | XATTR_REPLACE}) return Status::Error(EINVAL, "xattr flags");
   if (IsPrivateXattr(name)) return Status::Error(EPERM, "reserved xattr");
-  auto t = env.store->XattrPath(Oid::FromWire(q.oid));
+  Oid oid = Oid::FromWire(q.oid);
+  auto t = env.store->XattrPath(oid);
   if (!t.ok()) return t.status();
-  int rc =
-      t->follow
-          ? setxattr(t->path.c_str(), name.c_str(), value.data(), len, static_cast<int>(flags))
-          : lsetxattr(t->path.c_str(), name.c_str(), value.data(), len, static_cast<int>(flags));
-  if (rc != 0) return Status::FromErrno("setxattr");
-  return Status::Ok();
+  if (t->Set(name.c_str(), value.data(), len, static_cast<int>(flags)) != 0)
+    return Status::FromErrno("setxattr");
+  return env.store->BumpVersion(oid, *t);
 }
 
 Status ListXattr(const OpEnv& env, Reader* r, Writer* w) {
@@ -209,8 +223,7 @@ Status ListXattr(const OpEnv& env, Reader* r, Writer* w) {
   auto t = env.store->XattrPath(Oid::FromWire(q.oid));
   if (!t.ok()) return t.status();
   std::vector<char> buf(POHMELFS_XATTR_SIZE_MAX);
-  ssize_t n = t->follow ? listxattr(t->path.c_str(), buf.data(), buf.size())
-                        : llistxattr(t->path.c_str(), buf.data(), buf.size());
+  ssize_t n = t->List(buf.data(), buf.size());
   if (n < 0) return Status::FromErrno("listxattr");
   std::string out;
   for (ssize_t i = 0; i < n;) {
@@ -237,12 +250,11 @@ Status RemoveXattr(const OpEnv& env, Reader* r, Writer*) {
   std::string name;
   POHMELFS_RETURN_IF_ERROR(GetXattrName(r, from_le(q.name_len), &name));
   if (IsPrivateXattr(name)) return Status::Error(EPERM, "reserved xattr");
-  auto t = env.store->XattrPath(Oid::FromWire(q.oid));
+  Oid oid = Oid::FromWire(q.oid);
+  auto t = env.store->XattrPath(oid);
   if (!t.ok()) return t.status();
-  int rc = t->follow ? removexattr(t->path.c_str(), name.c_str())
-                     : lremovexattr(t->path.c_str(), name.c_str());
-  if (rc != 0) return Status::FromErrno("removexattr");
-  return Status::Ok();
+  if (t->Remove(name.c_str()) != 0) return Status::FromErrno("removexattr");
+  return env.store->BumpVersion(oid, *t);
 }
 
 Status Fallocate(const OpEnv& env, Reader* r, Writer*) {
@@ -251,12 +263,32 @@ Status Fallocate(const OpEnv& env, Reader* r, Writer*) {
   uint64_t off = from_le(q.offset), len = from_le(q.length);
   if (off > static_cast<uint64_t>(INT64_MAX) || len > static_cast<uint64_t>(INT64_MAX) - off)
     return Status::Error(EFBIG, "bad range");
-  auto fd = env.store->OpenFile(Oid::FromWire(q.oid));
+  Oid oid = Oid::FromWire(q.oid);
+  auto fd = env.store->OpenFile(oid);
   if (!fd.ok()) return fd.status();
   if (fallocate((*fd)->get(), static_cast<int>(from_le(q.mode)), static_cast<off_t>(off),
                 static_cast<off_t>(len)) != 0)
     return Status::FromErrno("fallocate");
-  return Status::Ok();
+  return env.store->BumpVersion(oid, ExportStore::XattrTarget::OfFd((*fd)->get()));
+}
+
+Status Replica(const OpEnv& env, Reader* r, Writer* w) {
+  pohmelfs_replica_req q;
+  if (!r->Get(&q)) return Short();
+  uint32_t cmd = from_le(q.cmd);
+  Oid peer = Oid::FromWire(q.peer);
+  if ((cmd == POHMELFS_REPLICA_MARK || cmd == POHMELFS_REPLICA_CLEAR) && peer.IsZero())
+    return Status::Error(EINVAL, "zero peer id");
+  switch (cmd) {
+    case POHMELFS_REPLICA_MARK:
+      return env.store->MarkStale(peer);
+    case POHMELFS_REPLICA_CLEAR:
+      return env.store->ClearStale(peer);
+    case POHMELFS_REPLICA_LIST:
+      return ListStale(env, w);
+    default:
+      return Status::Error(EINVAL, "unknown replica command");
+  }
 }
 
 }  // namespace pohmelfs::server::ops

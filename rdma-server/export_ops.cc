@@ -41,12 +41,31 @@ Status ReadNameReq(Reader* r, Oid* parent, std::string* name) {
   return Status::Ok();
 }
 
+// SETATTR valid bits that change the object (and so add one to its version).
+constexpr uint32_t kSetAttrChanges = POHMELFS_SETATTR_MODE | POHMELFS_SETATTR_UID |
+                                     POHMELFS_SETATTR_GID | POHMELFS_SETATTR_SIZE |
+                                     POHMELFS_SETATTR_ATIME | POHMELFS_SETATTR_MTIME |
+                                     POHMELFS_SETATTR_ATIME_NOW | POHMELFS_SETATTR_MTIME_NOW;
+
 // Stats dirfd/name after a create and appends its attr.
 Status ReplyCreated(const OpEnv&, int dirfd, const std::string& name, const Oid& oid, Writer* w) {
   struct stat st;
   if (fstatat(dirfd, name.c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0) return Status::FromErrno("stat");
-  PutAttr(w, st, oid, true);
+  auto version = ExportStore::VersionAt(dirfd, name);
+  if (!version.ok()) return version.status();
+  PutAttr(w, st, oid, *version, true);
   return Status::Ok();
+}
+
+// After SETATTR applied its changes to oid (a directory when dirfd is set): sets the version
+// given with SETATTR_VERSION, or adds one when anything was changed.
+Status SetAttrVersion(const OpEnv& env, const Oid& oid, const SharedFd& dirfd,
+                      const pohmelfs_setattr_req& q) {
+  uint32_t valid = from_le(q.valid);
+  if (!(valid & (kSetAttrChanges | POHMELFS_SETATTR_VERSION))) return Status::Ok();
+  auto t = dirfd ? ExportStore::DirXattrs(dirfd) : env.store->IndexXattrs(oid);
+  if (valid & POHMELFS_SETATTR_VERSION) return env.store->SetVersion(oid, t, from_le(q.version));
+  return env.store->BumpVersion(oid, t);
 }
 
 // Drops the index entry of what was at dirfd/name, after it was removed or replaced.
@@ -153,11 +172,20 @@ Status Short() {
   return Status::Error(EINVAL, "request shorter than its struct");
 }
 
-void PutAttr(Writer* w, struct stat st, const Oid& oid, bool index_link_counted) {
+void PutAttr(Writer* w, struct stat st, const Oid& oid, uint64_t version, bool index_link_counted) {
   if (index_link_counted && !S_ISDIR(st.st_mode) && st.st_nlink > 0) st.st_nlink--;
   pohmelfs_attr a;
-  proto::FillAttr(st, oid, 0, &a);
+  proto::FillAttr(st, oid, version, &a);
   w->Put(a);
+}
+
+Status PutAttrById(const OpEnv& env, const Oid& oid, Writer* w) {
+  auto st = env.store->StatById(oid);
+  if (!st.ok()) return st.status();
+  auto version = env.store->VersionById(oid);
+  if (!version.ok()) return version.status();
+  PutAttr(w, *st, oid, *version, false);
+  return Status::Ok();
 }
 
 Status Lookup(const OpEnv& env, Reader* r, Writer* w) {
@@ -176,11 +204,7 @@ Status Lookup(const OpEnv& env, Reader* r, Writer* w) {
 Status GetAttr(const OpEnv& env, Reader* r, Writer* w) {
   pohmelfs_obj_req q;
   if (!r->Get(&q)) return Short();
-  Oid oid = Oid::FromWire(q.oid);
-  auto st = env.store->StatById(oid);
-  if (!st.ok()) return st.status();
-  PutAttr(w, *st, oid, false);
-  return Status::Ok();
+  return PutAttrById(env, Oid::FromWire(q.oid), w);
 }
 
 Status SetAttr(const OpEnv& env, Reader* r, Writer* w) {
@@ -252,10 +276,8 @@ Status SetAttr(const OpEnv& env, Reader* r, Writer* w) {
                      : utimensat(at_fd, at_name.c_str(), ts, AT_SYMLINK_NOFOLLOW);
     if (rc != 0) return Status::FromErrno("utimens");
   }
-  auto st = env.store->StatById(oid);
-  if (!st.ok()) return st.status();
-  PutAttr(w, *st, oid, false);
-  return Status::Ok();
+  POHMELFS_RETURN_IF_ERROR(SetAttrVersion(env, oid, dirfd, q));
+  return PutAttrById(env, oid, w);
 }
 
 Status ReadDir(const OpEnv& env, Reader* r, Writer* w) {
@@ -300,9 +322,11 @@ Status ReadDir(const OpEnv& env, Reader* r, Writer* w) {
       auto oid = env.store->IdOf(d.get(), name, st, dir);
       if (!oid.ok()) continue;
       if (fstatat(d.get(), name.c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0) continue;
+      auto version = ExportStore::VersionAt(d.get(), name);
+      if (!version.ok()) continue;
       pohmelfs_dirent de{};
       if (!S_ISDIR(st.st_mode) && st.st_nlink > 0) st.st_nlink--;
-      proto::FillAttr(st, *oid, 0, &de.attr);
+      proto::FillAttr(st, *oid, *version, &de.attr);
       de.next_cookie = proto::to_le(static_cast<uint64_t>(e->d_off));
       de.name_len = proto::to_le(static_cast<uint32_t>(name.size()));
       w->Put(de);
@@ -565,7 +589,9 @@ Status MkPath(const OpEnv& env, Reader* r, Writer* w) {
     fd = std::make_shared<UniqueFd>(nfd);
     cur = next;
   }
-  PutAttr(w, st, cur, true);
+  auto version = ExportStore::ReadVersion(ExportStore::DirXattrs(fd));
+  if (!version.ok()) return version.status();
+  PutAttr(w, st, cur, *version, true);
   return Status::Ok();
 }
 

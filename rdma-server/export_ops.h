@@ -64,10 +64,14 @@ Status SetXattr(const OpEnv&, proto::Reader*, proto::Writer*);
 Status ListXattr(const OpEnv&, proto::Reader*, proto::Writer*);
 Status RemoveXattr(const OpEnv&, proto::Reader*, proto::Writer*);
 Status Fallocate(const OpEnv&, proto::Reader*, proto::Writer*);
+Status Replica(const OpEnv&, proto::Reader*, proto::Writer*);
 
 // Shared helpers.
 Status Short();  // EINVAL: request shorter than its struct
-void PutAttr(proto::Writer* w, struct stat st, const Oid& oid, bool index_link_counted);
+void PutAttr(proto::Writer* w, struct stat st, const Oid& oid, uint64_t version,
+             bool index_link_counted);
+// Stats oid, reads its version and appends its attr.
+Status PutAttrById(const OpEnv& env, const Oid& oid, proto::Writer* w);
 }  // namespace ops
 
 }  // namespace pohmelfs::server

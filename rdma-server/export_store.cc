@@ -8,6 +8,8 @@
 #include <sys/xattr.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <cstdio>
 #include <cstring>
 #include <thread>
 
@@ -16,6 +18,64 @@ namespace {
 
 // Directory records nest one per level; deeper than this is treated as a corrupt index.
 constexpr int kMaxDepth = 4096;
+
+constexpr char kServerIdFile[] = "server-id";
+constexpr char kStaleDir[] = "stale";
+
+// fsync of the directory dirfd (which may be an O_PATH fd), so that entries just created or
+// removed in it are durable.
+Status SyncDir(int dirfd) {
+  UniqueFd d(openat(dirfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  if (!d.valid() || fsync(d.get()) != 0) return Status::FromErrno("sync directory");
+  return Status::Ok();
+}
+
+Result<Oid> ReadServerId(int hidden) {
+  UniqueFd fd(openat(hidden, kServerIdFile, O_RDONLY | O_NOFOLLOW | O_CLOEXEC));
+  if (!fd.valid()) return Status::FromErrno("open .pohmelfs/server-id");
+  uint8_t buf[17];  // one more than an id, to notice a longer file
+  ssize_t n = pread(fd.get(), buf, sizeof(buf), 0);
+  if (n < 0) return Status::FromErrno("read .pohmelfs/server-id");
+  Oid id;
+  if (n == 16) std::memcpy(id.b.data(), buf, 16);
+  if (id.IsZero()) return Status::Error(EIO, "corrupt .pohmelfs/server-id (16 bytes expected)");
+  return id;
+}
+
+// Writes a fresh id to a temporary file, syncs it and renames it into place, unless a
+// concurrent start got there first (then that id stands); syncs the directory after.
+Status CreateServerId(int hidden) {
+  std::string tmp = std::string(kServerIdFile) + ".tmp" + std::to_string(getpid());
+  unlinkat(hidden, tmp.c_str(), 0);
+  UniqueFd fd(
+      openat(hidden, tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600));
+  if (!fd.valid()) return Status::FromErrno("create .pohmelfs/server-id");
+  Oid id = Oid::Random();
+  Status s;
+  errno = 0;  // a short write sets none (FromErrno then says EIO)
+  if (write(fd.get(), id.b.data(), id.b.size()) != static_cast<ssize_t>(id.b.size()) ||
+      fsync(fd.get()) != 0) {
+    s = Status::FromErrno("write .pohmelfs/server-id");
+  } else if (renameat2(hidden, tmp.c_str(), hidden, kServerIdFile, RENAME_NOREPLACE) == 0) {
+    spdlog::info("export: created server id {}", id.Hex());
+  } else if (errno != EEXIST) {
+    s = Status::FromErrno("rename .pohmelfs/server-id");
+  }
+  unlinkat(hidden, tmp.c_str(), 0);  // still there when the rename did not happen
+  if (!s.ok()) return s;
+  return SyncDir(hidden);
+}
+
+Status WriteVersion(const ExportStore::XattrTarget& t, uint64_t version) {
+  if (version == 0) {  // absent means 0: keep replicas that never changed an object identical
+    if (t.Remove(kVersionXattr) != 0 && errno != ENODATA)
+      return Status::FromErrno("remove version");
+    return Status::Ok();
+  }
+  uint64_t le = proto::to_le(version);
+  if (t.Set(kVersionXattr, &le, sizeof(le), 0) != 0) return Status::FromErrno("set version");
+  return Status::Ok();
+}
 
 }  // namespace
 
@@ -85,6 +145,8 @@ Status ExportStore::Init(const std::string& dir) {
   Status s = mkdir_open(root_.get(), kHiddenDir, &hidden_);
   if (s.ok()) s = mkdir_open(hidden_.get(), "ids", &ids_);
   if (s.ok()) s = mkdir_open(hidden_.get(), "dirs", &dirs_);
+  if (s.ok()) s = mkdir_open(hidden_.get(), kStaleDir, &stale_);
+  if (s.ok()) s = LoadServerId();
   if (!s.ok()) return s;
 
   Oid root = Oid::Root();
@@ -96,6 +158,17 @@ Status ExportStore::Init(const std::string& dir) {
   if (symlinkat("/", dirs_.get(), root.Hex().c_str()) != 0 && errno != EEXIST)
     return Status::FromErrno("record the root directory");
   SweepOrphans();
+  return Status::Ok();
+}
+
+Status ExportStore::LoadServerId() {
+  auto id = ReadServerId(hidden_.get());
+  if (id.code() == ENOENT) {
+    POHMELFS_RETURN_IF_ERROR(CreateServerId(hidden_.get()));
+    id = ReadServerId(hidden_.get());
+  }
+  if (!id.ok()) return id.status();
+  server_id_ = *id;
   return Status::Ok();
 }
 
@@ -321,15 +394,120 @@ void ExportStore::Released(const Oid& oid) {
   if (orphan) MaybeDetachFile(oid);
 }
 
+ssize_t ExportStore::XattrTarget::Get(const char* name, void* value, size_t size) const {
+  if (fd >= 0) return fgetxattr(fd, name, value, size);
+  return follow ? getxattr(path.c_str(), name, value, size)
+                : lgetxattr(path.c_str(), name, value, size);
+}
+
+int ExportStore::XattrTarget::Set(const char* name, const void* value, size_t size,
+                                  int flags) const {
+  if (fd >= 0) return fsetxattr(fd, name, value, size, flags);
+  return follow ? setxattr(path.c_str(), name, value, size, flags)
+                : lsetxattr(path.c_str(), name, value, size, flags);
+}
+
+ssize_t ExportStore::XattrTarget::List(char* list, size_t size) const {
+  if (fd >= 0) return flistxattr(fd, list, size);
+  return follow ? listxattr(path.c_str(), list, size) : llistxattr(path.c_str(), list, size);
+}
+
+int ExportStore::XattrTarget::Remove(const char* name) const {
+  if (fd >= 0) return fremovexattr(fd, name);
+  return follow ? removexattr(path.c_str(), name) : lremovexattr(path.c_str(), name);
+}
+
 Result<ExportStore::XattrTarget> ExportStore::XattrPath(const Oid& oid) {
   auto dir = IsDir(oid);
   if (!dir.ok()) return dir.status();
-  if (*dir) {
-    auto fd = OpenDir(oid);
-    if (!fd.ok()) return fd.status();
-    return XattrTarget{FdPath((*fd)->get()), true, *fd};
+  if (!*dir) return IndexXattrs(oid);
+  auto fd = OpenDir(oid);
+  if (!fd.ok()) return fd.status();
+  return DirXattrs(*fd);
+}
+
+ExportStore::XattrTarget ExportStore::DirXattrs(SharedFd dir) {
+  std::string path = FdPath(dir->get());
+  return XattrTarget::OfPath(std::move(path), true, std::move(dir));
+}
+
+ExportStore::XattrTarget ExportStore::IndexXattrs(const Oid& oid) const {
+  return XattrTarget::OfPath(FdPath(ids_.get(), oid.Hex()), false);
+}
+
+Result<uint64_t> ExportStore::ReadVersion(const XattrTarget& t) {
+  uint64_t le = 0;
+  ssize_t n = t.Get(kVersionXattr, &le, sizeof(le));
+  if (n < 0) return errno == ENODATA ? Result<uint64_t>(0) : Status::FromErrno("read version");
+  if (n != sizeof(le)) return Status::Error(EIO, "corrupt version xattr");
+  return proto::from_le(le);
+}
+
+Result<uint64_t> ExportStore::VersionAt(int dirfd, const std::string& name) {
+  return ReadVersion(XattrTarget::OfPath(FdPath(dirfd, name), false));
+}
+
+Result<uint64_t> ExportStore::VersionById(const Oid& oid) {
+  if (!(oid == Oid::Root())) {
+    auto v = ReadVersion(IndexXattrs(oid));
+    if (v.code() != ENOENT) return v;
   }
-  return XattrTarget{FdPath(ids_.get(), oid.Hex()), false, nullptr};
+  auto fd = OpenDir(oid);  // not indexed as a non-directory: a directory, or nothing
+  if (!fd.ok()) return fd.status();
+  return ReadVersion(DirXattrs(*fd));
+}
+
+Status ExportStore::BumpVersion(const Oid& oid, const XattrTarget& t) {
+  std::lock_guard object(ObjectLock(oid));
+  return BumpVersionLocked(t);
+}
+
+Status ExportStore::BumpVersionLocked(const XattrTarget& t) {
+  auto v = ReadVersion(t);
+  if (!v.ok()) return v.status();
+  return WriteVersion(t, *v + 1);
+}
+
+Status ExportStore::SetVersion(const Oid& oid, const XattrTarget& t, uint64_t version) {
+  std::lock_guard object(ObjectLock(oid));
+  return WriteVersion(t, version);
+}
+
+Status ExportStore::MarkStale(const Oid& peer) {
+  std::string hex = peer.Hex();
+  UniqueFd fd(openat(stale_.get(), hex.c_str(), O_WRONLY | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0600));
+  if (!fd.valid() || fsync(fd.get()) != 0) return Status::FromErrno("create stale marker");
+  POHMELFS_RETURN_IF_ERROR(SyncDir(stale_.get()));
+  spdlog::info("export: replica {} marked stale", hex);
+  return Status::Ok();
+}
+
+Status ExportStore::ClearStale(const Oid& peer) {
+  std::string hex = peer.Hex();
+  bool was_marked = unlinkat(stale_.get(), hex.c_str(), 0) == 0;
+  if (!was_marked && errno != ENOENT) return Status::FromErrno("remove stale marker");
+  if (was_marked) POHMELFS_RETURN_IF_ERROR(SyncDir(stale_.get()));
+  spdlog::info("export: replica {} cleared{}", hex, was_marked ? "" : " (was not marked)");
+  return Status::Ok();
+}
+
+Result<std::vector<Oid>> ExportStore::ListStale(size_t max) {
+  int fd = openat(stale_.get(), ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd < 0) return Status::FromErrno("open stale markers");
+  std::unique_ptr<DIR, int (*)(DIR*)> d(fdopendir(fd), closedir);
+  if (!d) {
+    Status s = Status::FromErrno("open stale markers");
+    close(fd);
+    return s;
+  }
+  std::vector<Oid> peers;
+  while (dirent* e = readdir(d.get())) {
+    Oid peer;
+    if (Oid::FromHex(e->d_name, &peer) && !peer.IsZero()) peers.push_back(peer);
+  }
+  std::sort(peers.begin(), peers.end(), [](const Oid& a, const Oid& b) { return a.b < b.b; });
+  if (peers.size() > max) peers.resize(max);
+  return peers;
 }
 
 }  // namespace pohmelfs::server

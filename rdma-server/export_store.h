@@ -5,7 +5,12 @@
 //                                fifos, sockets, devices)
 //   EXPORT/.pohmelfs/dirs/<hex>  symlink whose target records "<parent-hex>/<name>" of every
 //                                directory (the root records "/")
+//   EXPORT/.pohmelfs/server-id   16 random bytes written at the first start: the export's
+//                                identity (HELLO server_id)
+//   EXPORT/.pohmelfs/stale/<hex> empty file per peer server marked stale (REPLICA MARK)
 //   trusted.pohmelfs.id          xattr on every object: its 16-byte id
+//   trusted.pohmelfs.version     xattr: the object's change counter, 8 bytes little-endian
+//                                (absent means 0)
 // An object found without an id (created on the server by hand) gets a fresh one when first
 // looked up. Every access below the export goes through a directory fd obtained from the root
 // fd with openat2(RESOLVE_BENEATH) and single, validated names, so no name, id or symlink can
@@ -22,6 +27,7 @@
 #include <mutex>
 #include <string>
 #include <unordered_map>
+#include <vector>
 
 #include "proto/codec.h"
 #include "proto/status.h"
@@ -33,6 +39,7 @@ using proto::Oid;
 using SharedFd = std::shared_ptr<UniqueFd>;
 
 inline constexpr char kIdXattr[] = "trusted.pohmelfs.id";
+inline constexpr char kVersionXattr[] = "trusted.pohmelfs.version";
 inline constexpr char kHiddenDir[] = ".pohmelfs";
 inline constexpr char kPrivateXattrPrefix[] = "trusted.pohmelfs.";
 
@@ -62,6 +69,8 @@ class ExportStore {
 
   int root_fd() const { return root_.get(); }
   int ids_fd() const { return ids_.get(); }
+  // This export's identity, stable across restarts (EXPORT/.pohmelfs/server-id).
+  const Oid& server_id() const { return server_id_; }
 
   // True when name may not be created, looked up or removed in directory parent: the hidden
   // index folder in the root.
@@ -99,7 +108,8 @@ class ExportStore {
   // (then it is dropped at the last Release).
   void MaybeDetachFile(const Oid& oid);
 
-  // Serialises index changes of one object (LINK and OPEN against the last-name detach).
+  // Serialises index changes of one object (LINK and OPEN against the last-name detach) and the
+  // read-modify-write of its version.
   std::mutex& ObjectLock(const Oid& oid) { return object_locks_[proto::OidHash()(oid) % kLocks]; }
   // Serialises directory renames with the update of their records.
   std::mutex& DirRenameLock() { return dir_rename_mu_; }
@@ -112,21 +122,59 @@ class ExportStore {
   // no *at form on Linux 6.1; N is an fd below the export and name a validated component.
   static std::string FdPath(int fd);
   static std::string FdPath(int fd, const std::string& name);
-  // A path naming the object for xattr calls (l* variants for non-directories).
+  // Where an object's xattrs are read and written: a path (l* calls unless follow), or an fd
+  // open for IO (f* calls).
   struct XattrTarget {
     std::string path;
     bool follow;  // use getxattr (directories) rather than lgetxattr
     SharedFd keep;
+    int fd;  // >= 0: use the f* calls on this fd; path is unused
+
+    static XattrTarget OfPath(std::string path, bool follow, SharedFd keep = nullptr) {
+      return {std::move(path), follow, std::move(keep), -1};
+    }
+    static XattrTarget OfFd(int fd) { return {{}, false, nullptr, fd}; }
+    ssize_t Get(const char* name, void* value, size_t size) const;
+    int Set(const char* name, const void* value, size_t size, int flags) const;
+    ssize_t List(char* list, size_t size) const;
+    int Remove(const char* name) const;
   };
+  // Any object by id (looks at the index to tell directories).
   Result<XattrTarget> XattrPath(const Oid& oid);
+  // A directory by its fd.
+  static XattrTarget DirXattrs(SharedFd dir);
+  // A non-directory by its index link.
+  XattrTarget IndexXattrs(const Oid& oid) const;
+
+  // Object versions (kVersionXattr). Every successful change to an object's data, attributes or
+  // xattrs adds one; a directory's entries are not part of its version.
+  static Result<uint64_t> ReadVersion(const XattrTarget& t);
+  // The version of dirfd/name (not following a symlink), or of the object oid.
+  static Result<uint64_t> VersionAt(int dirfd, const std::string& name);
+  Result<uint64_t> VersionById(const Oid& oid);
+  // Adds one to the version of oid (whose xattrs t reaches) under ObjectLock(oid).
+  Status BumpVersion(const Oid& oid, const XattrTarget& t);
+  // The same for a caller that holds ObjectLock(oid).
+  static Status BumpVersionLocked(const XattrTarget& t);
+  // Sets the version of oid to exactly version (SETATTR_VERSION), under ObjectLock(oid).
+  Status SetVersion(const Oid& oid, const XattrTarget& t, uint64_t version);
+
+  // Stale-replica markers (REPLICA), durable when these return. Clearing an absent marker
+  // succeeds.
+  Status MarkStale(const Oid& peer);
+  Status ClearStale(const Oid& peer);
+  // The marked peers in id order, at most max of them; names that are not ids are ignored.
+  Result<std::vector<Oid>> ListStale(size_t max);
 
  private:
   ExportStore() = default;
   Status Init(const std::string& dir);
+  Status LoadServerId();
   void SweepOrphans();
   Result<SharedFd> ResolveDir(const Oid& oid, int depth);
 
-  UniqueFd root_, hidden_, ids_, dirs_;
+  UniqueFd root_, hidden_, ids_, dirs_, stale_;
+  Oid server_id_;
   FdCache dir_cache_{4096};
   FdCache file_cache_{1024};
   static constexpr size_t kLocks = 64;

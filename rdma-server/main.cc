@@ -28,6 +28,9 @@ int main(int argc, char** argv) try {
   app.add_option("--session-timeout", session_timeout, "seconds an idle session is kept for resume")
       ->check(CLI::Range(1, 86400));
   app.add_option("--log-level", level, "trace, debug, info, warn, error");
+  app.add_option("--test-drop-replies", o.test_drop_replies,
+                 "for tests only: execute the first N mutating requests but send no reply to "
+                 "them, so that clients must resend (0: off)");
   CLI11_PARSE(app, argc, argv);
   o.session_timeout = std::chrono::seconds(session_timeout);
 
@@ -48,7 +51,7 @@ int main(int argc, char** argv) try {
     spdlog::error("cannot start: {}", server.status().ToString());
     return 1;
   }
-  spdlog::info("exporting {}", o.export_dir);
+  spdlog::info("exporting {} as server {}", o.export_dir, (*server)->server_id().Hex());
   int sig = 0;
   sigwait(&set, &sig);
   spdlog::info("signal {}: shutting down", sig);

@@ -63,6 +63,8 @@ Handler HandlerFor(uint16_t opcode) {
       return ops::RmTree;
     case POHMELFS_OP_MKPATH:
       return ops::MkPath;
+    case POHMELFS_OP_REPLICA:
+      return ops::Replica;
     default:
       return nullptr;
   }

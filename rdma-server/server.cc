@@ -57,6 +57,9 @@ Result<std::unique_ptr<Server>> Server::Start(const ServerOptions& o) {
     spdlog::info("listening on {}", bound->ToString());
     s->bound_.push_back(*bound);
   }
+  if (o.test_drop_replies)
+    spdlog::warn("test mode: the replies to the first {} mutating requests will be dropped",
+                 o.test_drop_replies);
   s->reaper_ = std::thread([self = s.get()] { self->ReaperLoop(); });
   return s;
 }
@@ -186,6 +189,7 @@ void Server::HandleHello(const ConnectionPtr& conn, ConnState* st, const Message
   rep.credits = to_le(opts_.credits);
   rep.crypto_mode = to_le(uint32_t{POHMELFS_CRYPTO_NONE});
   rep.root = Oid::Root().ToWire();
+  rep.server_id = store_->server_id().ToWire();
   std::vector<uint8_t> out(sizeof(rep));
   std::memcpy(out.data(), &rep, sizeof(rep));
   Reply(conn, m.hdr, 0, out);
@@ -226,6 +230,7 @@ void Server::Execute(const ConnectionPtr& conn, const std::shared_ptr<ConnState>
     }
     ConnectionPtr target = conn;
     if (mutating) target = session->FinishTrans(h.trans, {static_cast<uint32_t>(s.code()), reply});
+    if (mutating && DropReplyForTest(conn, h)) target = nullptr;
     if (target) Reply(target, h, static_cast<uint32_t>(s.code()), reply);
   }
   std::lock_guard lk(st->mu);
@@ -235,6 +240,15 @@ void Server::Execute(const ConnectionPtr& conn, const std::shared_ptr<ConnState>
     st->paused = false;
     conn->ResumeReceive();
   }
+}
+
+bool Server::DropReplyForTest(const ConnectionPtr& conn, const proto::Header& req) {
+  uint32_t left = drop_replies_.load();
+  while (left > 0 && !drop_replies_.compare_exchange_weak(left, left - 1)) {
+  }
+  if (left == 0) return false;
+  spdlog::warn("{}: dropping reply to trans {} (test)", conn->Peer(), req.trans);
+  return true;
 }
 
 void Server::OnClose(const ConnectionPtr& conn, const Status& why) {

@@ -3,6 +3,7 @@
 // Thread-safety: Start and Stop from one thread; the rest is internal.
 #pragma once
 
+#include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <memory>
@@ -25,6 +26,9 @@ struct ServerOptions {
   // Requests a client may have in flight; past this the server stops reading from it.
   uint32_t credits = 256;
   std::chrono::seconds session_timeout{120};
+  // For tests only: the first N mutating requests are executed and recorded as usual, but
+  // their replies are not sent, so that clients must resend them.
+  uint32_t test_drop_replies = 0;
 };
 
 class Server {
@@ -33,11 +37,12 @@ class Server {
   ~Server();
   // Addresses actually bound (real ports when 0 was asked for).
   const std::vector<transport::Uri>& bound() const { return bound_; }
+  const Oid& server_id() const { return store_->server_id(); }
   void Stop();
 
  private:
   struct ConnState;
-  explicit Server(const ServerOptions& o) : opts_(o) {}
+  explicit Server(const ServerOptions& o) : opts_(o), drop_replies_(o.test_drop_replies) {}
   void OnMessage(const transport::ConnectionPtr& conn, transport::Message&& m);
   void OnClose(const transport::ConnectionPtr& conn, const Status& why);
   void HandleHello(const transport::ConnectionPtr& conn, ConnState* st,
@@ -47,8 +52,11 @@ class Server {
   void Reply(const transport::ConnectionPtr& conn, const proto::Header& req, uint32_t status,
              const std::vector<uint8_t>& payload);
   void ReaperLoop();
+  // True (and logged) when the reply to this executed mutating request is to be dropped.
+  bool DropReplyForTest(const transport::ConnectionPtr& conn, const proto::Header& req);
 
   ServerOptions opts_;
+  std::atomic<uint32_t> drop_replies_;  // left of opts_.test_drop_replies
   std::unique_ptr<ExportStore> store_;
   std::unique_ptr<SessionTable> sessions_;
   std::unique_ptr<WorkQueue> work_;

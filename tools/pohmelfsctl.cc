@@ -1,7 +1,11 @@
 // pohmelfsctl: administration commands for a mounted POHMELFS tree.
 //   pohmelfsctl rmtree PATH   remove PATH and everything below it in one network command
 //   pohmelfsctl mkpath PATH   create PATH with its missing parents in one network command
-// Both act through an ioctl on PATH's parent directory, which must be on a POHMELFS mount.
+//   pohmelfsctl servers MNT [CMD]  show or change the mount's working set of servers:
+//       status (default) | add SERVER | remove URI | set SERVER | heal URI | resolve URI |
+//       wait SECONDS      (SERVER is URI[?prio=N][&perm=r|w|rw])
+//   pohmelfsctl treesum DIR [--list]  digest of an export tree, to compare replicas
+// The mount commands act through an ioctl on a directory of a POHMELFS mount.
 #include <fcntl.h>
 #include <sys/ioctl.h>
 #include <unistd.h>
@@ -10,9 +14,12 @@
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
+#include <memory>
 #include <string>
+#include <vector>
 
 #include "client/pohmelfs_ioctl.h"
+#include "tools/treesum.h"
 
 namespace {
 
@@ -61,6 +68,48 @@ int TreeIoctl(unsigned long cmd, const std::string& path, const char* what) {
   return 0;
 }
 
+int ServersIoctl(const std::string& mnt, const std::vector<std::string>& words) {
+  std::string command;
+  for (const auto& w : words) command += (command.empty() ? "" : " ") + w;
+  if (command.empty()) command = "status";
+  if (words.size() == 2 && words[0] == "wait")  // seconds on the command line, ms on the wire
+    command = "wait " + std::to_string(std::stoul(words[1]) * 1000);
+  auto arg = std::make_unique<pohmelfs_ioc_ctl>();
+  if (command.size() >= sizeof(arg->text)) {
+    std::fprintf(stderr, "pohmelfsctl servers: command too long\n");
+    return 2;
+  }
+  std::memcpy(arg->text, command.c_str(), command.size() + 1);
+  int fd = open(mnt.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd < 0) {
+    std::fprintf(stderr, "pohmelfsctl servers: open %s: %s\n", mnt.c_str(), std::strerror(errno));
+    return 1;
+  }
+  int rc = ioctl(fd, POHMELFS_IOC_SERVERS, arg.get());
+  int err = errno;
+  close(fd);
+  if (rc != 0) {
+    std::fprintf(stderr, "pohmelfsctl servers %s: %s%s\n", command.c_str(), std::strerror(err),
+                 err == ENOTTY ? " (not a POHMELFS mount?)" : "");
+    return 1;
+  }
+  arg->text[sizeof(arg->text) - 1] = 0;
+  std::fputs(arg->text, stdout);
+  return 0;
+}
+
+int TreeSumCommand(const std::string& dir, bool list) {
+  std::string lines;
+  auto sum = pohmelfs::tools::TreeSum(dir, list ? &lines : nullptr);
+  if (!sum.ok()) {
+    std::fprintf(stderr, "pohmelfsctl treesum: %s\n", sum.status().ToString().c_str());
+    return 1;
+  }
+  std::fputs(lines.c_str(), stdout);
+  std::printf("%s  %s\n", sum->c_str(), dir.c_str());
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) try {
@@ -71,7 +120,19 @@ int main(int argc, char** argv) try {
   rmtree->add_option("PATH", path, "tree to remove")->required();
   auto* mkpath = app.add_subcommand("mkpath", "create a directory path in one network command");
   mkpath->add_option("PATH", path, "path to create")->required();
+  std::vector<std::string> words;
+  auto* servers = app.add_subcommand("servers", "show or change the mount's servers");
+  servers->add_option("MOUNTPOINT", path, "a POHMELFS mount")->required();
+  servers->add_option("COMMAND", words,
+                      "status | add SERVER | remove URI | set SERVER | heal URI | resolve URI | "
+                      "wait SECONDS");
+  bool list = false;
+  auto* treesum = app.add_subcommand("treesum", "digest of an export tree (compare replicas)");
+  treesum->add_option("DIR", path, "an export directory on a server")->required();
+  treesum->add_flag("--list", list, "print one line per entry before the digest");
   CLI11_PARSE(app, argc, argv);
+  if (servers->parsed()) return ServersIoctl(path, words);
+  if (treesum->parsed()) return TreeSumCommand(path, list);
   if (rmtree->parsed()) return TreeIoctl(POHMELFS_IOC_RMTREE, path, "rmtree");
   return TreeIoctl(POHMELFS_IOC_MKPATH, path, "mkpath");
 } catch (const std::exception& e) {

@@ -2,10 +2,6 @@
 // oversize messages, garbage, unknown opcodes, bad lengths, ids that don't exist, names with
 // '/' or '..', and symlinks that point outside the export. Each must get an error reply or a
 // closed connection plus a log line, and the server must keep serving everyone else.
-#include <arpa/inet.h>
-#include <netinet/in.h>
-#include <poll.h>
-#include <sys/socket.h>
 #include <sys/sysmacros.h>
 
 #include <cstring>
@@ -13,105 +9,13 @@
 
 #include "proto/codec.h"
 #include "tests/integration/fixture.h"
-#include "transport/uri.h"
+#include "tests/integration/raw_peer.h"
 
 namespace pohmelfs::testing {
 namespace {
 
 using proto::Oid;
 using proto::to_le;
-
-struct RawReply {
-  proto::Header hdr;
-  std::vector<uint8_t> payload;
-};
-
-// A blocking socket that speaks bytes, not the protocol: the test decides what goes out.
-class RawPeer {
- public:
-  explicit RawPeer(const std::string& uri_text) {
-    auto uri = transport::ParseUri(uri_text);
-    fd_ = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    sockaddr_in sa{};
-    sa.sin_family = AF_INET;
-    sa.sin_port = htons(uri->port);
-    inet_pton(AF_INET, uri->host.c_str(), &sa.sin_addr);
-    connected_ = connect(fd_, reinterpret_cast<sockaddr*>(&sa), sizeof(sa)) == 0;
-  }
-  ~RawPeer() { close(fd_); }
-  bool connected() const { return connected_; }
-
-  void SendBytes(const void* p, size_t n) { ASSERT_EQ(send(fd_, p, n, MSG_NOSIGNAL), (ssize_t)n); }
-
-  void Send(uint16_t opcode, const std::vector<uint8_t>& payload, uint64_t trans,
-            uint32_t claimed_len = UINT32_MAX) {
-    proto::Header h;
-    h.opcode = opcode;
-    h.trans = trans;
-    h.length = claimed_len == UINT32_MAX ? static_cast<uint32_t>(payload.size()) : claimed_len;
-    pohmelfs_hdr wire;
-    proto::EncodeHeader(h, &wire);
-    std::vector<uint8_t> all(sizeof(wire));
-    std::memcpy(all.data(), &wire, sizeof(wire));
-    all.insert(all.end(), payload.begin(), payload.end());
-    send(fd_, all.data(), all.size(), MSG_NOSIGNAL);
-  }
-
-  // The next reply, or nullopt if the connection was closed (or nothing came in 10 s).
-  std::optional<RawReply> Recv() {
-    pohmelfs_hdr wire;
-    if (!ReadExact(&wire, sizeof(wire))) return std::nullopt;
-    auto h = proto::DecodeHeader(wire, POHMELFS_PAYLOAD_MAX);
-    if (!h.ok()) return std::nullopt;
-    RawReply r{*h, std::vector<uint8_t>(h->length)};
-    if (!ReadExact(r.payload.data(), r.payload.size())) return std::nullopt;
-    return r;
-  }
-
-  // True when the server closed the connection (within 10 s).
-  bool ClosedByPeer() {
-    for (;;) {
-      pollfd p{fd_, POLLIN, 0};
-      if (poll(&p, 1, 10000) <= 0) return false;
-      char buf[4096];
-      ssize_t n = recv(fd_, buf, sizeof(buf), 0);
-      if (n <= 0) return true;  // EOF or reset
-    }
-  }
-
-  std::optional<RawReply> Hello() {
-    pohmelfs_hello_req q{};
-    q.version_min = to_le(uint16_t{1});
-    q.version_max = to_le(uint16_t{1});
-    q.max_payload = to_le(uint32_t{POHMELFS_PAYLOAD_MAX});
-    Send(POHMELFS_OP_HELLO, Bytes(q), 1);
-    return Recv();
-  }
-
-  template <typename T>
-  static std::vector<uint8_t> Bytes(const T& s, std::string_view tail = {}) {
-    std::vector<uint8_t> b(sizeof(T));
-    std::memcpy(b.data(), &s, sizeof(T));
-    b.insert(b.end(), tail.begin(), tail.end());
-    return b;
-  }
-
- private:
-  bool ReadExact(void* p, size_t n) {
-    auto* c = static_cast<uint8_t*>(p);
-    while (n > 0) {
-      pollfd pf{fd_, POLLIN, 0};
-      if (poll(&pf, 1, 10000) <= 0) return false;
-      ssize_t r = recv(fd_, c, n, 0);
-      if (r <= 0) return false;
-      c += r;
-      n -= static_cast<size_t>(r);
-    }
-    return true;
-  }
-  int fd_ = -1;
-  bool connected_ = false;
-};
 
 class HostileInputTest : public MountedTest {
  protected:
@@ -207,7 +111,7 @@ TEST_F(HostileInputTest, RequestBeforeHandshakeIsRefused) {
 TEST_F(HostileInputTest, MalformedHandshakeIsRefused) {
   RawPeer p(server_->uri());
   pohmelfs_hello_req q{};
-  q.version_min = q.version_max = to_le(uint16_t{1});
+  q.version_min = q.version_max = to_le(uint16_t{POHMELFS_PROTO_VERSION_MAX});
   q.auth_len = to_le(uint32_t{1u << 30});  // claims more than the message holds
   p.Send(POHMELFS_OP_HELLO, RawPeer::Bytes(q), 1);
   auto r = p.Recv();

@@ -1,0 +1,119 @@
+// Cluster fixture: every server in its own network namespace, joined to the test's (root)
+// namespace by a veth pair, so a server can be killed, restarted or cut off (link down, netem
+// loss) while the FUSE client in the root namespace keeps running. Requires root, ip(8), tc(8).
+#pragma once
+
+#include <fcntl.h>
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "tests/integration/fixture.h"
+
+namespace pohmelfs::testing {
+
+inline int Sh(const std::string& cmd) {
+  return RunCommand({"/bin/sh", "-c", cmd}, "/dev/null", 30);
+}
+
+// One namespace with one server; its address is 10.N.I.2, the root side is 10.N.I.1.
+class NsServer {
+ public:
+  NsServer(const fs::path& dir, int index) : index_(index) {
+    const std::string tag = std::to_string(getpid() % 10000) + "x" + std::to_string(index);
+    ns_ = "pohm" + tag;
+    veth_ = "pv" + tag;  // root side; the namespace side is "pn" + tag
+    const int net = 100 + getpid() % 100;
+    root_addr_ = "10." + std::to_string(net) + "." + std::to_string(index) + ".1";
+    addr_ = "10." + std::to_string(net) + "." + std::to_string(index) + ".2";
+    export_ = (dir / ("export" + std::to_string(index))).string();
+    log_ = (dir / ("server" + std::to_string(index) + ".log")).string();
+    fs::create_directories(export_);
+    const std::string peer = "pn" + tag;
+    ok_ = Sh("ip netns del " + ns_ + " 2>/dev/null; ip link del " + veth_ + " 2>/dev/null; " +
+             "ip netns add " + ns_ + " && ip link add " + veth_ + " type veth peer name " + peer +
+             " && ip link set " + peer + " netns " + ns_ + " && ip addr add " + root_addr_ +
+             "/24 dev " + veth_ + " && ip link set " + veth_ + " up && ip -n " + ns_ +
+             " addr add " + addr_ + "/24 dev " + peer + " && ip -n " + ns_ + " link set " + peer +
+             " up && ip -n " + ns_ + " link set lo up") == 0;
+  }
+  ~NsServer() {
+    Kill();
+    Sh("ip link del " + veth_ + " 2>/dev/null; ip netns del " + ns_ + " 2>/dev/null");
+  }
+  bool ok() const { return ok_; }
+
+  // Starts (or restarts) the server; waits, bounded, until it listens.
+  bool Start(std::vector<std::string> extra = {}) {
+    std::vector<std::string> argv = {"/usr/sbin/ip",
+                                     "netns",
+                                     "exec",
+                                     ns_,
+                                     std::string(POHMELFS_BIN_DIR) + "/pohmelfs-server",
+                                     "--export",
+                                     export_,
+                                     "--listen",
+                                     uri(),
+                                     "--log-level",
+                                     "info"};
+    argv.insert(argv.end(), extra.begin(), extra.end());
+    const size_t before = ReadFile(log_).size();
+    pid_ = Spawn(argv, log_);
+    auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+    while (std::chrono::steady_clock::now() < deadline) {
+      std::string text = ReadFile(log_);
+      if (text.find("listening on ", before) != std::string::npos) return true;
+      int st;
+      if (waitpid(pid_, &st, WNOHANG) == pid_) {
+        pid_ = -1;
+        return false;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));  // log polling, bounded
+    }
+    return false;
+  }
+  void Kill() {
+    if (pid_ <= 0) return;
+    kill(pid_, SIGKILL);
+    int st;
+    waitpid(pid_, &st, 0);
+    pid_ = -1;
+  }
+  bool LinkDown() { return Sh("ip link set " + veth_ + " down") == 0; }
+  bool LinkUp() { return Sh("ip link set " + veth_ + " up") == 0; }
+
+  std::string uri() const { return "tcp://" + addr_ + ":7000"; }
+  const std::string& export_dir() const { return export_; }
+  std::string Log() const { return ReadFile(log_); }
+
+ private:
+  int index_;
+  std::string ns_, veth_, addr_, root_addr_, export_, log_;
+  pid_t pid_ = -1;
+  bool ok_ = false;
+};
+
+// Runs pohmelfsctl with args; returns its exit status and its output.
+inline int Ctl(const std::vector<std::string>& args, std::string* out, int timeout_s = 60) {
+  char path[] = "/tmp/pohmelfsctl-out-XXXXXX";
+  int fd = mkstemp(path);
+  if (fd >= 0) close(fd);
+  std::vector<std::string> argv = {std::string(POHMELFS_BIN_DIR) + "/pohmelfsctl"};
+  argv.insert(argv.end(), args.begin(), args.end());
+  int rc = RunCommand(argv, path, timeout_s);
+  if (out) *out = ReadFile(path);
+  unlink(path);
+  return rc;
+}
+
+// The digest of an export tree (pohmelfsctl treesum), or the error text.
+inline std::string TreeSum(const std::string& dir, bool list = false) {
+  std::string out;
+  std::vector<std::string> args = {"treesum", dir};
+  if (list) args.push_back("--list");
+  Ctl(args, &out);
+  return out.substr(0, out.rfind("  "));
+}
+
+}  // namespace pohmelfs::testing
