@@ -124,5 +124,41 @@ TEST_F(RpcClientTest, ManyConcurrentCallsShareOneConnection) {
   EXPECT_EQ(ConcurrentGetAttrs(c->get(), 8, 200), 1600);
 }
 
+TEST_F(RpcClientTest, BeginOnSeveralThenWaitGetsEveryReply) {
+  auto a = RpcClient::Connect(uri_, Fast());
+  auto b = RpcClient::Connect(uri_, Fast());
+  ASSERT_TRUE(a.ok() && b.ok());
+  EXPECT_NE((*a)->server_id(), proto::Oid{});  // the export's identity, the same for both
+  EXPECT_EQ((*a)->server_id(), (*b)->server_id());
+  pohmelfs_obj_req q{proto::Oid::Root().ToWire()};
+  iovec v{&q, sizeof(q)};
+  std::span<const iovec> payload(&v, 1);
+  auto ta = (*a)->Begin(POHMELFS_OP_GETATTR, payload);
+  auto tb = (*b)->Begin(POHMELFS_OP_GETATTR, payload);
+  EXPECT_EQ((*a)->inflight(), 1u);
+  auto ra = (*a)->Wait(*ta);
+  auto rb = (*b)->Wait(*tb);
+  ASSERT_TRUE(ra.ok() && rb.ok());
+  EXPECT_EQ(ra->payload, rb->payload);
+  ta.reset();
+  EXPECT_EQ((*a)->inflight(), 0u);  // the transaction held its credit until destroyed
+}
+
+TEST_F(RpcClientTest, FailFastReturnsEioAtOnceWhenTheServerIsGone) {
+  auto c = RpcClient::Connect(uri_, Fast());
+  ASSERT_TRUE(c.ok());
+  server_->Stop();
+  server_.reset();
+  pohmelfs_obj_req q{proto::Oid::Root().ToWire()};
+  iovec v{&q, sizeof(q)};
+  auto start = std::chrono::steady_clock::now();
+  auto t = (*c)->Begin(POHMELFS_OP_GETATTR, std::span<const iovec>(&v, 1),
+                       CallOptions{.fail_fast = true});
+  auto r = (*c)->Wait(*t);
+  EXPECT_EQ(r.code(), EIO) << r.status().ToString();
+  EXPECT_LT(std::chrono::steady_clock::now() - start, 1s);  // no resend, no reconnect wait
+  EXPECT_FALSE((*c)->connected());
+}
+
 }  // namespace
 }  // namespace pohmelfs::client
