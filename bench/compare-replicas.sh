@@ -1,0 +1,99 @@
+#!/usr/bin/env bash
+# Replication cost, measured in one run on loopback over the same backing filesystem:
+#   single     one pohmelfs-server, one mount (the baseline)
+#   replica2   two pohmelfs-servers, one mount writing to both
+#   gluster2   GlusterFS replica 2 (two bricks on this host), when bench/setup-gluster has
+#              installed it (skipped otherwise)
+# Prints each test's rate and the ratios replica2/single and gluster2/single; then has two
+# mounts of the two-server set read the same file at once and prints how their reads were
+# spread over the servers. JSON lines go to $OUT/results.jsonl. Needs root.
+# Usage: bench/compare-replicas.sh [pohmelfs-bench fs options, e.g. --size-mib 512]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ci/build >/dev/null
+OUT=${OUT:-/tmp/pohmelfs-replicas}
+base=${BASE:-/var/tmp/pohmelfs-replicas}
+cleanup() {
+  for m in "$base"/mnt-*; do fusermount3 -u "$m" 2>/dev/null || umount -l "$m" 2>/dev/null || true; done
+  if [ -n "${gluster:-}" ]; then
+    gluster --mode=script volume stop pfbench force >/dev/null 2>&1 || true
+    gluster --mode=script volume delete pfbench >/dev/null 2>&1 || true
+  fi
+  for p in ${pids:-}; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+}
+trap cleanup EXIT
+cleanup
+rm -rf "$base"
+mkdir -p "$OUT" "$base"/{exp-a,exp-b,exp-c,mnt-single,mnt-r2,mnt-r2b,mnt-gluster,brick1,brick2}
+: >"$OUT/results.jsonl"
+pids=""
+
+start_server() {  # export log -> sets $uri
+  build/bin/pohmelfs-server --export "$1" --listen tcp://127.0.0.1:0 </dev/null >/dev/null 2>"$2" &
+  pids="$pids $!"
+  for _ in $(seq 1 100); do grep -q "listening on" "$2" && break; sleep 0.1; done
+  uri=$(sed -n 's/.*listening on \(tcp:[^ ]*\).*/\1/p' "$2" | head -1)
+}
+start_server "$base/exp-a" "$OUT/server-a.log" && a=$uri
+start_server "$base/exp-b" "$OUT/server-b.log" && b=$uri
+start_server "$base/exp-c" "$OUT/server-c.log" && c=$uri
+build/bin/pohmelfs-mount "$c" "$base/mnt-single"
+build/bin/pohmelfs-mount "$a,$b" "$base/mnt-r2"
+
+targets="single replica2"
+# GlusterFS refuses loopback addresses for bricks: use this host's first address (traffic
+# still stays inside the host).
+host=$(hostname -I 2>/dev/null | awk '{print $1}')
+if command -v gluster >/dev/null && [ -n "$host" ] &&
+  { pgrep -x glusterd >/dev/null || glusterd </dev/null >/dev/null 2>&1; }; then
+  for _ in $(seq 1 50); do gluster --mode=script volume info >/dev/null 2>&1 && break; sleep 0.2; done
+  gluster --mode=script volume create pfbench replica 2 \
+    "$host:$base/brick1" "$host:$base/brick2" force >/dev/null
+  gluster --mode=script volume start pfbench >/dev/null
+  gluster=1
+  mount -t glusterfs "$host:/pfbench" "$base/mnt-gluster"
+  targets="$targets gluster2"
+else
+  echo "GlusterFS not installed (bench/setup-gluster installs it): skipping gluster2" >&2
+fi
+
+for target in $targets; do
+  case $target in
+    single) dir=$base/mnt-single ;;
+    replica2) dir=$base/mnt-r2 ;;
+    gluster2) dir=$base/mnt-gluster ;;
+  esac
+  build/bin/pohmelfs-bench fs "$dir" --json "$@" |
+    sed "s/^{/{\"target\":\"$target\",/" >>"$OUT/results.jsonl"
+done
+
+python3 - "$OUT/results.jsonl" <<'PY'
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+by = {}
+for r in rows:
+    by.setdefault(r["test"], {})[r["target"]] = r
+nan = float("nan")
+print(f'{"test":<14}{"unit":>8}{"single":>10}{"replica2":>10}{"gluster2":>10}{"r2/single":>11}{"gl2/single":>11}')
+for test, t in by.items():
+    unit = next(iter(t.values()))["unit"]
+    s, r, g = (t.get(k, {}).get("rate", nan) for k in ("single", "replica2", "gluster2"))
+    print(f'{test:<14}{unit:>8}{s:>10.1f}{r:>10.1f}{g:>10.1f}{r / s if s else nan:>11.2f}{g / s if s else nan:>11.2f}')
+PY
+
+# Two clients reading one file at once from the two-server set.
+build/bin/pohmelfs-mount "$a,$b" "$base/mnt-r2b"
+dd if=/dev/urandom of="$base/mnt-r2/shared" bs=1M count=256 status=none
+start=$(date +%s.%N)
+dd if="$base/mnt-r2/shared" of=/dev/null bs=1M status=none &
+r1=$!
+dd if="$base/mnt-r2b/shared" of=/dev/null bs=1M status=none &
+r2=$!
+wait $r1 $r2
+end=$(date +%s.%N)
+python3 -c "print(f'two clients read 2 x 256 MiB in {$end - $start:.2f} s: {512 / ($end - $start):.0f} MiB/s together')"
+for m in mnt-r2 mnt-r2b; do
+  echo "-- $m"
+  build/bin/pohmelfsctl servers "$base/$m"
+done
