@@ -659,8 +659,10 @@ Result<RpcReply> ServerSet::Write(uint16_t opcode, std::span<const iovec> payloa
   CallOptions co;
   co.fail_fast = targets.size() > 1;
   std::vector<std::unique_ptr<RpcClient::Transaction>> ts;
+  ts.reserve(targets.size());
   for (const auto& r : targets) ts.push_back(r->rpc->Begin(opcode, payload, co));
   std::vector<Result<RpcReply>> rs;
+  rs.reserve(targets.size());
   for (size_t i = 0; i < targets.size(); i++) rs.push_back(targets[i]->rpc->Wait(*ts[i]));
 
   int primary = -1;

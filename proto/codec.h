@@ -16,7 +16,6 @@
 #include <sys/stat.h>
 
 #include <array>
-#include <compare>
 #include <cstdint>
 #include <cstring>
 #include <functional>
@@ -57,7 +56,7 @@ struct Oid {
   std::string Hex() const;
   bool IsZero() const;
   bool operator==(const Oid&) const = default;
-  auto operator<=>(const Oid&) const = default;
+  bool operator<(const Oid& o) const { return b < o.b; }  // for ordered sets
 };
 
 struct OidHash {

@@ -20,7 +20,7 @@ inline int Sh(const std::string& cmd) {
 // One namespace with one server; its address is 10.N.I.2, the root side is 10.N.I.1.
 class NsServer {
  public:
-  NsServer(const fs::path& dir, int index) : index_(index) {
+  NsServer(const fs::path& dir, int index) {
     const std::string tag = std::to_string(getpid() % 10000) + "x" + std::to_string(index);
     ns_ = "pohm" + tag;
     veth_ = "pv" + tag;  // root side; the namespace side is "pn" + tag
@@ -88,7 +88,6 @@ class NsServer {
   std::string Log() const { return ReadFile(log_); }
 
  private:
-  int index_;
   std::string ns_, veth_, addr_, root_addr_, export_, log_;
   pid_t pid_ = -1;
   bool ok_ = false;
