@@ -15,7 +15,7 @@ class Caller {
   virtual ~Caller() = default;
   // A server-side error arrives as RpcReply::status; a failed Status means no server answered.
   virtual Result<RpcReply> Call(uint16_t opcode, std::span<const iovec> payload) = 0;
-  virtual const proto::Oid& root() const = 0;
+  virtual proto::Oid root() = 0;
 };
 
 // One server, as it is: used to talk to a single replica (resync, tests).
@@ -27,7 +27,7 @@ class SingleServer : public Caller {
     auto t = rpc_->Begin(opcode, payload, co_);
     return rpc_->Wait(*t);
   }
-  const proto::Oid& root() const override { return rpc_->root(); }
+  proto::Oid root() override { return rpc_->root(); }
 
  private:
   std::shared_ptr<RpcClient> rpc_;

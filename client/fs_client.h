@@ -46,7 +46,7 @@ class FsClient {
  public:
   explicit FsClient(std::shared_ptr<Caller> caller) : caller_(std::move(caller)) {}
 
-  const Oid& root() const { return caller_->root(); }
+  Oid root() const { return caller_->root(); }
   Caller& caller() { return *caller_; }
 
   Result<Entry> Lookup(const Oid& parent, const std::string& name);

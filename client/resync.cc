@@ -198,7 +198,8 @@ Status Resyncer::SyncObject(const Oid& oid, bool created) {
   }
   const mode_t mode = g->st.st_mode;
   if (S_ISLNK(mode)) return Status::Ok();  // a symlink's target never changes
-  if (!created && g->version == s->version && g->st.st_size == s->st.st_size) return Status::Ok();
+  if (!created && !force_ && g->version == s->version && g->st.st_size == s->st.st_size)
+    return Status::Ok();
   st_->copied++;
   if (S_ISREG(mode)) POHMELFS_RETURN_IF_ERROR(CopyData(oid, static_cast<uint64_t>(g->st.st_size)));
   POHMELFS_RETURN_IF_ERROR(CopyXattrs(oid));

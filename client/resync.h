@@ -28,9 +28,11 @@ struct ResyncStats {
 // REQUIRES: both clients talk to servers of the same export tree (same root id).
 class Resyncer {
  public:
+  // With force, every object is copied even where the versions agree (after a split brain
+  // the same version may stand for different contents).
   Resyncer(FsClient& good, FsClient& stale, ObjectLocks& locks, const std::atomic<bool>& cancel,
-           ResyncStats* stats)
-      : good_(good), stale_(stale), locks_(locks), cancel_(cancel), st_(stats) {}
+           ResyncStats* stats, bool force = false)
+      : good_(good), stale_(stale), locks_(locks), cancel_(cancel), st_(stats), force_(force) {}
 
   // Walks the whole tree, again while entries had to be left for a later pass.
   Status FullSync();
@@ -53,6 +55,7 @@ class Resyncer {
   ObjectLocks& locks_;
   const std::atomic<bool>& cancel_;
   ResyncStats* st_;
+  const bool force_;
   int deferred_ = 0;
 };
 

@@ -56,6 +56,26 @@ bool RpcClient::connected() {
   return conn_ && conn_->IsOpen();
 }
 
+proto::Oid RpcClient::root() {
+  std::lock_guard lk(mu_);
+  return root_;
+}
+
+proto::Oid RpcClient::server_id() {
+  std::lock_guard lk(mu_);
+  return server_id_;
+}
+
+uint64_t RpcClient::features() {
+  std::lock_guard lk(mu_);
+  return features_;
+}
+
+uint32_t RpcClient::max_payload() {
+  std::lock_guard lk(mu_);
+  return max_payload_;
+}
+
 uint32_t RpcClient::inflight() {
   std::lock_guard lk(mu_);
   return inflight_;
@@ -258,9 +278,9 @@ std::unique_ptr<RpcClient::Transaction> RpcClient::Begin(uint16_t opcode,
 }
 
 void RpcClient::SendAttempt(Transaction& t) {
-  t.deadline_ = Clock::now() + t.timeout_;
   t.sent_ = false;
   auto conn = EnsureConnected(!t.fail_fast_);
+  t.deadline_ = Clock::now() + t.timeout_;  // a reconnect does not eat the reply window
   if (!conn.ok()) {
     t.last_ = conn.status();
     return;
@@ -272,6 +292,10 @@ void RpcClient::SendAttempt(Transaction& t) {
   h.flags = t.attempt_ > 0 ? POHMELFS_FLAG_RESENT : 0;
   {
     std::lock_guard lk(mu_);
+    if (!(*conn)->IsOpen()) {  // closed before OnClose could see this transaction
+      t.last_ = Status::Error(EIO, "connection lost");
+      return;
+    }
     h.session = session_;
     t.p_->sent_on = conn->get();
   }

@@ -88,10 +88,11 @@ class RpcClient {
   // Called (from a network thread, without locks held) when a connection is lost.
   void SetOnDisconnect(std::function<void()> f);
 
-  const proto::Oid& root() const { return root_; }
-  const proto::Oid& server_id() const { return server_id_; }
-  uint64_t features() const { return features_; }
-  uint32_t max_payload() const { return max_payload_; }
+  // What the last handshake said (a reconnect may change them, e.g. a restarted server).
+  proto::Oid root();
+  proto::Oid server_id();
+  uint64_t features();
+  uint32_t max_payload();
   const std::string& server() const { return uri_text_; }
   const RpcCounters& counters() const { return counters_; }
 
@@ -119,12 +120,12 @@ class RpcClient {
   const std::string uri_text_;
   const RpcOptions opts_;
   std::unique_ptr<transport::Transport> transport_;
-  proto::Oid root_;
-  proto::Oid server_id_;
-  uint64_t features_ = 0;
+  proto::Oid root_;        // GUARDED_BY(mu_)
+  proto::Oid server_id_;   // GUARDED_BY(mu_)
+  uint64_t features_ = 0;  // GUARDED_BY(mu_)
   std::atomic<int64_t> last_receive_{0};
-  std::function<void()> on_disconnect_;  // set before the first connect
-  uint32_t max_payload_ = POHMELFS_PAYLOAD_MAX;
+  std::function<void()> on_disconnect_;          // set before the first connect
+  uint32_t max_payload_ = POHMELFS_PAYLOAD_MAX;  // GUARDED_BY(mu_)
   RpcCounters counters_;
   std::atomic<uint64_t> next_trans_{1};
 

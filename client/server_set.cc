@@ -34,7 +34,7 @@ const char* StateName(ReplicaState s) {
 
 struct ServerSet::Replica {
   explicit Replica(ReplicaSpec s) : spec(std::move(s)) {}
-  ReplicaSpec spec;  // GUARDED_BY(ServerSet::mu_)
+  ReplicaSpec spec;  // GUARDED_BY(ServerSet::mu_), except spec.uri which never changes
   std::shared_ptr<RpcClient> rpc;
   ReplicaState state = ReplicaState::kDown;  // GUARDED_BY(mu_)
   bool needs_resync = false;                 // GUARDED_BY(mu_): missed a write some server has
@@ -49,7 +49,10 @@ struct ServerSet::Replica {
   bool redo_all = false;
   std::atomic<uint64_t> reads{0}, writes{0}, errors{0};
   std::atomic<bool> stop{false};
-  bool tried = false;  // GUARDED_BY(mu_): the keeper's first connect attempt is over
+  bool tried = false;       // GUARDED_BY(mu_): the keeper's first connect attempt is over
+  uint64_t epoch = 0;       // GUARDED_BY(mu_): state changes so far
+  bool force_full = false;  // GUARDED_BY(mu_): next resync copies every object (heal, resolve)
+  uint64_t marker_gen = 0;  // GUARDED_BY(mu_): changes made to `marked` by MarkerCall
   std::mutex wake_mu;
   std::condition_variable wake;  // wakes the keeper early
   std::thread keeper;
@@ -197,12 +200,13 @@ Result<ServerSet::ReplicaPtr> ServerSet::MakeReplica(const ReplicaSpec& spec) {
   auto r = std::make_shared<Replica>(spec);
   r->rpc = std::move(*rpc);
   r->note = "connecting";
+  // Runs on the connection's network thread: it must not own the Replica (its last reference
+  // would destroy the RpcClient on its own thread) nor close anything (the connection is
+  // closed already, and a newer one may exist by now).
   std::weak_ptr<ServerSet> weak_set = weak_from_this();
-  std::weak_ptr<Replica> weak_r = r;
-  r->rpc->SetOnDisconnect([this, weak_set, weak_r] {
-    auto keep_set = weak_set.lock();
-    auto rr = weak_r.lock();
-    if (keep_set && rr) MarkDown(rr, "connection lost");
+  Replica* raw = r.get();
+  r->rpc->SetOnDisconnect([weak_set, raw] {
+    if (auto set = weak_set.lock()) set->OnDisconnected(raw);
   });
   return r;
 }
@@ -215,9 +219,19 @@ void ServerSet::SetState(const ReplicaPtr& r, ReplicaState s, const std::string&
   if (r->state != s)
     spdlog::info("{}: {} -> {}{}{}", r->spec.uri, StateName(r->state), StateName(s),
                  note.empty() ? "" : ": ", note);
+  if (r->state != s) r->epoch++;
   r->state = s;
   r->note = note;
   cv_.notify_all();
+}
+
+void ServerSet::OnDisconnected(const Replica* raw) {
+  std::lock_guard lk(mu_);
+  for (const auto& r : replicas_)
+    if (r.get() == raw) {
+      if (r->state != ReplicaState::kDown) SetState(r, ReplicaState::kDown, "connection lost");
+      r->wake.notify_all();
+    }
 }
 
 void ServerSet::MarkDown(const ReplicaPtr& r, const std::string& why) {
@@ -288,6 +302,11 @@ void ServerSet::KeeperLoop(const ReplicaPtr& r) {
 }
 
 Result<std::vector<Oid>> ServerSet::ListMarkers(const ReplicaPtr& r) {
+  uint64_t gen;
+  {
+    std::lock_guard lk(mu_);
+    gen = r->marker_gen;
+  }
   pohmelfs_replica_req q{};
   q.cmd = to_le(POHMELFS_REPLICA_LIST);
   iovec v{&q, sizeof(q)};
@@ -308,17 +327,18 @@ Result<std::vector<Oid>> ServerSet::ListMarkers(const ReplicaPtr& r) {
     out.push_back(Oid::FromWire(w));
   }
   std::lock_guard lk(mu_);
-  r->marked = std::set<Oid>(out.begin(), out.end());
+  if (r->marker_gen == gen)  // else a MARK or CLEAR overtook this listing: keep its result
+    r->marked = std::set<Oid>(out.begin(), out.end());
   return out;
 }
 
-Status ServerSet::MarkerCall(const ReplicaPtr& r, uint32_t cmd, const Oid& peer) {
+Status ServerSet::MarkerCall(const ReplicaPtr& r, uint32_t cmd, const Oid& peer,
+                             const CallOptions& co) {
   pohmelfs_replica_req q{};
   q.cmd = to_le(cmd);
   q.peer = peer.ToWire();
   iovec v{&q, sizeof(q)};
-  auto t = r->rpc->Begin(POHMELFS_OP_REPLICA, std::span<const iovec>(&v, 1),
-                         CallOptions{.fail_fast = true});
+  auto t = r->rpc->Begin(POHMELFS_OP_REPLICA, std::span<const iovec>(&v, 1), co);
   auto reply = r->rpc->Wait(*t);
   if (!reply.ok()) return reply.status();
   if (reply->status != 0) return Status::Error(static_cast<int>(reply->status), "replica marker");
@@ -327,6 +347,7 @@ Status ServerSet::MarkerCall(const ReplicaPtr& r, uint32_t cmd, const Oid& peer)
     r->marked.insert(peer);
   else
     r->marked.erase(peer);
+  r->marker_gen++;
   return Status::Ok();
 }
 
@@ -350,59 +371,64 @@ void ServerSet::Admit(const ReplicaPtr& r) {
     if (!ListMarkers(g).ok()) MarkDown(g, "listing its markers failed");
 
   gate_->Close();  // decide between writes, so none is in flight with the old states
-  {
-    std::lock_guard lk(mu_);
-    for (const auto& x : replicas_)
-      if (x != r && x->id_known && x->id == id && x->state != ReplicaState::kDown) {
-        SetState(r, ReplicaState::kSplit, "same export as " + x->spec.uri + " (listed twice?)");
-        gate_->Open();
-        return;
-      }
-    r->id = id;
-    r->id_known = true;
-    if (!r->spec.write) {
-      SetState(r, ReplicaState::kUp, "read-only member: never written or resynced by this mount");
-      gate_->Open();
-      return;
-    }
-    std::vector<ReplicaPtr> good, holders;
-    for (const auto& g : replicas_)
-      if (g != r && g->state == ReplicaState::kUp && g->spec.write) good.push_back(g);
-    const Oid alias = AliasOf(r->spec.uri);
-    for (const auto& g : good)
-      if (g->marked.count(id) || g->marked.count(alias)) holders.push_back(g);
-    for (const auto& g : holders)
-      if (r->marked.count(g->id) || r->marked.count(AliasOf(g->spec.uri))) {
-        spdlog::error(
-            "{}: split brain with {}: each holds changes the other missed; not using {} until "
-            "resolved (pohmelfsctl servers MNT resolve {})",
-            r->spec.uri, g->spec.uri, r->spec.uri, r->spec.uri);
-        SetState(r, ReplicaState::kSplit, "split brain with " + g->spec.uri);
-        gate_->Open();
-        return;
-      }
-    if (!holders.empty()) r->needs_resync = true;
-    if (r->needs_resync) {
-      if (good.empty()) {
-        SetState(r, ReplicaState::kStale, "missed writes; waiting for a server that has them");
-      } else {
-        SetState(r, ReplicaState::kSyncing, "missed writes; resyncing");
-        if (!r->queued) resync_queue_.push_back(r), r->queued = true;
-      }
-      gate_->Open();
-      return;
-    }
-    // Current. An up server this one holds markers for missed its changes: resync that one.
-    for (const auto& g : good)
-      if ((r->marked.count(g->id) || r->marked.count(AliasOf(g->spec.uri))) &&
-          !g->marked.count(id) && !g->marked.count(alias)) {
-        g->needs_resync = true;
-        SetState(g, ReplicaState::kSyncing, "missed changes " + r->spec.uri + " has");
-        if (!g->queued) resync_queue_.push_back(g), g->queued = true;
-      }
-    SetState(r, ReplicaState::kUp, "");
-  }
+  Decide(r, id);
   gate_->Open();
+}
+
+void ServerSet::Decide(const ReplicaPtr& r, const Oid& id) {
+  std::lock_guard lk(mu_);
+  if (r->state == ReplicaState::kSplit) return;  // until the operator resolves it
+  for (const auto& x : replicas_)
+    if (x != r && x->id_known && x->id == id && x->state != ReplicaState::kDown) {
+      SetState(r, ReplicaState::kSplit, "same export as " + x->spec.uri + " (listed twice?)");
+      return;
+    }
+  r->id = id;
+  r->id_known = true;
+  if (!r->spec.write) {
+    SetState(r, ReplicaState::kUp, "read-only member: never written or resynced by this mount");
+    return;
+  }
+  std::vector<ReplicaPtr> good;
+  for (const auto& g : replicas_)
+    if (g != r && g->state == ReplicaState::kUp && g->spec.write) good.push_back(g);
+  bool missed = false;
+  for (const auto& g : good) missed = missed || Marks(g, r);
+  if (missed) {
+    // It missed changes an up server has. If it also has changes that every up server
+    // missed, no source can bring it up to date without losing some: a split brain. (An up
+    // server it holds no marker for has all of its changes: that one is the source.)
+    const bool unique_changes =
+        std::all_of(good.begin(), good.end(), [&](const ReplicaPtr& g) { return Marks(r, g); });
+    if (unique_changes) {
+      const ReplicaPtr& peer =
+          *std::find_if(good.begin(), good.end(), [&](const ReplicaPtr& g) { return Marks(g, r); });
+      spdlog::error(
+          "{}: split brain with {}: each holds changes the other missed; not using {} until "
+          "resolved (pohmelfsctl servers MNT resolve {})",
+          r->spec.uri, peer->spec.uri, r->spec.uri, r->spec.uri);
+      SetState(r, ReplicaState::kSplit, "split brain with " + peer->spec.uri);
+      return;
+    }
+    r->needs_resync = true;
+  }
+  if (r->needs_resync) {
+    if (good.empty()) {
+      SetState(r, ReplicaState::kStale, "missed writes; waiting for a server that has them");
+    } else {
+      SetState(r, ReplicaState::kSyncing, "missed writes; resyncing");
+      if (!r->queued) resync_queue_.push_back(r), r->queued = true;
+    }
+    return;
+  }
+  // Current. An up server this one holds markers for missed its changes: resync that one.
+  for (const auto& g : good)
+    if (Marks(r, g) && !Marks(g, r)) {
+      g->needs_resync = true;
+      SetState(g, ReplicaState::kSyncing, "missed changes " + r->spec.uri + " has");
+      if (!g->queued) resync_queue_.push_back(g), g->queued = true;
+    }
+  SetState(r, ReplicaState::kUp, "");
 }
 
 void ServerSet::ResyncLoop() {
@@ -423,30 +449,40 @@ void ServerSet::ResyncLoop() {
   }
 }
 
+bool ServerSet::Marks(const ReplicaPtr& holder, const ReplicaPtr& peer) {
+  return (peer->id_known && holder->marked.count(peer->id)) ||
+         holder->marked.count(AliasOf(peer->spec.uri));
+}
+
 void ServerSet::RunResync(const ReplicaPtr& r) {
   ReplicaPtr g;
+  uint64_t r_epoch = 0, g_epoch = 0;
+  bool force = false;
   {
     std::lock_guard lk(mu_);
+    // The source: an up writable server of the highest priority that does not miss changes
+    // this one has (it would hold no marker for it then).
     for (const auto& x : replicas_)
-      if (x != r && x->state == ReplicaState::kUp && x->spec.write &&
+      if (x != r && x->state == ReplicaState::kUp && x->spec.write && !Marks(r, x) &&
           (!g || x->spec.priority > g->spec.priority))
         g = x;
     if (!g) {
       SetState(r, ReplicaState::kStale, "missed writes; waiting for a server that has them");
       return;
     }
+    r_epoch = r->epoch;
+    g_epoch = g->epoch;
+    force = r->force_full;
+    r->redo.clear();
+    r->redo_all = false;
   }
-  spdlog::info("{}: resync from {} started", r->spec.uri, g->spec.uri);
+  spdlog::info("{}: resync from {} started{}", r->spec.uri, g->spec.uri,
+               force ? " (every object copied)" : "");
   const auto start = Clock::now();
   FsClient good(std::make_shared<SingleServer>(g->rpc, CallOptions{.fail_fast = true}));
   FsClient stale(std::make_shared<SingleServer>(r->rpc, CallOptions{.fail_fast = true}));
   ResyncStats stats;
-  {
-    std::lock_guard lk(mu_);
-    r->redo.clear();
-    r->redo_all = false;
-  }
-  Resyncer resyncer(good, stale, locks_, cancel_resync_, &stats);
+  Resyncer resyncer(good, stale, locks_, cancel_resync_, &stats, force);
   Status s = resyncer.FullSync();
   // Writes that went past the sync while it ran: look at their objects again, until none are
   // left with writes stopped (the gate stays closed for the bookkeeping below).
@@ -458,25 +494,29 @@ void ServerSet::RunResync(const ReplicaPtr& r) {
     r->redo_all = false;
     return v;
   };
-  constexpr int kMaxRedoRounds = 64;
+  // After kOpenRounds rounds with writes flowing, the rest is done with writes paused, so the
+  // resync always ends.
+  constexpr int kOpenRounds = 8;
   bool closed = false;
   for (int round = 0; s.ok(); round++) {
     bool all = false;
     auto redo = take_redo(&all);
-    if (redo.empty() && !all) {
-      gate_->Close();
-      redo = take_redo(&all);
-      if (redo.empty() && !all) {
-        closed = true;
-        break;
-      }
-      gate_->Open();
+    if (!closed && (round >= kOpenRounds || (redo.empty() && !all))) {
+      gate_->Close();  // no write is in flight from here on
+      closed = true;
+      bool more_all = false;
+      auto more = take_redo(&more_all);
+      redo.insert(redo.end(), more.begin(), more.end());
+      all = all || more_all;
     }
-    if (round == kMaxRedoRounds) {
-      s = Status::Error(EAGAIN, "writes keep overtaking the resync");
-      break;
-    }
+    if (redo.empty() && !all) break;
     s = all ? resyncer.FullSync() : resyncer.Redo(redo);
+  }
+  if (s.ok()) {  // both must have kept their states all along, or writes may have gone past
+    std::lock_guard lk(mu_);
+    if (r->epoch != r_epoch || g->epoch != g_epoch || r->state != ReplicaState::kSyncing ||
+        g->state != ReplicaState::kUp)
+      s = Status::Error(EAGAIN, "a server changed state during the resync");
   }
   const auto ms =
       std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - start).count();
@@ -490,33 +530,35 @@ void ServerSet::RunResync(const ReplicaPtr& r) {
     return;
   }
   // Between writes (the gate is closed): the newcomer now has everything good has, so it
-  // holds the same markers, and nobody needs to remember that it missed anything.
+  // holds the same markers, and nobody needs to remember that it missed anything. One
+  // attempt per call: writes are waiting.
+  const CallOptions once{.attempts = 1, .fail_fast = true};
   Status fin = Status::Ok();
-  auto gm = ListMarkers(g);
-  if (!gm.ok()) fin = gm.status();
   Oid rid;
   const Oid ralias = AliasOf(r->spec.uri);
-  std::vector<std::pair<ReplicaPtr, Oid>> clears;
+  std::vector<ReplicaPtr> others;
   {
     std::lock_guard lk(mu_);
     rid = r->id;
     for (const auto& x : replicas_)
-      if (x != r && x->state != ReplicaState::kDown)
-        for (const Oid& name : {rid, ralias})
-          if (x->marked.count(name)) clears.emplace_back(x, name);
+      if (x != r && x->state != ReplicaState::kDown && x->spec.write) others.push_back(x);
   }
-  for (const auto& [x, name] : clears)
-    if (fin.ok()) fin = MarkerCall(x, POHMELFS_REPLICA_CLEAR, name);
-  auto rm = fin.ok() ? ListMarkers(r) : Result<std::vector<Oid>>(fin);
+  for (const auto& x : others)
+    for (const Oid& name : {rid, ralias}) {
+      Status c = MarkerCall(x, POHMELFS_REPLICA_CLEAR, name, once);
+      if (!c.ok() && x == g) fin = c;  // the others are rechecked when they are next admitted
+    }
+  auto gm = fin.ok() ? ListMarkers(g) : Result<std::vector<Oid>>(fin);
+  auto rm = gm.ok() ? ListMarkers(r) : Result<std::vector<Oid>>(gm.status());
   if (rm.ok()) {
     std::set<Oid> want(gm->begin(), gm->end());
     want.erase(rid);
     want.erase(ralias);
     for (const auto& p : *rm)
-      if (fin.ok() && !want.count(p)) fin = MarkerCall(r, POHMELFS_REPLICA_CLEAR, p);
+      if (fin.ok() && !want.count(p)) fin = MarkerCall(r, POHMELFS_REPLICA_CLEAR, p, once);
     for (const auto& p : want)
       if (fin.ok() && !std::count(rm->begin(), rm->end(), p))
-        fin = MarkerCall(r, POHMELFS_REPLICA_MARK, p);
+        fin = MarkerCall(r, POHMELFS_REPLICA_MARK, p, once);
   } else {
     fin = rm.status();
   }
@@ -527,6 +569,7 @@ void ServerSet::RunResync(const ReplicaPtr& r) {
         SetState(r, ReplicaState::kStale, "resync bookkeeping failed: " + fin.reason());
     } else if (r->state == ReplicaState::kSyncing) {
       r->needs_resync = false;
+      r->force_full = false;
       SetState(r, ReplicaState::kUp,
                fmt::format("resynced from {} in {} ms: {} dirs, {} objects, {} created, {} "
                            "removed, {} copied, {} bytes, {} passes",
@@ -580,7 +623,9 @@ bool ServerSet::WaitForUp(bool want_write, Clock::time_point deadline) {
 }
 
 Result<RpcReply> ServerSet::Call(uint16_t opcode, std::span<const iovec> payload) {
-  return proto::IsMutating(opcode) ? Write(opcode, payload) : Read(opcode, payload);
+  // FSYNC changes nothing but must reach every replica that holds the data.
+  return proto::IsMutating(opcode) || opcode == POHMELFS_OP_FSYNC ? Write(opcode, payload)
+                                                                  : Read(opcode, payload);
 }
 
 Result<RpcReply> ServerSet::Read(uint16_t opcode, std::span<const iovec> payload) {
@@ -588,26 +633,27 @@ Result<RpcReply> ServerSet::Read(uint16_t opcode, std::span<const iovec> payload
   std::set<Replica*> tried;
   Status last = Status::Error(EIO, "no readable server is up");
   for (;;) {
-    // Up, readable servers of the highest priority first; equals take turns.
-    std::vector<ReplicaPtr> cands;
+    // Up, readable servers of the highest priority; equals take turns.
+    std::vector<ReplicaPtr> best;
     {
       std::lock_guard lk(mu_);
-      for (const auto& r : replicas_)
-        if (r->state == ReplicaState::kUp && r->spec.read && !tried.count(r.get()))
-          cands.push_back(r);
+      int top = 0;
+      for (const auto& r : replicas_) {
+        if (r->state != ReplicaState::kUp || !r->spec.read || tried.count(r.get())) continue;
+        if (best.empty() || r->spec.priority > top) {
+          best.clear();
+          top = r->spec.priority;
+        }
+        if (r->spec.priority == top) best.push_back(r);
+      }
     }
-    if (cands.empty()) {
+    if (best.empty()) {
       if (Clock::now() >= deadline) return last;
       tried.clear();  // every server failed once: wait for one to come (back) up, then retry
       if (!WaitForUp(false, deadline)) return last;
       continue;
     }
-    std::stable_sort(cands.begin(), cands.end(), [](const ReplicaPtr& a, const ReplicaPtr& b) {
-      return a->spec.priority > b->spec.priority;
-    });
-    size_t equal = 1;
-    while (equal < cands.size() && cands[equal]->spec.priority == cands[0]->spec.priority) equal++;
-    const ReplicaPtr& r = cands[read_turn_++ % equal];
+    const ReplicaPtr r = best[read_turn_++ % best.size()];
     auto t = r->rpc->Begin(opcode, payload, CallOptions{.attempts = 1, .fail_fast = true});
     auto reply = r->rpc->Wait(*t);
     if (reply.ok()) {
@@ -626,7 +672,7 @@ Result<RpcReply> ServerSet::Read(uint16_t opcode, std::span<const iovec> payload
 }
 
 Result<RpcReply> ServerSet::Write(uint16_t opcode, std::span<const iovec> payload) {
-  ObjectLocks::Shared objects(&locks_, TouchedOids(opcode, payload));
+  const std::vector<Oid> touched = TouchedOids(opcode, payload);
   const auto deadline = Clock::now() + CallBound();
   std::vector<ReplicaPtr> targets;
   std::vector<ReplicaState> states;
@@ -653,6 +699,8 @@ Result<RpcReply> ServerSet::Write(uint16_t opcode, std::span<const iovec> payloa
     WriteGate* g;
     ~GateGuard() { g->Leave(); }
   } gate_guard{gate_.get()};
+  // Object locks after the gate: a resync that closed the gate may take them exclusively.
+  ObjectLocks::Shared objects(&locks_, touched);
 
   // A lone server reconnects and resends by itself (its session keeps resends exactly-once);
   // with company, a server that fails is dropped at once and healed later.
@@ -683,10 +731,10 @@ Result<RpcReply> ServerSet::Write(uint16_t opcode, std::span<const iovec> payloa
     if (static_cast<int>(i) == primary) continue;
     const ReplicaPtr& r = targets[i];
     if (states[i] == ReplicaState::kSyncing) {
-      // Its resync covers this write, unless the resync already went past the object: have
-      // it look again at whatever this write touched.
-      if (!SameStatus(rs[i], rs[primary])) {
-        auto touched = TouchedOids(opcode, payload);
+      // Its resync covers this write, unless the resync already went past the object, or the
+      // write moved a not yet synced object into a directory it went past: have it look
+      // again at whatever this write touched, whether or not the write worked there.
+      {
         std::lock_guard lk(mu_);
         r->redo.insert(touched.begin(), touched.end());
         if (touched.empty()) r->redo_all = true;
@@ -740,30 +788,39 @@ Status ServerSet::Add(const ReplicaSpec& spec) {
   if (!r.ok()) return r.status();
   {
     std::lock_guard lk(mu_);
+    if (stopping_) return Status::Error(ESHUTDOWN, "unmounting");
     if (Find(spec.uri)) return Status::Error(EEXIST, spec.uri + " is already in the set");
     // It has none of this mount's data yet as far as anyone knows: resync before reads.
     (*r)->needs_resync = true;
     replicas_.push_back(*r);
+    StartKeeper(*r);  // under mu_, so that Stop() sees and joins it
   }
   spdlog::info("{}: added to the working set ({})", spec.uri, spec.ToString());
-  StartKeeper(*r);
   return Status::Ok();
+}
+
+// Whether a server other than r is up and writable. REQUIRES: mu_ held.
+bool ServerSet::OtherUpWriter(const ReplicaPtr& r) {
+  return std::any_of(replicas_.begin(), replicas_.end(), [&](const ReplicaPtr& x) {
+    return x != r && x->spec.write && x->state == ReplicaState::kUp;
+  });
 }
 
 Status ServerSet::Remove(const std::string& uri) {
   ReplicaPtr r;
+  gate_->Close();  // between writes, and checked where nothing can change it
   {
     std::lock_guard lk(mu_);
     r = Find(uri);
-    if (!r) return Status::Error(ENOENT, uri + " is not in the set");
-    size_t writers = std::count_if(replicas_.begin(), replicas_.end(),
-                                   [](const ReplicaPtr& x) { return x->spec.write; });
-    if (r->spec.write && writers == 1)
-      return Status::Error(EBUSY, "cannot remove the last writable server");
-  }
-  gate_->Close();
-  {
-    std::lock_guard lk(mu_);
+    Status refuse = Status::Ok();
+    if (!r)
+      refuse = Status::Error(ENOENT, uri + " is not in the set");
+    else if (r->spec.write && !OtherUpWriter(r))
+      refuse = Status::Error(EBUSY, "no other writable server is up to date");
+    if (!refuse.ok()) {
+      gate_->Open();
+      return refuse;
+    }
     replicas_.erase(std::find(replicas_.begin(), replicas_.end(), r));
     cv_.notify_all();
   }
@@ -782,12 +839,19 @@ Status ServerSet::Update(const ReplicaSpec& spec) {
   {
     std::lock_guard lk(mu_);
     r = Find(spec.uri);
-    if (!r) {
+    Status refuse = Status::Ok();
+    if (!r)
+      refuse = Status::Error(ENOENT, spec.uri + " is not in the set");
+    else if (r->spec.write && !spec.write && !OtherUpWriter(r))
+      refuse = Status::Error(EBUSY, "no other writable server is up to date");
+    if (!refuse.ok()) {
       gate_->Open();
-      return Status::Error(ENOENT, spec.uri + " is not in the set");
+      return refuse;
     }
     bool gains_write = spec.write && !r->spec.write;
-    r->spec = spec;
+    r->spec.priority = spec.priority;  // the URI never changes: it is read without the lock
+    r->spec.read = spec.read;
+    r->spec.write = spec.write;
     if (gains_write) {  // it was not written: bring it up to date before it counts
       r->needs_resync = true;
       if (r->state == ReplicaState::kUp) SetState(r, ReplicaState::kDown, "became writable");
@@ -795,7 +859,7 @@ Status ServerSet::Update(const ReplicaSpec& spec) {
     cv_.notify_all();
   }
   gate_->Open();
-  if (r->state == ReplicaState::kDown) r->wake.notify_all();
+  r->wake.notify_all();
   spdlog::info("{}: now {}", spec.uri, spec.ToString());
   return Status::Ok();
 }
@@ -804,7 +868,11 @@ Status ServerSet::Heal(const std::string& uri) {
   std::lock_guard lk(mu_);
   ReplicaPtr r = Find(uri);
   if (!r) return Status::Error(ENOENT, uri + " is not in the set");
+  if (!r->spec.write) return Status::Error(EINVAL, uri + " is read-only: never resynced");
+  if (!OtherUpWriter(r))
+    return Status::Error(EBUSY, "no other up writable server to resync " + uri + " from");
   r->needs_resync = true;
+  r->force_full = true;
   if (r->state == ReplicaState::kUp) SetState(r, ReplicaState::kDown, "resync requested");
   r->wake.notify_all();
   return Status::Ok();
@@ -826,6 +894,7 @@ Status ServerSet::Resolve(const std::string& uri) {
                uri);
   std::lock_guard lk(mu_);
   r->needs_resync = true;
+  r->force_full = true;  // equal versions may hide different contents after a split
   SetState(r, ReplicaState::kDown, "split brain resolved; resyncing");
   r->wake.notify_all();
   return Status::Ok();

@@ -60,7 +60,7 @@ class ServerSet : public Caller, public std::enable_shared_from_this<ServerSet> 
   void Stop();
 
   Result<RpcReply> Call(uint16_t opcode, std::span<const iovec> payload) override;
-  const proto::Oid& root() const override { return root_; }
+  proto::Oid root() override { return root_; }
 
   // Run-time changes (pohmelfsctl). Errors are EINVAL for bad input, ENOENT for an unknown
   // server, EEXIST for a duplicate, EBUSY for removing the last writable server.
@@ -87,12 +87,20 @@ class ServerSet : public Caller, public std::enable_shared_from_this<ServerSet> 
   void KeeperLoop(const ReplicaPtr& r);
   // Decides what a freshly connected server becomes (up, syncing, stale or split).
   void Admit(const ReplicaPtr& r);
+  // Admit's decision, between writes. REQUIRES: the write gate closed, mu_ not held.
+  void Decide(const ReplicaPtr& r, const proto::Oid& id);
+  // Whether holder is known to hold a marker naming peer (by id or by URI alias).
+  // REQUIRES: mu_ held.
+  bool Marks(const ReplicaPtr& holder, const ReplicaPtr& peer);
+  void OnDisconnected(const Replica* raw);
+  bool OtherUpWriter(const ReplicaPtr& r);  // REQUIRES: mu_ held
   void MarkDown(const ReplicaPtr& r, const std::string& why);
   void SetState(const ReplicaPtr& r, ReplicaState s, const std::string& note);  // REQUIRES: mu_
   void ResyncLoop();
   void RunResync(const ReplicaPtr& r);
   Result<std::vector<proto::Oid>> ListMarkers(const ReplicaPtr& r);
-  Status MarkerCall(const ReplicaPtr& r, uint32_t cmd, const proto::Oid& peer);
+  Status MarkerCall(const ReplicaPtr& r, uint32_t cmd, const proto::Oid& peer,
+                    const CallOptions& co = {.fail_fast = true});
   // Makes sure every holder durably names every server in `missed`; drops holders that fail.
   void EnsureMarked(std::vector<ReplicaPtr>* holders, const std::vector<ReplicaPtr>& missed);
 
@@ -104,7 +112,7 @@ class ServerSet : public Caller, public std::enable_shared_from_this<ServerSet> 
   std::chrono::milliseconds CallBound() const;
 
   const ServerSetOptions opts_;
-  proto::Oid root_ = proto::Oid::Root();
+  const proto::Oid root_ = proto::Oid::Root();
   ObjectLocks locks_;
   std::atomic<uint64_t> read_turn_{0};
 
