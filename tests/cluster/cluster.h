@@ -60,18 +60,7 @@ class NsServer {
     argv.insert(argv.end(), extra.begin(), extra.end());
     const size_t before = ReadFile(log_).size();
     pid_ = Spawn(argv, log_);
-    auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
-    while (std::chrono::steady_clock::now() < deadline) {
-      std::string text = ReadFile(log_);
-      if (text.find("listening on ", before) != std::string::npos) return true;
-      int st;
-      if (waitpid(pid_, &st, WNOHANG) == pid_) {
-        pid_ = -1;
-        return false;
-      }
-      std::this_thread::sleep_for(std::chrono::milliseconds(10));  // log polling, bounded
-    }
-    return false;
+    return WaitForLog(log_, "listening on ", before, &pid_) != std::string::npos;
   }
   void Kill() {
     if (pid_ <= 0) return;

@@ -94,6 +94,16 @@ class ClusterTest : public ::testing::Test {
     }
     return true;
   }
+  // The READS column of a server's row in the status table, or -1.
+  static long ReadsOf(const std::string& table, const std::string& uri) {
+    auto at = table.find(uri);
+    if (at == std::string::npos) return -1;
+    std::istringstream line(table.substr(at, table.find('\n', at) - at));
+    std::vector<std::string> cols;
+    std::string word;
+    while (line >> word) cols.push_back(word);
+    return cols.size() > 5 ? std::stol(cols[5]) : -1;
+  }
   std::string MountLog() { return ReadFile((scratch_->path() / "mount.log").string()); }
 
   std::unique_ptr<ScratchDir> scratch_;
@@ -198,16 +208,7 @@ TEST_F(ClusterTest, ReadsContinueWhenTheServerBeingReadDies) {
   std::string after = Servers({"status"});
   EXPECT_NE(after.find("down"), std::string::npos) << after;
   // The second server now serves the reads: its read counter moved.
-  auto reads_of = [](const std::string& table, const std::string& uri) {
-    auto at = table.find(uri);
-    if (at == std::string::npos) return -1L;
-    std::istringstream line(table.substr(at, table.find('\n', at) - at));
-    std::string word;
-    std::vector<std::string> cols;
-    while (line >> word) cols.push_back(word);
-    return cols.size() > 5 ? std::stol(cols[5]) : -1L;
-  };
-  EXPECT_GT(reads_of(after, servers_[1]->uri()), reads_of(before, servers_[1]->uri()) + 10)
+  EXPECT_GT(ReadsOf(after, servers_[1]->uri()), ReadsOf(before, servers_[1]->uri()) + 10)
       << before << after;
 }
 
@@ -219,16 +220,8 @@ TEST_F(ClusterTest, ReadsRotateAmongServersOfEqualPriority) {
   struct stat st;
   for (int i = 0; i < 100; i++) ASSERT_EQ(stat((mnt_ + "/d").c_str(), &st), 0);
   std::string table = Servers({"status"});
-  for (const auto& s : servers_) {
-    auto at = table.find(s->uri());
-    ASSERT_NE(at, std::string::npos) << table;
-    std::istringstream line(table.substr(at, table.find('\n', at) - at));
-    std::vector<std::string> cols;
-    std::string word;
-    while (line >> word) cols.push_back(word);
-    ASSERT_GT(cols.size(), 5u) << table;
-    EXPECT_GE(std::stol(cols[5]), 30) << "reads not shared:\n" << table;
-  }
+  for (const auto& s : servers_)
+    EXPECT_GE(ReadsOf(table, s->uri()), 30) << "reads not shared:\n" << table;
 }
 
 TEST_F(ClusterTest, AllServersDownFailsWithinTheBoundAndRecovers) {

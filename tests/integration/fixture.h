@@ -68,6 +68,26 @@ inline std::string ReadFile(const std::string& path) {
   return std::string(std::istreambuf_iterator<char>(in), {});
 }
 
+// Polls log (bounded: 10 s) until the text after offset `from` contains needle. Returns the
+// position of needle, or npos when the process *pid exits first (*pid is then set to -1) or
+// the time is up.
+inline size_t WaitForLog(const std::string& log, const std::string& needle, size_t from,
+                         pid_t* pid) {
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (std::chrono::steady_clock::now() < deadline) {
+    std::string text = ReadFile(log);
+    size_t at = text.find(needle, from);
+    if (at != std::string::npos && text.find('\n', at) != std::string::npos) return at;
+    int st;
+    if (waitpid(*pid, &st, WNOHANG) == *pid) {
+      *pid = -1;
+      return std::string::npos;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));  // log polling, bounded
+  }
+  return std::string::npos;
+}
+
 class ServerProcess {
  public:
   // Starts a server on 127.0.0.1 with a kernel-chosen port; waits (bounded) for its address.
@@ -78,25 +98,11 @@ class ServerProcess {
                                      export_dir, "--listen", "tcp://127.0.0.1:0"};
     argv.insert(argv.end(), extra.begin(), extra.end());
     pid_ = Spawn(argv, log);
-    auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
-    while (std::chrono::steady_clock::now() < deadline) {
-      std::string text = ReadFile(log);
-      size_t at = text.find("listening on ");
-      if (at != std::string::npos) {
-        size_t end = text.find('\n', at);
-        if (end != std::string::npos) {
-          uri_ = text.substr(at + 13, end - at - 13);
-          return true;
-        }
-      }
-      int st;
-      if (waitpid(pid_, &st, WNOHANG) == pid_) {
-        pid_ = -1;
-        return false;
-      }
-      std::this_thread::sleep_for(std::chrono::milliseconds(10));  // log polling, bounded
-    }
-    return false;
+    size_t at = WaitForLog(log, "listening on ", 0, &pid_);
+    if (at == std::string::npos) return false;
+    std::string text = ReadFile(log);
+    uri_ = text.substr(at + 13, text.find('\n', at) - at - 13);
+    return true;
   }
   // SIGTERM, then wait (bounded); returns true if it exited cleanly with status 0.
   bool Stop(int sig = SIGTERM) {
