@@ -122,7 +122,11 @@ int main(int argc, char** argv) {
   }
   FsClient fs(*set);
   InodeTable inodes(fs.root());
-  FuseContext ctx{&fs, set->get(), &inodes, o};
+  FuseContext ctx;
+  ctx.fs = &fs;
+  ctx.servers = set->get();
+  ctx.inodes = &inodes;
+  ctx.opts = o;
 
   fuse_session* se = fuse_session_new(&args, PohmelfsFuseOps(), sizeof(fuse_lowlevel_ops), &ctx);
   ctx.se = se;

@@ -75,10 +75,22 @@ void ForgetMulti(fuse_req_t req, size_t count, fuse_forget_data* forgets) {
 void GetAttr(fuse_req_t req, fuse_ino_t ino, fuse_file_info*) {
   auto oid = NodeOid(req, ino);
   if (!oid) return;
-  auto e = Ctx(req)->fs->GetAttr(*oid);
+  FuseContext* c = Ctx(req);
+  auto e = c->fs->GetAttr(*oid);
+  if (ino == FUSE_ROOT_ID) {
+    std::unique_lock lk(c->root_mu);
+    if (e.ok()) {
+      c->root_st = StatFor(*e, ino);
+      c->root_known = true;
+    } else if (c->root_known && (e.code() == EIO || e.code() == ETIMEDOUT)) {
+      struct stat st = c->root_st;
+      lk.unlock();
+      return (void)fuse_reply_attr(req, &st, 0);  // no server: keep the mountpoint usable
+    }
+  }
   if (!e.ok()) return ReplyStatus(req, e.status());
   struct stat st = StatFor(*e, ino);
-  fuse_reply_attr(req, &st, Ctx(req)->opts.attr_timeout);
+  fuse_reply_attr(req, &st, c->opts.attr_timeout);
 }
 
 void SetAttr(fuse_req_t req, fuse_ino_t ino, struct stat* attr, int to_set, fuse_file_info*) {

@@ -8,6 +8,8 @@
 #endif
 #include <fuse_lowlevel.h>
 
+#include <mutex>
+
 #include "client/fs_client.h"
 #include "client/inode_table.h"
 #include "client/mount_options.h"
@@ -16,11 +18,16 @@
 namespace pohmelfs::client {
 
 struct FuseContext {
-  FsClient* fs;
-  ServerSet* servers;
-  InodeTable* inodes;
+  FsClient* fs = nullptr;
+  ServerSet* servers = nullptr;
+  InodeTable* inodes = nullptr;
   MountOptions opts;
   fuse_session* se = nullptr;  // set once the session exists, for notifications
+  // The root's last attributes from a server: answered when no server can be asked, so that
+  // the mountpoint can still be opened (pohmelfsctl servers) while every server is down.
+  std::mutex root_mu;
+  struct stat root_st {};  // GUARDED_BY(root_mu)
+  bool root_known = false;  // GUARDED_BY(root_mu)
 };
 
 const fuse_lowlevel_ops* PohmelfsFuseOps();

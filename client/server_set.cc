@@ -220,6 +220,10 @@ void ServerSet::SetState(const ReplicaPtr& r, ReplicaState s, const std::string&
     spdlog::info("{}: {} -> {}{}{}", r->spec.uri, StateName(r->state), StateName(s),
                  note.empty() ? "" : ": ", note);
   if (r->state != s) r->epoch++;
+  if (s == ReplicaState::kUp) {  // the outage, if any, is over
+    if (r->spec.read) no_reader_since_.reset();
+    if (r->spec.write) no_writer_since_.reset();
+  }
   r->state = s;
   r->note = note;
   cv_.notify_all();
@@ -615,11 +619,20 @@ std::vector<ServerSet::ReplicaPtr> ServerSet::Snapshot() {
 
 bool ServerSet::WaitForUp(bool want_write, Clock::time_point deadline) {
   std::unique_lock lk(mu_);
-  return cv_.wait_until(lk, deadline, [&] {
+  auto usable = [&] {
     return stopping_ || std::any_of(replicas_.begin(), replicas_.end(), [&](const ReplicaPtr& r) {
              return r->state == ReplicaState::kUp && (want_write ? r->spec.write : r->spec.read);
            });
-  }) && !stopping_;
+  };
+  if (usable()) return !stopping_;
+  // The first calls of an outage wait (a restart is ridden out); once one bound has passed
+  // with no usable server, calls fail at once until one is back, instead of each waiting.
+  auto& since = want_write ? no_writer_since_ : no_reader_since_;
+  const auto now = Clock::now();
+  if (!since) since = now;
+  const auto until = std::min(deadline, *since + CallBound());
+  if (now >= until) return false;
+  return cv_.wait_until(lk, until, usable) && !stopping_;
 }
 
 Result<RpcReply> ServerSet::Call(uint16_t opcode, std::span<const iovec> payload) {

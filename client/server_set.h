@@ -23,6 +23,7 @@
 #include <deque>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <set>
 #include <string>
 #include <thread>
@@ -121,8 +122,10 @@ class ServerSet : public Caller, public std::enable_shared_from_this<ServerSet> 
   std::vector<ReplicaPtr> replicas_;     // GUARDED_BY(mu_), in the order given
   std::deque<ReplicaPtr> resync_queue_;  // GUARDED_BY(mu_)
   bool stopping_ = false;                // GUARDED_BY(mu_)
-  std::mutex admit_mu_;                  // one admission decision at a time
-  std::unique_ptr<WriteGate> gate_;      // closed while states change between writes
+  // GUARDED_BY(mu_): since when calls have found no up readable / writable server.
+  std::optional<std::chrono::steady_clock::time_point> no_reader_since_, no_writer_since_;
+  std::mutex admit_mu_;              // one admission decision at a time
+  std::unique_ptr<WriteGate> gate_;  // closed while states change between writes
   std::atomic<bool> cancel_resync_{false};
   std::thread resync_thread_;
 };

@@ -5,6 +5,7 @@
 #include <sys/stat.h>
 
 #include <atomic>
+#include <fstream>
 #include <functional>
 #include <sstream>
 #include <thread>
@@ -334,6 +335,55 @@ TEST_F(ClusterTest, SplitBrainIsDetectedAndReported) {
   ASSERT_NO_FATAL_FAILURE(WaitAllUp());
   EXPECT_EQ(TreeSum(a.export_dir()), TreeSum(b.export_dir()));
   EXPECT_FALSE(fs::exists(a.export_dir() + "/only-on-a"));
+}
+
+TEST_F(ClusterTest, AServerThatMissedWritesNeverServesAlone) {
+  // b misses a write that only a has; then a dies and b comes back alone. Serving from b
+  // would hide an acknowledged write: b must stay out (stale) until a is back to resync it.
+  NsServer& a = AddServer();
+  NsServer& b = AddServer();
+  ASSERT_NO_FATAL_FAILURE(MountAll(ServerList()));
+  b.Kill();
+  ASSERT_EQ(mkdir((mnt_ + "/acked-on-a-only").c_str(), 0755), 0);
+  a.Kill();
+  ASSERT_TRUE(b.Start()) << b.Log();
+  auto deadline = Clock::now() + 30s;
+  std::string table;
+  while (Clock::now() < deadline) {
+    table = Servers({"status"});
+    if (table.find("stale") != std::string::npos) break;
+    std::this_thread::sleep_for(50ms);  // polling the status table, bounded
+  }
+  ASSERT_NE(table.find("stale"), std::string::npos) << table;
+  struct stat st;
+  errno = 0;
+  EXPECT_EQ(stat((mnt_ + "/acked-on-a-only").c_str(), &st), -1);  // not ENOENT from b
+  EXPECT_TRUE(errno == EIO || errno == ETIMEDOUT) << std::strerror(errno);
+  ASSERT_TRUE(a.Start()) << a.Log();
+  ASSERT_NO_FATAL_FAILURE(WaitAllUp());
+  EXPECT_EQ(stat((mnt_ + "/acked-on-a-only").c_str(), &st), 0);
+  EXPECT_TRUE(fs::exists(b.export_dir() + "/acked-on-a-only"));
+  EXPECT_EQ(TreeSum(a.export_dir()), TreeSum(b.export_dir()));
+}
+
+TEST_F(ClusterTest, ClusterFileWithAWriteOnlyServer) {
+  AddServer();
+  AddServer();
+  const std::string conf = (scratch_->path() / "cluster.conf").string();
+  {
+    std::ofstream f(conf);
+    f << "# test cluster\n"
+      << servers_[0]->uri() << "  prio=5  perm=rw\n"
+      << servers_[1]->uri() << "  perm=w   # backup: written, never read\n";
+  }
+  ASSERT_NO_FATAL_FAILURE(MountAll("test-cluster", ",cluster=" + conf));
+  Workload w(mnt_, mirror_, kSeed + 4);
+  ASSERT_TRUE(RunWorkload(&w, 40));
+  const std::string table = Servers({"status"});
+  EXPECT_GT(ReadsOf(table, servers_[0]->uri()), 0) << table;
+  EXPECT_EQ(ReadsOf(table, servers_[1]->uri()), 0) << table;
+  EXPECT_NE(table.find(" w "), std::string::npos) << table;
+  ExpectReplicasIdentical();
 }
 
 }  // namespace
