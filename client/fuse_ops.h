@@ -26,7 +26,7 @@ struct FuseContext {
   // The root's last attributes from a server: answered when no server can be asked, so that
   // the mountpoint can still be opened (pohmelfsctl servers) while every server is down.
   std::mutex root_mu;
-  struct stat root_st {};  // GUARDED_BY(root_mu)
+  struct stat root_st {};   // GUARDED_BY(root_mu)
   bool root_known = false;  // GUARDED_BY(root_mu)
 };
 
