@@ -8,6 +8,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 top=$(pwd)
+. bench/lib.sh
 ci/build >/dev/null
 OUT=${OUT:-/tmp/pohmelfs-compare}
 base=${BASE:-/var/tmp/pohmelfs-compare}
@@ -25,28 +26,18 @@ fi
 cleanup() {
   fusermount3 -u "$base/pt-mnt" 2>/dev/null || true
   fusermount3 -u "$base/pf-mnt" 2>/dev/null || true
-  [ -n "${spid:-}" ] && kill "$spid" 2>/dev/null || true
+  for p in ${pids:-}; do kill "$p" 2>/dev/null || true; done
   wait 2>/dev/null || true
 }
 trap cleanup EXIT
 
 "$pt" -o source="$base/pt-back" "$base/pt-mnt"
-build/bin/pohmelfs-server --export "$base/pf-back" --listen tcp://127.0.0.1:0 2>"$OUT/server.log" &
-spid=$!
-for _ in $(seq 1 100); do grep -q "listening on" "$OUT/server.log" && break; sleep 0.1; done
-uri=$(sed -n 's/.*listening on \(tcp:[^ ]*\).*/\1/p' "$OUT/server.log" | head -1)
+start_server "$base/pf-back" "$OUT/server.log"
 build/bin/pohmelfs-mount "$uri" "$base/pf-mnt"
 
-args=("$@")
-for target in local passthrough pohmelfs; do
-  case $target in
-    local) dir=$base/local ;;
-    passthrough) dir=$base/pt-mnt ;;
-    pohmelfs) dir=$base/pf-mnt ;;
-  esac
-  build/bin/pohmelfs-bench fs "$dir" --json "${args[@]}" |
-    sed "s/^{/{\"target\":\"$target\",/" >>"$OUT/results.jsonl"
-done
+bench_fs local "$base/local" "$OUT/results.jsonl" "$@"
+bench_fs passthrough "$base/pt-mnt" "$OUT/results.jsonl" "$@"
+bench_fs pohmelfs "$base/pf-mnt" "$OUT/results.jsonl" "$@"
 
 python3 - "$OUT/results.jsonl" <<'PY'
 import json, sys

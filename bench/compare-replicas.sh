@@ -10,6 +10,7 @@
 # Usage: bench/compare-replicas.sh [pohmelfs-bench fs options, e.g. --size-mib 512]
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. bench/lib.sh
 ci/build >/dev/null
 OUT=${OUT:-/tmp/pohmelfs-replicas}
 base=${BASE:-/var/tmp/pohmelfs-replicas}
@@ -29,19 +30,12 @@ mkdir -p "$OUT" "$base"/{exp-a,exp-b,exp-c,mnt-single,mnt-r2,mnt-r2b,mnt-gluster
 : >"$OUT/results.jsonl"
 pids=""
 
-start_server() {  # export log -> sets $uri
-  build/bin/pohmelfs-server --export "$1" --listen tcp://127.0.0.1:0 </dev/null >/dev/null 2>"$2" &
-  pids="$pids $!"
-  for _ in $(seq 1 100); do grep -q "listening on" "$2" && break; sleep 0.1; done
-  uri=$(sed -n 's/.*listening on \(tcp:[^ ]*\).*/\1/p' "$2" | head -1)
-}
 start_server "$base/exp-a" "$OUT/server-a.log" && a=$uri
 start_server "$base/exp-b" "$OUT/server-b.log" && b=$uri
 start_server "$base/exp-c" "$OUT/server-c.log" && c=$uri
 build/bin/pohmelfs-mount "$c" "$base/mnt-single"
 build/bin/pohmelfs-mount "$a,$b" "$base/mnt-r2"
 
-targets="single replica2"
 # GlusterFS refuses loopback addresses for bricks: use this host's first address (traffic
 # still stays inside the host).
 host=$(hostname -I 2>/dev/null | awk '{print $1}')
@@ -53,20 +47,13 @@ if command -v gluster >/dev/null && [ -n "$host" ] &&
   gluster --mode=script volume start pfbench >/dev/null
   gluster=1
   mount -t glusterfs "$host:/pfbench" "$base/mnt-gluster"
-  targets="$targets gluster2"
 else
   echo "GlusterFS not installed (bench/setup-gluster installs it): skipping gluster2" >&2
 fi
 
-for target in $targets; do
-  case $target in
-    single) dir=$base/mnt-single ;;
-    replica2) dir=$base/mnt-r2 ;;
-    gluster2) dir=$base/mnt-gluster ;;
-  esac
-  build/bin/pohmelfs-bench fs "$dir" --json "$@" |
-    sed "s/^{/{\"target\":\"$target\",/" >>"$OUT/results.jsonl"
-done
+bench_fs single "$base/mnt-single" "$OUT/results.jsonl" "$@"
+bench_fs replica2 "$base/mnt-r2" "$OUT/results.jsonl" "$@"
+[ -z "${gluster:-}" ] || bench_fs gluster2 "$base/mnt-gluster" "$OUT/results.jsonl" "$@"
 
 python3 - "$OUT/results.jsonl" <<'PY'
 import json, sys
