@@ -127,6 +127,18 @@ int main(int argc, char** argv) {
   ctx.servers = set->get();
   ctx.inodes = &inodes;
   ctx.opts = o;
+  std::unique_ptr<WriteCache> cache;
+  std::unique_ptr<LeaseManager> leases;
+  if (o.leases) {
+    if (o.writeback) {
+      WriteCache::Options wo;
+      wo.file_threshold = size_t{o.trans_max_pages} * 4096;
+      cache = std::make_unique<WriteCache>(*set, wo);
+      ctx.cache = cache.get();
+    }
+    leases = std::make_unique<LeaseManager>(*set, FuseLeaseHooks(&ctx), LeaseManager::Options{});
+    ctx.leases = leases.get();
+  }
 
   fuse_session* se = fuse_session_new(&args, PohmelfsFuseOps(), sizeof(fuse_lowlevel_ops), &ctx);
   ctx.se = se;
@@ -156,6 +168,15 @@ int main(int argc, char** argv) {
   cfg.max_idle_threads = o.threads;
   int rc = co.singlethread ? fuse_session_loop(se) : fuse_session_loop_mt(se, &cfg);
   fuse_session_unmount(se);
+  ctx.se = nullptr;  // no more kernel notifications
+  if (cache) {
+    Status f = cache->FlushAll();
+    if (!f.ok()) spdlog::error("delayed writes lost at unmount: {}", f.ToString());
+  }
+  if (leases) {
+    leases->ReleaseAll();
+    leases->Stop();
+  }
   fuse_remove_signal_handlers(se);
   fuse_session_destroy(se);
   (*set)->Stop();

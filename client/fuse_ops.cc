@@ -1,6 +1,8 @@
 #include "client/fuse_ops.h"
 
 #include <spdlog/spdlog.h>
+#include <fcntl.h>
+#include <sys/file.h>
 #include <sys/xattr.h>
 
 #include <cstring>
@@ -28,8 +30,38 @@ struct stat StatFor(const Entry& e, fuse_ino_t ino) {
   return st;
 }
 
+// How long the kernel may keep an object's attributes: long while a lease covers them.
+double AttrTimeout(FuseContext* c, const Oid& oid) {
+  return c->leases && c->leases->Held(oid) ? c->opts.lease_timeout : c->opts.attr_timeout;
+}
+
+// A lease on oid if leases are on and the authority grants one; an empty guard otherwise
+// (the caller then works uncached, as without leases).
+LeaseManager::Guard HoldLease(FuseContext* c, const Oid& oid, uint32_t mode) {
+  if (!c->leases) return {};
+  auto g = c->leases->Hold(oid, mode);
+  if (!g.ok()) {
+    spdlog::debug("no lease on {}: {}", oid.Hex(), g.status().ToString());
+    return {};
+  }
+  return std::move(*g);
+}
+
+// The entry's timeouts: long when the directory's lease covers the name (remembered, so that a
+// break of that lease invalidates it).
+void EntryTimeouts(FuseContext* c, fuse_ino_t parent, const char* name, bool parent_leased,
+                   fuse_entry_param* p, const Oid& oid) {
+  p->attr_timeout = AttrTimeout(c, oid);
+  p->entry_timeout = c->opts.entry_timeout;
+  if (!parent_leased) return;
+  p->entry_timeout = c->opts.lease_timeout;
+  std::lock_guard lk(c->names_mu);
+  c->long_names[parent].insert(name);
+}
+
 // Replies with a new entry, taking one lookup reference for the kernel.
-void ReplyEntry(fuse_req_t req, const Result<Entry>& e) {
+void ReplyEntry(fuse_req_t req, const Result<Entry>& e, fuse_ino_t parent = 0,
+                const char* name = nullptr, bool parent_leased = false) {
   if (!e.ok()) {
     fuse_reply_err(req, e.code());
     return;
@@ -40,18 +72,33 @@ void ReplyEntry(fuse_req_t req, const Result<Entry>& e) {
   p.attr = StatFor(*e, p.ino);
   p.attr_timeout = c->opts.attr_timeout;
   p.entry_timeout = c->opts.entry_timeout;
+  if (name) EntryTimeouts(c, parent, name, parent_leased, &p, e->oid);
   if (fuse_reply_entry(req, &p) != 0) c->inodes->Forget(p.ino, 1);  // interrupted
+}
+
+// The size seen through delayed writes.
+void MergeDirty(FuseContext* c, const Oid& oid, struct stat* st) {
+  if (!c->cache) return;
+  if (auto end = c->cache->DirtyEnd(oid))
+    st->st_size = std::max<off_t>(st->st_size, static_cast<off_t>(*end));
 }
 
 void ReplyStatus(fuse_req_t req, const Status& s) {
   fuse_reply_err(req, s.code());
 }
 
-void Init(void*, fuse_conn_info* conn) {
+void Init(void* userdata, fuse_conn_info* conn) {
   conn->want |= FUSE_CAP_ASYNC_READ | FUSE_CAP_IOCTL_DIR;
+  if (static_cast<FuseContext*>(userdata)->leases) {
+    // Locks are forwarded to the lease authority, so they hold across clients.
+    if (conn->capable & FUSE_CAP_POSIX_LOCKS) conn->want |= FUSE_CAP_POSIX_LOCKS;
+    if (conn->capable & FUSE_CAP_FLOCK_LOCKS) conn->want |= FUSE_CAP_FLOCK_LOCKS;
+  }
   if (conn->capable & FUSE_CAP_READDIRPLUS) conn->want |= FUSE_CAP_READDIRPLUS;
   if (conn->capable & FUSE_CAP_PARALLEL_DIROPS) conn->want |= FUSE_CAP_PARALLEL_DIROPS;
-  conn->want &= ~FUSE_CAP_WRITEBACK_CACHE;  // needs the write leases of a later stage
+  // The kernel's own write-back cache is per mount, not per file: it would delay writes to
+  // files this client holds no write lease on. Delaying happens here instead, per lease.
+  conn->want &= ~FUSE_CAP_WRITEBACK_CACHE;
   conn->max_write = POHMELFS_IO_MAX;
   conn->max_readahead = POHMELFS_IO_MAX;
 }
@@ -59,7 +106,8 @@ void Init(void*, fuse_conn_info* conn) {
 void Lookup(fuse_req_t req, fuse_ino_t parent, const char* name) {
   auto p = NodeOid(req, parent);
   if (!p) return;
-  ReplyEntry(req, Ctx(req)->fs->Lookup(*p, name));
+  auto g = HoldLease(Ctx(req), *p, POHMELFS_LEASE_READ);
+  ReplyEntry(req, Ctx(req)->fs->Lookup(*p, name), parent, name, g.mode() != 0);
 }
 
 void Forget(fuse_req_t req, fuse_ino_t ino, uint64_t n) {
@@ -90,7 +138,8 @@ void GetAttr(fuse_req_t req, fuse_ino_t ino, fuse_file_info*) {
   }
   if (!e.ok()) return ReplyStatus(req, e.status());
   struct stat st = StatFor(*e, ino);
-  fuse_reply_attr(req, &st, c->opts.attr_timeout);
+  MergeDirty(c, *oid, &st);
+  fuse_reply_attr(req, &st, AttrTimeout(c, *oid));
 }
 
 void SetAttr(fuse_req_t req, fuse_ino_t ino, struct stat* attr, int to_set, fuse_file_info*) {
@@ -106,10 +155,17 @@ void SetAttr(fuse_req_t req, fuse_ino_t ino, struct stat* attr, int to_set, fuse
   if (to_set & FUSE_SET_ATTR_MTIME) a.valid |= POHMELFS_SETATTR_MTIME, a.mtime = attr->st_mtim;
   if (to_set & FUSE_SET_ATTR_ATIME_NOW) a.valid |= POHMELFS_SETATTR_ATIME_NOW;
   if (to_set & FUSE_SET_ATTR_MTIME_NOW) a.valid |= POHMELFS_SETATTR_MTIME_NOW;
-  auto e = Ctx(req)->fs->SetAttr(*oid, a);
+  FuseContext* c = Ctx(req);
+  auto g = HoldLease(c, *oid, POHMELFS_LEASE_WRITE);
+  if (c->cache) {
+    // Delayed writes go first, so that a truncate or a new mtime is not undone by them.
+    Status f = c->cache->Flush(*oid);
+    if (!f.ok()) return ReplyStatus(req, f);
+  }
+  auto e = c->fs->SetAttr(*oid, a);
   if (!e.ok()) return ReplyStatus(req, e.status());
   struct stat st = StatFor(*e, ino);
-  fuse_reply_attr(req, &st, Ctx(req)->opts.attr_timeout);
+  fuse_reply_attr(req, &st, AttrTimeout(c, *oid));
 }
 
 void ReadLink(fuse_req_t req, fuse_ino_t ino) {
@@ -124,25 +180,31 @@ void MkNod(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode, dev
   auto p = NodeOid(req, parent);
   if (!p) return;
   const fuse_ctx* who = fuse_req_ctx(req);
-  ReplyEntry(req, Ctx(req)->fs->MkNod(*p, name, mode, rdev, who->uid, who->gid));
+  auto g = HoldLease(Ctx(req), *p, POHMELFS_LEASE_WRITE);
+  ReplyEntry(req, Ctx(req)->fs->MkNod(*p, name, mode, rdev, who->uid, who->gid), parent, name,
+             g.mode() != 0);
 }
 
 void MkDir(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode) {
   auto p = NodeOid(req, parent);
   if (!p) return;
   const fuse_ctx* who = fuse_req_ctx(req);
-  ReplyEntry(req, Ctx(req)->fs->MkDir(*p, name, mode, who->uid, who->gid));
+  auto g = HoldLease(Ctx(req), *p, POHMELFS_LEASE_WRITE);
+  ReplyEntry(req, Ctx(req)->fs->MkDir(*p, name, mode, who->uid, who->gid), parent, name,
+             g.mode() != 0);
 }
 
 void Unlink(fuse_req_t req, fuse_ino_t parent, const char* name) {
   auto p = NodeOid(req, parent);
   if (!p) return;
+  auto g = HoldLease(Ctx(req), *p, POHMELFS_LEASE_WRITE);
   ReplyStatus(req, Ctx(req)->fs->Unlink(*p, name));
 }
 
 void RmDir(fuse_req_t req, fuse_ino_t parent, const char* name) {
   auto p = NodeOid(req, parent);
   if (!p) return;
+  auto g = HoldLease(Ctx(req), *p, POHMELFS_LEASE_WRITE);
   ReplyStatus(req, Ctx(req)->fs->RmDir(*p, name));
 }
 
@@ -151,7 +213,9 @@ void Symlink(fuse_req_t req, const char* target, fuse_ino_t parent, const char* 
   if (!p) return;
   if (std::strlen(target) > POHMELFS_PATH_MAX) return (void)fuse_reply_err(req, ENAMETOOLONG);
   const fuse_ctx* who = fuse_req_ctx(req);
-  ReplyEntry(req, Ctx(req)->fs->Symlink(*p, name, target, who->uid, who->gid));
+  auto g = HoldLease(Ctx(req), *p, POHMELFS_LEASE_WRITE);
+  ReplyEntry(req, Ctx(req)->fs->Symlink(*p, name, target, who->uid, who->gid), parent, name,
+             g.mode() != 0);
 }
 
 void Rename(fuse_req_t req, fuse_ino_t parent, const char* name, fuse_ino_t newparent,
@@ -164,7 +228,14 @@ void Rename(fuse_req_t req, fuse_ino_t parent, const char* name, fuse_ino_t newp
   if (flags & RENAME_NOREPLACE) wire |= POHMELFS_RENAME_NOREPLACE;
   if (flags & RENAME_EXCHANGE) wire |= POHMELFS_RENAME_EXCHANGE;
   if (flags & ~(RENAME_NOREPLACE | RENAME_EXCHANGE)) return (void)fuse_reply_err(req, EINVAL);
-  ReplyStatus(req, Ctx(req)->fs->Rename(*p, name, *np, newname, wire));
+  // Both directories' leases, taken in id order so that two renames cannot wait on each other.
+  FuseContext* c = Ctx(req);
+  const Oid& first = *p < *np ? *p : *np;
+  const Oid& second = *p < *np ? *np : *p;
+  auto g1 = HoldLease(c, first, POHMELFS_LEASE_WRITE);
+  LeaseManager::Guard g2;
+  if (!(first == second)) g2 = HoldLease(c, second, POHMELFS_LEASE_WRITE);
+  ReplyStatus(req, c->fs->Rename(*p, name, *np, newname, wire));
 }
 
 void Link(fuse_req_t req, fuse_ino_t ino, fuse_ino_t newparent, const char* newname) {
@@ -172,7 +243,8 @@ void Link(fuse_req_t req, fuse_ino_t ino, fuse_ino_t newparent, const char* newn
   if (!oid) return;
   auto np = NodeOid(req, newparent);
   if (!np) return;
-  ReplyEntry(req, Ctx(req)->fs->Link(*oid, *np, newname));
+  auto g = HoldLease(Ctx(req), *np, POHMELFS_LEASE_WRITE);
+  ReplyEntry(req, Ctx(req)->fs->Link(*oid, *np, newname), newparent, newname, g.mode() != 0);
 }
 
 void Open(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
@@ -181,10 +253,19 @@ void Open(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
   uint32_t flags = 0;
   if ((fi->flags & O_ACCMODE) != O_RDONLY) flags |= POHMELFS_OPEN_WRITE;
   if (fi->flags & O_TRUNC) flags |= POHMELFS_OPEN_TRUNC;
-  auto e = Ctx(req)->fs->Open(*oid, flags);
+  FuseContext* c = Ctx(req);
+  auto g = HoldLease(c, *oid, (flags & POHMELFS_OPEN_WRITE) ? POHMELFS_LEASE_WRITE
+                                                             : POHMELFS_LEASE_READ);
+  if (c->cache && (flags & POHMELFS_OPEN_TRUNC)) {
+    Status f = c->cache->Flush(*oid);
+    if (!f.ok()) return ReplyStatus(req, f);
+  }
+  auto e = c->fs->Open(*oid, flags);
   if (!e.ok()) return ReplyStatus(req, e.status());
-  fi->keep_cache = 0;           // close-to-open: drop cached pages of this inode at every open
-  FsClient* fs = Ctx(req)->fs;  // req is gone once replied to
+  // Close-to-open: cached pages are dropped at open, unless a lease has covered them since
+  // they were read (a change elsewhere would have broken it and invalidated them).
+  fi->keep_cache = g.mode() != 0 && g.was_held() && !(flags & POHMELFS_OPEN_TRUNC);
+  FsClient* fs = c->fs;  // req is gone once replied to
   if (fuse_reply_open(req, fi) != 0) (void)fs->Release(*oid);
 }
 
@@ -193,13 +274,13 @@ void Create(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode, fu
   if (!p) return;
   const fuse_ctx* who = fuse_req_ctx(req);
   FuseContext* c = Ctx(req);
+  auto g = HoldLease(c, *p, POHMELFS_LEASE_WRITE);
   auto e = c->fs->MkNod(*p, name, S_IFREG | (mode & 07777), 0, who->uid, who->gid, true);
   if (!e.ok()) return ReplyStatus(req, e.status());
   fuse_entry_param ep{};
   ep.ino = c->inodes->Ref(e->oid);
   ep.attr = StatFor(*e, ep.ino);
-  ep.attr_timeout = c->opts.attr_timeout;
-  ep.entry_timeout = c->opts.entry_timeout;
+  EntryTimeouts(c, parent, name, g.mode() != 0, &ep, e->oid);
   if (fuse_reply_create(req, &ep, fi) != 0) {
     c->inodes->Forget(ep.ino, 1);
     (void)c->fs->Release(e->oid);
@@ -209,6 +290,11 @@ void Create(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode, fu
 void Read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_info*) {
   auto oid = NodeOid(req, ino);
   if (!oid) return;
+  FuseContext* c = Ctx(req);
+  if (c->cache && c->cache->DirtyEnd(*oid)) {
+    Status f = c->cache->Flush(*oid);  // reads see this client's delayed writes
+    if (!f.ok()) return ReplyStatus(req, f);
+  }
   std::vector<char> buf(size);
   auto n = Ctx(req)->fs->Read(*oid, static_cast<uint64_t>(off), size, buf.data());
   if (!n.ok()) return ReplyStatus(req, n.status());
@@ -219,24 +305,137 @@ void Write(fuse_req_t req, fuse_ino_t ino, const char* data, size_t size, off_t 
            fuse_file_info*) {
   auto oid = NodeOid(req, ino);
   if (!oid) return;
-  auto n = Ctx(req)->fs->Write(*oid, static_cast<uint64_t>(off), data, size);
+  FuseContext* c = Ctx(req);
+  if (c->cache) {
+    auto g = HoldLease(c, *oid, POHMELFS_LEASE_WRITE);
+    if (g.mode() == POHMELFS_LEASE_WRITE) {
+      Status s = c->cache->Add(*oid, static_cast<uint64_t>(off), data, size);
+      if (!s.ok()) return ReplyStatus(req, s);
+      return (void)fuse_reply_write(req, size);
+    }
+    Status e = c->cache->TakeError(*oid);
+    if (!e.ok()) return ReplyStatus(req, e);
+  }
+  auto n = c->fs->Write(*oid, static_cast<uint64_t>(off), data, size);
   if (!n.ok()) return ReplyStatus(req, n.status());
   fuse_reply_write(req, *n);
 }
 
-void Flush(fuse_req_t req, fuse_ino_t, fuse_file_info*) {
-  fuse_reply_err(req, 0);  // writes are synchronous: nothing is buffered on the client
+// One LOCK request to the lease authority.
+Result<RpcReply> LockCall(FuseContext* c, const Oid& oid, uint32_t cmd, uint32_t type,
+                          uint64_t owner, uint64_t start, uint64_t length, uint32_t flags,
+                          uint32_t pid) {
+  auto auth = c->servers->Authority();
+  if (!auth) return Status::Error(EIO, "no lock authority is up");
+  pohmelfs_lock_req q{};
+  q.oid = oid.ToWire();
+  q.owner = proto::to_le(owner);
+  q.start = proto::to_le(start);
+  q.length = proto::to_le(length);
+  q.cmd = proto::to_le(cmd);
+  q.type = proto::to_le(type);
+  q.flags = proto::to_le(flags);
+  q.pid = proto::to_le(pid);
+  iovec v{&q, sizeof(q)};
+  return auth->Call(POHMELFS_OP_LOCK, std::span<const iovec>(&v, 1));
 }
 
-void Release(fuse_req_t req, fuse_ino_t ino, fuse_file_info*) {
-  if (auto oid = Ctx(req)->inodes->Get(ino)) (void)Ctx(req)->fs->Release(*oid);
+void Flush(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
+  FuseContext* c = Ctx(req);
+  auto oid = c->inodes->Get(ino);
+  if (!oid) return (void)fuse_reply_err(req, 0);
+  Status s = Status::Ok();
+  if (c->cache) s = c->cache->Flush(*oid);  // close-to-open: on every replica before close ends
+  bool locked;
+  {
+    std::lock_guard lk(c->locked_mu);
+    locked = c->locked.count(ino) > 0;
+  }
+  if (locked)  // close drops the POSIX locks of this owner, as fcntl locks do
+    (void)LockCall(c, *oid, POHMELFS_LOCK_SETLK, F_UNLCK, fi->lock_owner, 0, 0, 0, 0);
+  ReplyStatus(req, s);
+}
+
+void Release(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
+  FuseContext* c = Ctx(req);
+  if (auto oid = c->inodes->Get(ino)) {
+    if (fi->flock_release)
+      (void)LockCall(c, *oid, POHMELFS_LOCK_SETLK, F_UNLCK, fi->lock_owner, 0, 0,
+                     POHMELFS_LOCK_FLOCK, 0);
+    (void)c->fs->Release(*oid);
+  }
   fuse_reply_err(req, 0);
 }
 
 void Fsync(fuse_req_t req, fuse_ino_t ino, int datasync, fuse_file_info*) {
   auto oid = NodeOid(req, ino);
   if (!oid) return;
-  ReplyStatus(req, Ctx(req)->fs->Fsync(*oid, datasync != 0));
+  FuseContext* c = Ctx(req);
+  if (c->cache) {
+    Status f = c->cache->Flush(*oid);
+    if (!f.ok()) return ReplyStatus(req, f);
+  }
+  ReplyStatus(req, c->fs->Fsync(*oid, datasync != 0));
+}
+
+void GetLk(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi, struct flock* lock) {
+  auto oid = NodeOid(req, ino);
+  if (!oid) return;
+  uint64_t start = static_cast<uint64_t>(lock->l_start);
+  uint64_t len = static_cast<uint64_t>(lock->l_len);
+  auto r = LockCall(Ctx(req), *oid, POHMELFS_LOCK_GETLK, static_cast<uint32_t>(lock->l_type),
+                    fi->lock_owner, start, len, 0, static_cast<uint32_t>(lock->l_pid));
+  if (!r.ok()) return ReplyStatus(req, r.status());
+  if (r->status) return (void)fuse_reply_err(req, static_cast<int>(r->status));
+  proto::Reader rd(r->payload);
+  pohmelfs_lock_rep rep;
+  if (!rd.Get(&rep)) return (void)fuse_reply_err(req, EPROTO);
+  struct flock out = *lock;
+  out.l_type = static_cast<short>(proto::from_le(rep.type));
+  if (out.l_type != F_UNLCK) {
+    out.l_whence = SEEK_SET;
+    out.l_start = static_cast<off_t>(proto::from_le(rep.start));
+    out.l_len = static_cast<off_t>(proto::from_le(rep.length));
+    out.l_pid = static_cast<pid_t>(proto::from_le(rep.pid));
+  }
+  fuse_reply_lock(req, &out);
+}
+
+// Places or removes a lock; with wait, asks again each time the server's bound passes, until
+// it is placed or the caller is interrupted.
+int SetLock(fuse_req_t req, const Oid& oid, uint32_t type, uint64_t owner, uint64_t start,
+            uint64_t len, uint32_t flags, uint32_t pid, bool wait) {
+  FuseContext* c = Ctx(req);
+  for (;;) {
+    auto r = LockCall(c, oid, wait ? POHMELFS_LOCK_SETLKW : POHMELFS_LOCK_SETLK, type, owner,
+                      start, len, flags, pid);
+    if (!r.ok()) return r.code();
+    if (r->status != EINPROGRESS) return static_cast<int>(r->status);
+    if (fuse_req_interrupted(req)) return EINTR;
+  }
+}
+
+void SetLk(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi, struct flock* lock, int sleep) {
+  auto oid = NodeOid(req, ino);
+  if (!oid) return;
+  FuseContext* c = Ctx(req);
+  if (lock->l_type != F_UNLCK) {
+    std::lock_guard lk(c->locked_mu);
+    c->locked.insert(ino);
+  }
+  int err = SetLock(req, *oid, static_cast<uint32_t>(lock->l_type), fi->lock_owner,
+                    static_cast<uint64_t>(lock->l_start), static_cast<uint64_t>(lock->l_len), 0,
+                    static_cast<uint32_t>(lock->l_pid), sleep != 0);
+  fuse_reply_err(req, err);
+}
+
+void Flock(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi, int op) {
+  auto oid = NodeOid(req, ino);
+  if (!oid) return;
+  uint32_t type = (op & LOCK_UN) ? F_UNLCK : (op & LOCK_EX) ? F_WRLCK : F_RDLCK;
+  int err = SetLock(req, *oid, type, fi->lock_owner, 0, 0, POHMELFS_LOCK_FLOCK, 0,
+                    !(op & LOCK_NB) && type != F_UNLCK);
+  fuse_reply_err(req, err);
 }
 
 // Directory stream of one opendir. FUSE offsets are positions in the stream: 0 is ".", 1 is
@@ -259,7 +458,13 @@ struct DirHandle {
 constexpr uint32_t kReadDirBytes = 64 * 1024;
 
 void OpenDir(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
-  if (!NodeOid(req, ino)) return;
+  auto oid = NodeOid(req, ino);
+  if (!oid) return;
+  // A read lease on the directory: a change by another client breaks it, and the break drops
+  // what the kernel cached of the listing.
+  auto g = HoldLease(Ctx(req), *oid, POHMELFS_LEASE_READ);
+  fi->cache_readdir = g.mode() != 0;
+  fi->keep_cache = g.mode() != 0 && g.was_held();
   auto h = std::make_unique<DirHandle>();
   fi->fh = reinterpret_cast<uint64_t>(h.get());
   if (fuse_reply_open(req, fi) == 0) (void)h.release();  // owned by the kernel's handle now
@@ -302,6 +507,7 @@ int FillDir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_in
       p.attr.st_ino = p.ino;
       p.attr_timeout = c->opts.attr_timeout;
       p.entry_timeout = c->opts.entry_timeout;
+      if (c->leases && c->leases->Held(*oid)) EntryTimeouts(c, ino, name, true, &p, e->oid);
     }
     size_t need =
         fuse_add_direntry_plus(req, buf.data() + used, left, name, &p, static_cast<off_t>(next));
@@ -499,10 +705,40 @@ const fuse_lowlevel_ops kOps = [] {
   o.removexattr = RemoveXattr;
   o.fallocate = Fallocate;
   o.ioctl = Ioctl;
+  o.getlk = GetLk;
+  o.setlk = SetLk;
+  o.flock = Flock;
   return o;
 }();
 
 }  // namespace
+
+LeaseManager::Hooks FuseLeaseHooks(FuseContext* c) {
+  LeaseManager::Hooks h;
+  h.flush = [c](const Oid& oid, uint32_t) {
+    if (c->cache) c->cache->FlushForBreak(oid);
+  };
+  h.invalidate = [c](const Oid& oid, uint32_t keep) {
+    if (keep == POHMELFS_LEASE_READ || !c->se) return;  // caches stay valid under a read lease
+    auto ino = c->inodes->Find(oid);
+    if (!ino) return;
+    fuse_lowlevel_notify_inval_inode(c->se, *ino, 0, 0);
+    std::set<std::string> names;
+    {
+      std::lock_guard lk(c->names_mu);
+      auto it = c->long_names.find(*ino);
+      if (it != c->long_names.end()) {
+        names.swap(it->second);
+        c->long_names.erase(it);
+      }
+    }
+    for (const auto& n : names) fuse_lowlevel_notify_inval_entry(c->se, *ino, n.c_str(), n.size());
+  };
+  h.lost = [c](const Oid& oid) {
+    if (c->cache) c->cache->Fail(oid, Status::Error(EIO, "the lease on the file was lost"));
+  };
+  return h;
+}
 
 const fuse_lowlevel_ops* PohmelfsFuseOps() {
   return &kOps;

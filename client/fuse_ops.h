@@ -8,12 +8,18 @@
 #endif
 #include <fuse_lowlevel.h>
 
+#include <atomic>
 #include <mutex>
+#include <set>
+#include <string>
+#include <unordered_map>
 
 #include "client/fs_client.h"
 #include "client/inode_table.h"
+#include "client/lease_manager.h"
 #include "client/mount_options.h"
 #include "client/server_set.h"
+#include "client/write_cache.h"
 
 namespace pohmelfs::client {
 
@@ -21,14 +27,26 @@ struct FuseContext {
   FsClient* fs = nullptr;
   ServerSet* servers = nullptr;
   InodeTable* inodes = nullptr;
+  LeaseManager* leases = nullptr;  // null with -o leases=0
+  WriteCache* cache = nullptr;     // null with -o writeback=0 or leases=0
   MountOptions opts;
-  fuse_session* se = nullptr;  // set once the session exists, for notifications
+  std::atomic<fuse_session*> se{nullptr};  // set once the session exists, for notifications
   // The root's last attributes from a server: answered when no server can be asked, so that
   // the mountpoint can still be opened (pohmelfsctl servers) while every server is down.
   std::mutex root_mu;
   struct stat root_st {};   // GUARDED_BY(root_mu)
   bool root_known = false;  // GUARDED_BY(root_mu)
+  // Names the kernel was told to keep for long (a lease on their directory), per directory
+  // node: what a break of that directory's lease invalidates.
+  std::mutex names_mu;
+  std::unordered_map<uint64_t, std::set<std::string>> long_names;  // GUARDED_BY(names_mu)
+  // Files this mount placed POSIX locks on: their close sends an unlock.
+  std::mutex locked_mu;
+  std::set<uint64_t> locked;  // GUARDED_BY(locked_mu): node ids
 };
+
+// The lease hooks of a mount: flush delayed writes, drop kernel caches, note a lost lease.
+LeaseManager::Hooks FuseLeaseHooks(FuseContext* ctx);
 
 const fuse_lowlevel_ops* PohmelfsFuseOps();
 

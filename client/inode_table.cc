@@ -40,6 +40,13 @@ uint64_t InodeTable::InoFor(const proto::Oid& oid) {
   return it != by_oid_.end() ? it->second : Derive(oid);
 }
 
+std::optional<uint64_t> InodeTable::Find(const proto::Oid& oid) {
+  std::lock_guard lk(mu_);
+  auto it = by_oid_.find(oid);
+  if (it == by_oid_.end()) return std::nullopt;
+  return it->second;
+}
+
 void InodeTable::Forget(uint64_t nodeid, uint64_t n) {
   if (nodeid == kRootId) return;
   std::lock_guard lk(mu_);

@@ -23,6 +23,8 @@ class InodeTable {
   uint64_t Ref(const proto::Oid& oid, uint64_t refs = 1);
   // The st_ino to report for oid without taking a reference (plain readdir).
   uint64_t InoFor(const proto::Oid& oid);
+  // The node id the kernel knows oid by, if it knows it.
+  std::optional<uint64_t> Find(const proto::Oid& oid);
   void Forget(uint64_t nodeid, uint64_t n);
   std::optional<proto::Oid> Get(uint64_t nodeid);
   size_t size();

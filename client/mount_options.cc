@@ -18,6 +18,10 @@ struct RawOptions {
   unsigned threads;
   unsigned keepalive_interval;
   unsigned keepalive_timeout;
+  unsigned leases;
+  double lease_timeout;
+  unsigned writeback;
+  unsigned trans_max_pages;
   char* cluster;
   char* log_level;
   int show_help;
@@ -36,6 +40,8 @@ const fuse_opt kSpec[] = {
     POHMELFS_OPT("threads=%u", threads), POHMELFS_OPT("log_level=%s", log_level),
     POHMELFS_OPT("keepalive_interval=%u", keepalive_interval),
     POHMELFS_OPT("keepalive_timeout=%u", keepalive_timeout), POHMELFS_OPT("cluster=%s", cluster),
+    POHMELFS_OPT("leases=%u", leases), POHMELFS_OPT("lease_timeout=%lf", lease_timeout),
+    POHMELFS_OPT("writeback=%u", writeback), POHMELFS_OPT("trans_max_pages=%u", trans_max_pages),
     POHMELFS_OPT("-h", show_help), POHMELFS_OPT("--help", show_help),
     // Options mount(8) and fstab pass that mean nothing to a FUSE filesystem.
     FUSE_OPT_KEY("defaults", FUSE_OPT_KEY_DISCARD), FUSE_OPT_KEY("auto", FUSE_OPT_KEY_DISCARD),
@@ -73,6 +79,12 @@ void PrintMountUsage(const char* prog) {
       "  attr_timeout=S         seconds the kernel caches attributes (1.0)\n"
       "  entry_timeout=S        seconds the kernel caches names (1.0)\n"
       "  max_write=BYTES        largest write request, at most 1048576 (1048576)\n"
+      "  leases=0|1             coherent caching under leases from the servers (1)\n"
+      "  lease_timeout=S        seconds the kernel caches names and attributes while a lease\n"
+      "                         is held (60); without one, attr_timeout and entry_timeout\n"
+      "  writeback=0|1          delay writes under a write lease and send them in batches (1)\n"
+      "  trans_max_pages=N      4 KiB pages of delayed writes per file before they are sent\n"
+      "                         (2048)\n"
       "  threads=N              FUSE worker threads kept idle at most (16)\n"
       "  log_level=LEVEL        trace, debug, info, warn, error (warn)\n"
       "  and the usual FUSE mount options (ro, allow_other, ...)\n",
@@ -90,6 +102,10 @@ bool ParseMountOptions(int argc, char** argv, MountOptions* out, fuse_args* args
   raw.threads = out->threads;
   raw.keepalive_interval = out->keepalive_interval_ms;
   raw.keepalive_timeout = out->keepalive_timeout_ms;
+  raw.leases = out->leases;
+  raw.lease_timeout = out->lease_timeout;
+  raw.writeback = out->writeback;
+  raw.trans_max_pages = out->trans_max_pages;
   *args = FUSE_ARGS_INIT(argc, argv);
   if (fuse_opt_parse(args, &raw, kSpec, OptProc) != 0) return false;
   if (raw.show_help) {
@@ -115,7 +131,9 @@ bool ParseMountOptions(int argc, char** argv, MountOptions* out, fuse_args* args
   }
   if (raw.trans_scan_timeout == 0 || raw.connect_timeout == 0 || raw.keepalive_interval < 10 ||
       raw.keepalive_timeout < 10 || raw.max_write < 4096 || raw.max_write > (1u << 20) ||
-      raw.threads == 0 || raw.attr_timeout < 0 || raw.entry_timeout < 0) {
+      raw.threads == 0 || raw.attr_timeout < 0 || raw.entry_timeout < 0 || raw.leases > 1 ||
+      raw.writeback > 1 || raw.lease_timeout < 0 || raw.trans_max_pages == 0 ||
+      raw.trans_max_pages > (1u << 20)) {
     std::fprintf(stderr, "pohmelfs-mount: an option is out of range (see --help)\n");
     return false;
   }
@@ -128,6 +146,10 @@ bool ParseMountOptions(int argc, char** argv, MountOptions* out, fuse_args* args
   out->threads = raw.threads;
   out->keepalive_interval_ms = raw.keepalive_interval;
   out->keepalive_timeout_ms = raw.keepalive_timeout;
+  out->leases = raw.leases != 0;
+  out->lease_timeout = raw.lease_timeout;
+  out->writeback = raw.writeback != 0;
+  out->trans_max_pages = raw.trans_max_pages;
   return true;
 }
 

@@ -20,6 +20,12 @@ struct MountOptions {
   double attr_timeout = 1.0;   // seconds the kernel may cache attributes
   double entry_timeout = 1.0;  // seconds the kernel may cache names
   unsigned max_write = 1u << 20;
+  // Coherence (docs/coherence.md): leases from the authority, the kernel cache timeouts while
+  // one is held, and write-back of data under a write lease (flushed past trans_max_pages).
+  bool leases = true;
+  double lease_timeout = 60.0;
+  bool writeback = true;
+  unsigned trans_max_pages = 2048;
   unsigned threads = 16;  // FUSE worker threads (max idle)
   std::string log_level = "warn";
   std::string source;      // the URI argument as given

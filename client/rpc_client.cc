@@ -188,9 +188,22 @@ Status RpcClient::Handshake(const transport::ConnectionPtr& conn) {
   return Status::Ok();
 }
 
+void RpcClient::SetOnCallback(std::function<void(uint16_t, std::vector<uint8_t>&&)> f) {
+  on_callback_ = std::move(f);
+}
+
+uint64_t RpcClient::session() {
+  std::lock_guard lk(mu_);
+  return session_;
+}
+
 void RpcClient::OnMessage(transport::Message&& m) {
   counters_.bytes_in += sizeof(pohmelfs_hdr) + m.payload.size();
   last_receive_ = Clock::now().time_since_epoch().count();
+  if (!m.hdr.is_reply() && (m.hdr.flags & POHMELFS_FLAG_CALLBACK) && on_callback_) {
+    on_callback_(m.hdr.opcode, std::move(m.payload));
+    return;
+  }
   if (!m.hdr.is_reply()) {
     spdlog::warn("{}: unexpected request {} from server (trans {})", uri_text_,
                  proto::OpcodeName(m.hdr.opcode), m.hdr.trans);

@@ -87,6 +87,15 @@ class RpcClient {
   uint32_t inflight();
   // Called (from a network thread, without locks held) when a connection is lost.
   void SetOnDisconnect(std::function<void()> f);
+  // Called (from a network thread, without locks held; it must not block) for each callback
+  // message from the server (POHMELFS_FLAG_CALLBACK, e.g. LEASE_BREAK). Set before connecting.
+  void SetOnCallback(std::function<void(uint16_t opcode, std::vector<uint8_t>&& payload)> f);
+  // The server's session id from the last handshake (0 before): a new value means the server
+  // forgot the old session (it restarted), and with it every lease and lock.
+  uint64_t session();
+  // Connects made so far: a change means the connection was lost in between, and callbacks
+  // sent meanwhile may have been missed.
+  uint64_t connect_epoch() const { return connect_epoch_.load(); }
 
   // What the last handshake said (a reconnect may change them, e.g. a restarted server).
   proto::Oid root();
@@ -125,6 +134,7 @@ class RpcClient {
   uint64_t features_ = 0;  // GUARDED_BY(mu_)
   std::atomic<int64_t> last_receive_{0};
   std::function<void()> on_disconnect_;          // set before the first connect
+  std::function<void(uint16_t, std::vector<uint8_t>&&)> on_callback_;  // likewise
   uint32_t max_payload_ = POHMELFS_PAYLOAD_MAX;  // GUARDED_BY(mu_)
   RpcCounters counters_;
   std::atomic<uint64_t> next_trans_{1};

@@ -91,26 +91,50 @@ class ServerSet::WriteGate {
 
 namespace {
 
-// The object ids a request changes, read from its body: every mutating request starts with
+// The object ids one command changes, read from its body: every mutating command starts with
 // the object (or parent directory) id, and RENAME and LINK carry a second one next.
-std::vector<Oid> TouchedOids(uint16_t opcode, std::span<const iovec> payload) {
-  uint8_t head[32];
-  size_t have = 0;
-  for (const auto& v : payload) {
-    size_t n = std::min(sizeof(head) - have, v.iov_len);
-    std::memcpy(head + have, v.iov_base, n);
-    have += n;
-    if (have == sizeof(head)) break;
-  }
-  std::vector<Oid> oids;
+void CommandOids(uint16_t opcode, std::span<const uint8_t> body, std::vector<Oid>* oids) {
   auto at = [&](size_t off) {
     pohmelfs_oid w;
-    std::memcpy(&w, head + off, sizeof(w));
-    oids.push_back(Oid::FromWire(w));
+    std::memcpy(&w, body.data() + off, sizeof(w));
+    oids->push_back(Oid::FromWire(w));
   };
-  if (opcode == POHMELFS_OP_BATCH || have < 16) return oids;
+  if (body.size() < 16) return;
   at(0);
-  if ((opcode == POHMELFS_OP_RENAME || opcode == POHMELFS_OP_LINK) && have >= 32) at(16);
+  if ((opcode == POHMELFS_OP_RENAME || opcode == POHMELFS_OP_LINK) && body.size() >= 32) at(16);
+}
+
+// The object ids a request changes; for a BATCH, those of each of its commands.
+std::vector<Oid> TouchedOids(uint16_t opcode, std::span<const iovec> payload) {
+  std::vector<Oid> oids;
+  if (opcode != POHMELFS_OP_BATCH) {
+    uint8_t head[32];
+    size_t have = 0;
+    for (const auto& v : payload) {
+      size_t n = std::min(sizeof(head) - have, v.iov_len);
+      std::memcpy(head + have, v.iov_base, n);
+      have += n;
+      if (have == sizeof(head)) break;
+    }
+    CommandOids(opcode, {head, have}, &oids);
+    return oids;
+  }
+  std::vector<uint8_t> flat;
+  for (const auto& v : payload)
+    flat.insert(flat.end(), static_cast<const uint8_t*>(v.iov_base),
+                static_cast<const uint8_t*>(v.iov_base) + v.iov_len);
+  proto::Reader r(flat);
+  pohmelfs_batch_req b;
+  if (!r.Get(&b)) return oids;
+  for (uint32_t i = 0; i < proto::from_le(b.count); i++) {
+    pohmelfs_cmd c;
+    std::string_view body;
+    if (!r.Get(&c) || !r.Bytes(POHMELFS_PAD8(proto::from_le(c.length)), &body)) break;
+    CommandOids(proto::from_le(c.opcode),
+                {reinterpret_cast<const uint8_t*>(body.data()), body.size()}, &oids);
+  }
+  std::sort(oids.begin(), oids.end());
+  oids.erase(std::unique(oids.begin(), oids.end()), oids.end());
   return oids;
 }
 
@@ -205,6 +229,17 @@ Result<ServerSet::ReplicaPtr> ServerSet::MakeReplica(const ReplicaSpec& spec) {
   // closed already, and a newer one may exist by now).
   std::weak_ptr<ServerSet> weak_set = weak_from_this();
   Replica* raw = r.get();
+  RpcClient* from = r->rpc.get();
+  r->rpc->SetOnCallback([weak_set, from](uint16_t opcode, std::vector<uint8_t>&& payload) {
+    auto set = weak_set.lock();
+    if (!set) return;
+    CallbackSink sink;
+    {
+      std::lock_guard lk(set->listener_mu_);
+      sink = set->on_callback_;
+    }
+    if (sink) sink(from, opcode, std::move(payload));
+  });
   r->rpc->SetOnDisconnect([weak_set, raw] {
     if (auto set = weak_set.lock()) set->OnDisconnected(raw);
   });
@@ -227,6 +262,30 @@ void ServerSet::SetState(const ReplicaPtr& r, ReplicaState s, const std::string&
   r->state = s;
   r->note = note;
   cv_.notify_all();
+  std::function<void()> notify;
+  {
+    std::lock_guard lk(listener_mu_);
+    notify = on_state_change_;
+  }
+  // Called under mu_: the listener only wakes its own thread.
+  if (notify) notify();
+}
+
+std::shared_ptr<RpcClient> ServerSet::Authority() {
+  std::lock_guard lk(mu_);
+  ReplicaPtr best;
+  for (const auto& r : replicas_)
+    if (r->state == ReplicaState::kUp && r->spec.write &&
+        (!best || r->spec.priority > best->spec.priority))
+      best = r;
+  return best ? best->rpc : nullptr;
+}
+
+void ServerSet::SetCoherenceListener(CallbackSink on_callback,
+                                     std::function<void()> on_state_change) {
+  std::lock_guard lk(listener_mu_);
+  on_callback_ = std::move(on_callback);
+  on_state_change_ = std::move(on_state_change);
 }
 
 void ServerSet::OnDisconnected(const Replica* raw) {

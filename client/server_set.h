@@ -77,6 +77,15 @@ class ServerSet : public Caller, public std::enable_shared_from_this<ServerSet> 
   // Blocks until every server is up, or the timeout passes. Returns whether all are up.
   bool WaitAllUp(std::chrono::milliseconds timeout);
 
+  // Coherence (client/lease_manager.h). The lease authority is the highest-priority up
+  // writable server; null when there is none.
+  std::shared_ptr<RpcClient> Authority();
+  // Where callbacks from the servers go (from network threads; must not block), and a
+  // notification after any server's state changes (without locks held).
+  using CallbackSink = std::function<void(RpcClient* from, uint16_t opcode,
+                                          std::vector<uint8_t>&& payload)>;
+  void SetCoherenceListener(CallbackSink on_callback, std::function<void()> on_state_change);
+
  private:
   struct Replica;
   using ReplicaPtr = std::shared_ptr<Replica>;
@@ -128,6 +137,9 @@ class ServerSet : public Caller, public std::enable_shared_from_this<ServerSet> 
   std::unique_ptr<WriteGate> gate_;  // closed while states change between writes
   std::atomic<bool> cancel_resync_{false};
   std::thread resync_thread_;
+  std::mutex listener_mu_;
+  CallbackSink on_callback_;                // GUARDED_BY(listener_mu_)
+  std::function<void()> on_state_change_;  // GUARDED_BY(listener_mu_)
 };
 
 // The text commands of `pohmelfsctl servers` (client/pohmelfs_ioctl.h): status, add SERVER,

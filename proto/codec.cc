@@ -152,6 +152,12 @@ const char* OpcodeName(uint16_t op) {
       return "mkpath";
     case POHMELFS_OP_REPLICA:
       return "replica";
+    case POHMELFS_OP_LEASE:
+      return "lease";
+    case POHMELFS_OP_LEASE_BREAK:
+      return "lease_break";
+    case POHMELFS_OP_LOCK:
+      return "lock";
     default:
       return "unknown";
   }

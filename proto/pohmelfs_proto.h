@@ -16,6 +16,8 @@
  *   1: initial protocol (handshake, namespace, data, xattr, tree ops, batch, ping).
  *   2: replication: server_id in the HELLO reply, per-object versions in pohmelfs_attr,
  *      SETATTR_VERSION, the REPLICA command (stale-replica markers).
+ *   3: coherence: LEASE (acquire, release, reclaim), the server-to-client LEASE_BREAK
+ *      callback, LOCK (POSIX byte-range locks and flock).
  */
 #ifndef POHMELFS_PROTO_H
 #define POHMELFS_PROTO_H
@@ -23,8 +25,8 @@
 #include <linux/types.h> /* __u8, __le16, __le32, __le64: in the kernel and in userspace */
 
 #define POHMELFS_MAGIC 0x4d484f50u /* "POHM" read as little-endian bytes */
-#define POHMELFS_PROTO_VERSION_MIN 2
-#define POHMELFS_PROTO_VERSION_MAX 2
+#define POHMELFS_PROTO_VERSION_MIN 3
+#define POHMELFS_PROTO_VERSION_MAX 3
 
 /* Hard limits. A peer that exceeds one gets an error reply (EINVAL, ENAMETOOLONG, E2BIG) or,
  * when the framing itself is broken, a closed connection. */
@@ -42,6 +44,9 @@
 /* hdr.flags */
 #define POHMELFS_FLAG_REPLY (1u << 0)  /* this message answers hdr.trans */
 #define POHMELFS_FLAG_RESENT (1u << 1) /* the client sent this transaction before */
+/* A message from the server that is not a reply (LEASE_BREAK): hdr.trans is the server's own
+ * counter and nothing answers it directly. */
+#define POHMELFS_FLAG_CALLBACK (1u << 2)
 
 /* Feature bits negotiated in HELLO: the result is the AND of both sides' masks. */
 #define POHMELFS_FEAT_BATCH (1ull << 0)
@@ -49,9 +54,10 @@
 #define POHMELFS_FEAT_XATTR (1ull << 2)
 #define POHMELFS_FEAT_FALLOCATE (1ull << 3)
 #define POHMELFS_FEAT_REPLICA (1ull << 4) /* versions, REPLICA markers */
+#define POHMELFS_FEAT_LEASE (1ull << 5)   /* LEASE, LEASE_BREAK, LOCK */
 #define POHMELFS_FEAT_ALL                                                                         \
   (POHMELFS_FEAT_BATCH | POHMELFS_FEAT_TREE_OPS | POHMELFS_FEAT_XATTR | POHMELFS_FEAT_FALLOCATE | \
-   POHMELFS_FEAT_REPLICA)
+   POHMELFS_FEAT_REPLICA | POHMELFS_FEAT_LEASE)
 
 /* Channel protection modes offered in HELLO (bit mask); only NONE exists in version 1. */
 #define POHMELFS_CRYPTO_NONE (1u << 0)
@@ -85,8 +91,11 @@ enum pohmelfs_opcode {
   POHMELFS_OP_FALLOCATE = 32,
   POHMELFS_OP_RMTREE = 33,
   POHMELFS_OP_MKPATH = 34,
-  POHMELFS_OP_REPLICA = 35, /* stale-replica markers (replication bookkeeping) */
-  POHMELFS_OP_MAX = 36
+  POHMELFS_OP_REPLICA = 35,     /* stale-replica markers (replication bookkeeping) */
+  POHMELFS_OP_LEASE = 36,       /* acquire, release or reclaim a lease (the authority only) */
+  POHMELFS_OP_LEASE_BREAK = 37, /* server to client: give a lease back (a callback) */
+  POHMELFS_OP_LOCK = 38,        /* POSIX byte-range lock or flock (the authority only) */
+  POHMELFS_OP_MAX = 39
 };
 
 struct pohmelfs_hdr {
@@ -394,6 +403,78 @@ struct pohmelfs_replica_list_rep {
   __le32 pad;
 };
 
+/* LEASE. One server per object, the lease authority, grants leases: READ to many sessions at
+ * once, WRITE to one. A holder caches the object's attributes and data (and, for a directory,
+ * its entries) while it holds a lease, and with WRITE it may also delay its changes.
+ *
+ * ACQUIRE waits until the lease can be granted: conflicting holders get a LEASE_BREAK and must
+ * flush and RELEASE (or downgrade) within the server's break timeout, or they are evicted: their
+ * leases are dropped, and their next change to the object fails with EIO. The reply carries the
+ * object's current attributes. ACQUIRE of a mode already held (or weaker) is granted at once.
+ * RELEASE with mode READ downgrades a WRITE lease; with mode 0 it drops the lease.
+ * RECLAIM (flag of ACQUIRE) re-takes, from a new authority, a lease held from the previous one:
+ * the first reclaim opens a grace period during which ordinary acquires wait.
+ * The byte range travels on the wire; this version always grants the whole object. */
+#define POHMELFS_LEASE_ACQUIRE 1u
+#define POHMELFS_LEASE_RELEASE 2u
+#define POHMELFS_LEASE_NONE 0u
+#define POHMELFS_LEASE_READ 1u
+#define POHMELFS_LEASE_WRITE 2u
+#define POHMELFS_LEASE_RECLAIM (1u << 0)
+struct pohmelfs_lease_req {
+  struct pohmelfs_oid oid;
+  __le32 cmd;
+  __le32 mode;
+  __le64 start;
+  __le64 length; /* 0: to the end of the object */
+  __le32 flags;  /* POHMELFS_LEASE_RECLAIM */
+  __le32 pad;
+};
+struct pohmelfs_lease_rep { /* ACQUIRE */
+  struct pohmelfs_attr attr;
+  __le64 start;
+  __le64 length;
+  __le32 mode;     /* granted */
+  __le32 break_ms; /* the server's break timeout: how long a holder has to give a lease back */
+};
+/* LEASE_BREAK (flag CALLBACK): give back the lease on oid, keeping at most `keep` (NONE or
+ * READ). The holder flushes what it delayed, drops what it cached beyond `keep`, and sends
+ * LEASE RELEASE with mode = keep. */
+struct pohmelfs_lease_break {
+  struct pohmelfs_oid oid;
+  __le32 keep;
+  __le32 pad;
+  __le64 start;
+  __le64 length;
+};
+
+/* LOCK: POSIX byte-range locks (owner = the client's lock owner) and flock (flag FLOCK, whole
+ * file). GETLK replies pohmelfs_lock_rep (type F_UNLCK when the lock could be placed).
+ * SETLK fails with EAGAIN on a conflict. SETLKW waits for at most a bound the server chooses
+ * and then fails with EINPROGRESS: the client asks again. Locks of a session that loses its
+ * connection for longer than the break timeout are dropped. Types are F_RDLCK (0), F_WRLCK (1),
+ * F_UNLCK (2) as on Linux. */
+#define POHMELFS_LOCK_GETLK 1u
+#define POHMELFS_LOCK_SETLK 2u
+#define POHMELFS_LOCK_SETLKW 3u
+#define POHMELFS_LOCK_FLOCK (1u << 0)
+struct pohmelfs_lock_req {
+  struct pohmelfs_oid oid;
+  __le64 owner;
+  __le64 start;
+  __le64 length; /* 0: to the end of the file */
+  __le32 cmd;
+  __le32 type;
+  __le32 flags;
+  __le32 pid; /* for GETLK answers, informative */
+};
+struct pohmelfs_lock_rep {
+  __le64 start;
+  __le64 length;
+  __le32 type;
+  __le32 pid;
+};
+
 #define POHMELFS_PAD8(n) (((n) + 7u) & ~7u)
 
 #ifdef __cplusplus
@@ -434,5 +515,10 @@ POHMELFS_ASSERT_SIZE(pohmelfs_batch_rep, 8);
 POHMELFS_ASSERT_SIZE(pohmelfs_cmd_rep, 16);
 POHMELFS_ASSERT_SIZE(pohmelfs_replica_req, 24);
 POHMELFS_ASSERT_SIZE(pohmelfs_replica_list_rep, 8);
+POHMELFS_ASSERT_SIZE(pohmelfs_lease_req, 48);
+POHMELFS_ASSERT_SIZE(pohmelfs_lease_rep, 128);
+POHMELFS_ASSERT_SIZE(pohmelfs_lease_break, 40);
+POHMELFS_ASSERT_SIZE(pohmelfs_lock_req, 56);
+POHMELFS_ASSERT_SIZE(pohmelfs_lock_rep, 24);
 
 #endif /* POHMELFS_PROTO_H */

@@ -31,8 +31,22 @@ int main(int argc, char** argv) try {
   app.add_option("--test-drop-replies", o.test_drop_replies,
                  "for tests only: execute the first N mutating requests but send no reply to "
                  "them, so that clients must resend (0: off)");
+  int break_ms = 5000, grace_ms = 5000, lock_wait_ms = 1000;
+  app.add_option("--lease-break-timeout-ms", break_ms,
+                 "how long a client has to give a lease back before it is evicted")
+      ->check(CLI::Range(10, 600000));
+  app.add_option("--lease-grace-ms", grace_ms,
+                 "grace period for lease reclaims after an authority change")
+      ->check(CLI::Range(0, 600000));
+  app.add_option("--lock-wait-ms", lock_wait_ms,
+                 "longest one blocking lock request waits on the server before the client asks "
+                 "again")
+      ->check(CLI::Range(10, 60000));
   CLI11_PARSE(app, argc, argv);
   o.session_timeout = std::chrono::seconds(session_timeout);
+  o.lease_break_timeout = std::chrono::milliseconds(break_ms);
+  o.lease_grace = std::chrono::milliseconds(grace_ms);
+  o.lock_wait = std::chrono::milliseconds(lock_wait_ms);
 
   auto logger = spdlog::stderr_color_mt("pohmelfs-server");
   spdlog::set_default_logger(logger);

@@ -13,13 +13,6 @@ using proto::to_le;
 using transport::ConnectionPtr;
 using transport::Message;
 
-struct Server::ConnState {
-  std::shared_ptr<Session> session;  // set by HELLO (loop thread), read by workers after
-  std::mutex mu;                     // orders pause and resume decisions
-  uint32_t inflight = 0;             // GUARDED_BY(mu)
-  bool paused = false;               // GUARDED_BY(mu)
-};
-
 Result<std::unique_ptr<Server>> Server::Start(const ServerOptions& o) {
   if (o.listen.empty()) return Status::Error(EINVAL, "no --listen address");
   std::unique_ptr<Server> s(new Server(o));
@@ -29,6 +22,20 @@ Result<std::unique_ptr<Server>> Server::Start(const ServerOptions& o) {
   s->store_ = std::move(*store);
   s->sessions_ = std::make_unique<SessionTable>(s->store_.get());
   s->work_ = std::make_unique<WorkQueue>(std::max(1, o.workers));
+  {
+    Server* self = s.get();
+    s->leases_ = std::make_unique<LeaseTable>(
+        LeaseTable::Options{.break_timeout = o.lease_break_timeout, .grace = o.lease_grace},
+        [self](uint64_t session, const Oid& oid, uint32_t keep) {
+          return self->SendBreak(session, oid, keep);
+        });
+    s->locks_ = std::make_unique<LockTable>(o.lock_wait, [self](uint64_t session) {
+      auto sess = self->sessions_->Find(session);
+      return !sess || sess->Expired(std::chrono::steady_clock::now(),
+                                    std::chrono::duration_cast<std::chrono::seconds>(
+                                        self->opts_.lease_break_timeout));
+    });
+  }
 
   std::map<std::string, transport::Transport*> by_scheme;
   for (const auto& text : o.listen) {
@@ -76,6 +83,8 @@ void Server::Stop() {
   }
   reaper_cv_.notify_all();
   if (reaper_.joinable()) reaper_.join();
+  if (leases_) leases_->Stop();
+  if (locks_) locks_->Stop();
   for (auto& t : transports_) t->Shutdown();
   if (work_) work_->Stop();
 }
@@ -83,11 +92,15 @@ void Server::Stop() {
 void Server::ReaperLoop() {
   std::unique_lock lk(reaper_mu_);
   while (!stopping_) {
-    reaper_cv_.wait_for(lk, std::chrono::seconds(5));
+    reaper_cv_.wait_for(lk, std::chrono::seconds(1));
     if (stopping_) break;
     lk.unlock();
-    size_t n = sessions_->Reap(opts_.session_timeout);
-    if (n) spdlog::info("expired {} idle sessions", n);
+    auto gone = sessions_->Reap(opts_.session_timeout);
+    for (uint64_t id : gone) {
+      leases_->DropSession(id);
+      locks_->DropSession(id);
+    }
+    if (!gone.empty()) spdlog::info("expired {} idle sessions", gone.size());
     lk.lock();
   }
 }
@@ -141,6 +154,8 @@ void Server::OnMessage(const ConnectionPtr& conn, Message&& m) {
       spdlog::warn("{}: {} requests in flight; pausing reads", conn->Peer(), st->inflight);
     }
   }
+  if (m.hdr.opcode == POHMELFS_OP_LEASE) return HandleLease(conn, st, std::move(m));
+  if (m.hdr.opcode == POHMELFS_OP_LOCK) return HandleLock(conn, st, std::move(m));
   work_->Push([this, conn, st, m = std::move(m)]() mutable { Execute(conn, st, std::move(m)); });
 }
 
@@ -178,7 +193,7 @@ void Server::HandleHello(const ConnectionPtr& conn, ConnState* st, const Message
     spdlog::info("{}: client '{}' started session {:016x}{}", conn->Peer(), client, session->id(),
                  resume ? " (the one it asked to resume is gone)" : "");
   }
-  session->Attach();
+  session->Attach(conn);
   st->session = session;
 
   pohmelfs_hello_rep rep{};
@@ -220,7 +235,9 @@ void Server::Execute(const ConnectionPtr& conn, const std::shared_ptr<ConnState>
     std::vector<uint8_t> reply;
     proto::Reader r(m.payload);
     OpEnv env{store_.get(), session};
-    Status s = ExecuteRequest(env, h.opcode, &r, &reply);
+    Status s = Fenced(session, h.opcode, m.payload)
+                   ? Status::Error(EIO, "the session lost its lease on the object (evicted)")
+                   : ExecuteRequest(env, h.opcode, &r, &reply);
     if (!s.ok()) {
       reply.clear();
       // Protocol violations are worth a line; ordinary errors (ENOENT...) are not.
@@ -233,6 +250,10 @@ void Server::Execute(const ConnectionPtr& conn, const std::shared_ptr<ConnState>
     if (mutating && DropReplyForTest(conn, h)) target = nullptr;
     if (target) Reply(target, h, static_cast<uint32_t>(s.code()), reply);
   }
+  Done(conn, st.get());
+}
+
+void Server::Done(const ConnectionPtr& conn, ConnState* st) {
   std::lock_guard lk(st->mu);
   st->inflight--;
   // Resume once half the credits are free again (at zero when there is only one).

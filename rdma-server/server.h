@@ -12,6 +12,8 @@
 #include <vector>
 
 #include "rdma-server/export_store.h"
+#include "rdma-server/lease_table.h"
+#include "rdma-server/lock_table.h"
 #include "rdma-server/session_table.h"
 #include "rdma-server/work_queue.h"
 #include "transport/transport.h"
@@ -29,6 +31,12 @@ struct ServerOptions {
   // For tests only: the first N mutating requests are executed and recorded as usual, but
   // their replies are not sent, so that clients must resend them.
   uint32_t test_drop_replies = 0;
+  // Coherence (docs/coherence.md): how long a lease holder has to give a lease back before it
+  // is evicted, the grace period for reclaims after an authority change, and how long one
+  // blocking lock request waits on the server before the client asks again.
+  std::chrono::milliseconds lease_break_timeout{5000};
+  std::chrono::milliseconds lease_grace{5000};
+  std::chrono::milliseconds lock_wait{1000};
 };
 
 class Server {
@@ -41,7 +49,12 @@ class Server {
   void Stop();
 
  private:
-  struct ConnState;
+  struct ConnState {
+    std::shared_ptr<Session> session;  // set by HELLO (loop thread), read by workers after
+    std::mutex mu;                     // orders pause and resume decisions
+    uint32_t inflight = 0;             // GUARDED_BY(mu)
+    bool paused = false;               // GUARDED_BY(mu)
+  };
   explicit Server(const ServerOptions& o) : opts_(o), drop_replies_(o.test_drop_replies) {}
   void OnMessage(const transport::ConnectionPtr& conn, transport::Message&& m);
   void OnClose(const transport::ConnectionPtr& conn, const Status& why);
@@ -52,6 +65,17 @@ class Server {
   void Reply(const transport::ConnectionPtr& conn, const proto::Header& req, uint32_t status,
              const std::vector<uint8_t>& payload);
   void ReaperLoop();
+  // LEASE and LOCK (coherence_ops.cc): answered when granted, maybe much later, so they do
+  // not hold a worker while they wait. Each calls Done(st) once it has replied.
+  void HandleLease(const transport::ConnectionPtr& conn, const std::shared_ptr<ConnState>& st,
+                   transport::Message m);
+  void HandleLock(const transport::ConnectionPtr& conn, const std::shared_ptr<ConnState>& st,
+                  transport::Message m);
+  bool SendBreak(uint64_t session, const Oid& oid, uint32_t keep);
+  // Whether a request changes an object the session was evicted from (it then fails with EIO).
+  bool Fenced(Session* session, uint16_t opcode, std::span<const uint8_t> payload);
+  // A request has been answered: frees its credit.
+  void Done(const transport::ConnectionPtr& conn, ConnState* st);
   // True (and logged) when the reply to this executed mutating request is to be dropped.
   bool DropReplyForTest(const transport::ConnectionPtr& conn, const proto::Header& req);
 
@@ -60,6 +84,9 @@ class Server {
   std::unique_ptr<ExportStore> store_;
   std::unique_ptr<SessionTable> sessions_;
   std::unique_ptr<WorkQueue> work_;
+  std::unique_ptr<LeaseTable> leases_;
+  std::unique_ptr<LockTable> locks_;
+  std::atomic<uint64_t> next_callback_{1};
   std::vector<std::unique_ptr<transport::Transport>> transports_;
   std::vector<transport::Uri> bound_;
   std::mutex reaper_mu_;

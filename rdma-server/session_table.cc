@@ -101,7 +101,7 @@ std::shared_ptr<Session> SessionTable::Find(uint64_t id) {
   return it == sessions_.end() ? nullptr : it->second;
 }
 
-size_t SessionTable::Reap(std::chrono::seconds timeout) {
+std::vector<uint64_t> SessionTable::Reap(std::chrono::seconds timeout) {
   auto now = std::chrono::steady_clock::now();
   std::vector<std::shared_ptr<Session>> dead;
   {
@@ -115,7 +115,9 @@ size_t SessionTable::Reap(std::chrono::seconds timeout) {
       }
     }
   }
-  return dead.size();  // released as `dead` goes out of scope
+  std::vector<uint64_t> ids;
+  for (const auto& s : dead) ids.push_back(s->id());
+  return ids;  // the sessions are released as `dead` goes out of scope
 }
 
 size_t SessionTable::size() {

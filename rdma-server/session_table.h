@@ -46,9 +46,16 @@ class Session final : public OpenHandles {
   // transaction arrived on), or null if that connection is gone.
   transport::ConnectionPtr FinishTrans(uint64_t trans, RecordedReply reply);
 
-  void Attach() {
+  // conn becomes the one server-to-client callbacks (lease breaks) are sent on.
+  void Attach(const transport::ConnectionPtr& conn) {
     std::lock_guard lk(mu_);
     connections_++;
+    callback_conn_ = conn;
+  }
+  // The connection callbacks go to, or null when the session has none.
+  transport::ConnectionPtr CallbackConnection() {
+    std::lock_guard lk(mu_);
+    return connections_ > 0 ? callback_conn_.lock() : nullptr;
   }
   void Detach();
   // True when no connection has used the session for longer than timeout.
@@ -75,6 +82,7 @@ class Session final : public OpenHandles {
   size_t recorded_bytes_ = 0;                          // GUARDED_BY(mu_)
   std::unordered_map<Oid, int, proto::OidHash> open_;  // GUARDED_BY(mu_)
   int connections_ = 0;                                // GUARDED_BY(mu_)
+  std::weak_ptr<transport::Connection> callback_conn_;  // GUARDED_BY(mu_)
   std::chrono::steady_clock::time_point idle_since_;   // GUARDED_BY(mu_)
 };
 
@@ -83,8 +91,9 @@ class SessionTable {
   explicit SessionTable(ExportStore* store) : store_(store) {}
   std::shared_ptr<Session> Create(const std::string& client);
   std::shared_ptr<Session> Find(uint64_t id);
-  // Drops sessions idle longer than timeout (their open handles are released).
-  size_t Reap(std::chrono::seconds timeout);
+  // Drops sessions idle longer than timeout (their open handles are released); returns their
+  // ids.
+  std::vector<uint64_t> Reap(std::chrono::seconds timeout);
   size_t size();
 
  private:

@@ -1,0 +1,316 @@
+#include "client/lease_manager.h"
+
+#include <spdlog/spdlog.h>
+
+namespace pohmelfs::client {
+
+using proto::from_le;
+using proto::to_le;
+using Clock = std::chrono::steady_clock;
+
+LeaseManager::LeaseManager(std::shared_ptr<ServerSet> set, Hooks hooks, Options o)
+    : set_(std::move(set)), hooks_(std::move(hooks)), opts_(o) {
+  set_->SetCoherenceListener(
+      [this](RpcClient* from, uint16_t opcode, std::vector<uint8_t>&& payload) {
+        OnCallback(from, opcode, std::move(payload));
+      },
+      [this] {
+        // Called under the server set's lock: only wake the reclaimer.
+        std::lock_guard lk(mu_);
+        reclaim_wanted_ = true;
+        cv_.notify_all();
+      });
+  for (int i = 0; i < std::max(1, opts_.break_threads); i++)
+    break_threads_.emplace_back([this] { BreakLoop(); });
+  reclaimer_ = std::thread([this] { ReclaimLoop(); });
+  invalidator_ = std::thread([this] { InvalidatorLoop(); });
+}
+
+LeaseManager::~LeaseManager() {
+  Stop();
+}
+
+void LeaseManager::Stop() {
+  {
+    std::lock_guard lk(mu_);
+    if (stopping_) return;
+    stopping_ = true;
+  }
+  set_->SetCoherenceListener(nullptr, nullptr);
+  cv_.notify_all();
+  for (auto& t : break_threads_) t.join();
+  reclaimer_.join();
+  {
+    std::lock_guard lk(inval_mu_);
+    inval_stopping_ = true;
+  }
+  inval_cv_.notify_all();
+  invalidator_.join();
+}
+
+std::shared_ptr<LeaseManager::State> LeaseManager::StateOf(const Oid& oid) {
+  std::lock_guard lk(mu_);
+  auto& st = states_[oid];
+  if (!st) st = std::make_shared<State>();
+  return st;
+}
+
+bool LeaseManager::CurrentLocked(const State& st, RpcClient* authority) const {
+  return st.from != nullptr && st.from == authority && st.from->connect_epoch() == st.from_epoch;
+}
+
+uint32_t LeaseManager::Held(const Oid& oid) {
+  std::shared_ptr<State> st;
+  {
+    std::lock_guard lk(mu_);
+    auto it = states_.find(oid);
+    if (it == states_.end()) return 0;
+    st = it->second;
+  }
+  std::lock_guard lk(st->mu);
+  return st->mode;
+}
+
+Result<std::optional<Entry>> LeaseManager::AcquireLocked(State* st, const Oid& oid, uint32_t mode,
+                                                        bool reclaim) {
+  auto auth = set_->Authority();
+  if (!auth) return Status::Error(EIO, "no lease authority is up");
+  if (!(auth->features() & POHMELFS_FEAT_LEASE))
+    return Status::Error(EOPNOTSUPP, "the server grants no leases");
+  pohmelfs_lease_req q{};
+  q.oid = oid.ToWire();
+  q.cmd = to_le(POHMELFS_LEASE_ACQUIRE);
+  q.mode = to_le(mode);
+  q.flags = to_le(reclaim ? POHMELFS_LEASE_RECLAIM : 0u);
+  iovec v{&q, sizeof(q)};
+  const uint64_t epoch = auth->connect_epoch();
+  auto t = auth->Begin(POHMELFS_OP_LEASE, std::span<const iovec>(&v, 1),
+                       CallOptions{.attempts = 1, .attempt_timeout = opts_.acquire_timeout});
+  auto reply = auth->Wait(*t);
+  if (!reply.ok()) return reply.status();
+  if (reply->status != 0)
+    return Status::Error(static_cast<int>(reply->status), "lease refused by the authority");
+  proto::Reader r(reply->payload);
+  pohmelfs_lease_rep rep;
+  if (!r.Get(&rep)) return Status::Error(EPROTO, "short lease reply");
+  Entry e;
+  e.oid = Oid::FromWire(rep.attr.oid);
+  e.version = from_le(rep.attr.version);
+  proto::AttrToStat(rep.attr, &e.st);
+  st->mode = from_le(rep.mode);
+  st->from = auth.get();
+  st->from_epoch = epoch;
+  counters_.grants++;
+  return std::optional<Entry>(e);
+}
+
+Result<LeaseManager::Guard> LeaseManager::Hold(const Oid& oid, uint32_t mode) {
+  auto st = StateOf(oid);
+  Status last = Status::Error(EAGAIN, "the lease kept being broken");
+  // A break may slip in between the grant and taking the guard; try a few times.
+  for (int attempt = 0; attempt < 4; attempt++) {
+    Guard g;
+    g.use_ = std::shared_lock(st->use);
+    auto auth = set_->Authority();
+    std::unique_lock lk(st->mu);
+    if (st->mode >= mode && CurrentLocked(*st, auth.get())) {
+      g.mode_ = st->mode;
+      g.was_held_ = attempt == 0;
+      return g;
+    }
+    // Ask with the guard dropped: a break of this object must be able to run meanwhile.
+    lk.unlock();
+    g.use_.unlock();
+    std::optional<Entry> granted;
+    {
+      std::lock_guard alk(st->mu);
+      bool reclaim = st->mode > 0 && !CurrentLocked(*st, auth.get());
+      auto got = AcquireLocked(st.get(), oid, std::max(mode, reclaim ? st->mode : 0), reclaim);
+      if (!got.ok()) {
+        if (reclaim) st->mode = 0;
+        return got.status();
+      }
+      granted = *got;
+    }
+    g.use_.lock();
+    std::lock_guard lk2(st->mu);
+    if (st->mode >= mode) {
+      g.mode_ = st->mode;
+      g.granted_ = granted;
+      return g;
+    }
+  }
+  return last;
+}
+
+void LeaseManager::OnCallback(RpcClient* from, uint16_t opcode, std::vector<uint8_t>&& payload) {
+  if (opcode != POHMELFS_OP_LEASE_BREAK) {
+    spdlog::warn("{}: unknown callback {} from the server", from->server(), opcode);
+    return;
+  }
+  proto::Reader r(payload);
+  pohmelfs_lease_break b;
+  if (!r.Get(&b)) {
+    spdlog::warn("{}: short lease break; ignored", from->server());
+    return;
+  }
+  std::lock_guard lk(mu_);
+  breaks_.push_back({from, Oid::FromWire(b.oid), from_le(b.keep)});
+  cv_.notify_all();
+}
+
+void LeaseManager::BreakLoop() {
+  std::unique_lock lk(mu_);
+  for (;;) {
+    cv_.wait(lk, [&] { return stopping_ || !breaks_.empty(); });
+    if (stopping_) return;
+    BreakJob job = breaks_.front();
+    breaks_.pop_front();
+    lk.unlock();
+    RunBreak(job);
+    lk.lock();
+  }
+}
+
+void LeaseManager::RunBreak(const BreakJob& job) {
+  counters_.breaks++;
+  std::shared_ptr<RpcClient> to = set_->Authority();
+  if (to.get() != job.from) to.reset();
+  std::shared_ptr<State> st;
+  {
+    std::lock_guard lk(mu_);
+    auto it = states_.find(job.oid);
+    if (it != states_.end()) st = it->second;
+  }
+  bool had = false;
+  if (st) {
+    std::unique_lock use(st->use);  // waits for the guards of this object to end
+    {
+      std::lock_guard lk(st->mu);
+      had = st->mode > job.keep;
+    }
+    if (had && hooks_.flush) hooks_.flush(job.oid, job.keep);
+    std::lock_guard lk(st->mu);
+    st->mode = std::min(st->mode, job.keep);
+  }
+  if (had) InvalidateBounded(job.oid, job.keep);
+  if (!to) {
+    spdlog::info("lease break for {} from a server that is no longer the authority; its "
+                 "caches were dropped",
+                 job.oid.Hex());
+    return;
+  }
+  Status s = SendRelease(to, job.oid, job.keep);
+  if (!s.ok())
+    spdlog::warn("{}: release of the lease on {} failed: {}", to->server(), job.oid.Hex(),
+                 s.ToString());
+}
+
+Status LeaseManager::SendRelease(const std::shared_ptr<RpcClient>& to, const Oid& oid,
+                                 uint32_t keep) {
+  pohmelfs_lease_req q{};
+  q.oid = oid.ToWire();
+  q.cmd = to_le(POHMELFS_LEASE_RELEASE);
+  q.mode = to_le(keep);
+  iovec v{&q, sizeof(q)};
+  auto t = to->Begin(POHMELFS_OP_LEASE, std::span<const iovec>(&v, 1), CallOptions{});
+  auto reply = to->Wait(*t);
+  if (!reply.ok()) return reply.status();
+  if (reply->status != 0) return Status::Error(static_cast<int>(reply->status), "release");
+  return Status::Ok();
+}
+
+void LeaseManager::InvalidateBounded(const Oid& oid, uint32_t keep) {
+  if (!hooks_.invalidate) return;
+  auto done = std::make_shared<bool>(false);
+  std::unique_lock lk(inval_mu_);
+  inval_queue_.push_back({oid, keep, done});
+  inval_cv_.notify_all();
+  if (!inval_cv_.wait_for(lk, opts_.invalidate_wait, [&] { return *done; }))
+    spdlog::info("dropping kernel caches of {} is taking longer than {} ms; releasing the lease "
+                 "meanwhile",
+                 oid.Hex(), opts_.invalidate_wait.count());
+}
+
+void LeaseManager::InvalidatorLoop() {
+  std::unique_lock lk(inval_mu_);
+  for (;;) {
+    inval_cv_.wait(lk, [&] { return inval_stopping_ || !inval_queue_.empty(); });
+    if (inval_stopping_) return;
+    InvalJob job = inval_queue_.front();
+    inval_queue_.pop_front();
+    lk.unlock();
+    hooks_.invalidate(job.oid, job.keep);
+    lk.lock();
+    *job.done = true;
+    inval_cv_.notify_all();
+  }
+}
+
+void LeaseManager::ReclaimLoop() {
+  std::unique_lock lk(mu_);
+  for (;;) {
+    cv_.wait(lk, [&] { return stopping_ || reclaim_wanted_; });
+    if (stopping_) return;
+    reclaim_wanted_ = false;
+    lk.unlock();
+    ReclaimAll();
+    lk.lock();
+  }
+}
+
+void LeaseManager::ReclaimAll() {
+  auto auth = set_->Authority();
+  if (!auth) return;  // a later state change brings one
+  std::vector<std::pair<Oid, std::shared_ptr<State>>> all;
+  {
+    std::lock_guard lk(mu_);
+    for (const auto& [oid, st] : states_) all.emplace_back(oid, st);
+  }
+  std::vector<std::pair<Oid, uint32_t>> reclaimed;
+  for (auto& [oid, st] : all) {
+    std::lock_guard lk(st->mu);
+    if (st->mode == 0 || CurrentLocked(*st, auth.get())) continue;
+    uint32_t mode = st->mode;
+    auto got = AcquireLocked(st.get(), oid, mode, true);
+    if (got.ok()) {
+      counters_.reclaims++;
+      spdlog::info("{}: reclaimed the {} lease on {}", auth->server(),
+                   mode == POHMELFS_LEASE_WRITE ? "write" : "read", oid.Hex());
+      reclaimed.emplace_back(oid, mode);
+    } else {
+      counters_.lost++;
+      st->mode = 0;
+      spdlog::warn("{}: could not reclaim the lease on {}: {}", auth->server(), oid.Hex(),
+                   got.status().ToString());
+      if (hooks_.lost) hooks_.lost(oid);
+    }
+  }
+  // A break may have been missed while there was no authority: drop kernel caches (without
+  // the states' locks, which requests waiting in the kernel may need).
+  for (const auto& [oid, mode] : reclaimed) InvalidateBounded(oid, POHMELFS_LEASE_NONE);
+}
+
+void LeaseManager::ReleaseAll() {
+  std::vector<std::pair<Oid, std::shared_ptr<State>>> all;
+  {
+    std::lock_guard lk(mu_);
+    for (const auto& [oid, st] : states_) all.emplace_back(oid, st);
+  }
+  auto auth = set_->Authority();
+  for (auto& [oid, st] : all) {
+    std::unique_lock use(st->use);
+    uint32_t mode;
+    {
+      std::lock_guard lk(st->mu);
+      mode = st->mode;
+    }
+    if (mode == 0) continue;
+    if (hooks_.flush) hooks_.flush(oid, POHMELFS_LEASE_NONE);
+    std::lock_guard lk(st->mu);
+    if (auth && CurrentLocked(*st, auth.get())) (void)SendRelease(auth, oid, POHMELFS_LEASE_NONE);
+    st->mode = 0;
+  }
+}
+
+}  // namespace pohmelfs::client

@@ -1,0 +1,143 @@
+// The client's side of leases (docs/coherence.md): which leases this mount holds, from which
+// authority, and what happens when the server breaks one.
+//
+//  - Hold(oid, mode) returns a guard under which the lease is held: READ lets the caller
+//    cache, WRITE also lets it delay changes. Without the lease it asks the authority (the
+//    highest-priority up writable server) and waits for the grant.
+//  - A LEASE_BREAK from the authority runs on a break thread: it waits for the guards of that
+//    object to end, has the owner flush what it delayed (hooks.flush), lowers the lease, asks
+//    the owner to drop kernel caches (hooks.invalidate, on the invalidator thread, waited for
+//    at most a bound so that a kernel lock held by a request that waits for this very lease
+//    cannot deadlock the break), and sends RELEASE.
+//  - When the authority changes, or its connection was lost (breaks may have been missed),
+//    every lease is reclaimed from the current authority with the RECLAIM flag; kernel caches
+//    of reclaimed objects are dropped since a missed break cannot be ruled out. A lease that
+//    cannot be reclaimed is lost: hooks.lost tells the owner (its delayed changes now fail).
+//
+// Leases are kept until broken or until ReleaseAll (unmount): holding them is what makes
+// repeated access cheap.
+//
+// Thread-safety: all public methods are thread-safe.
+#pragma once
+
+#include <condition_variable>
+#include <deque>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <shared_mutex>
+#include <thread>
+#include <unordered_map>
+#include <vector>
+
+#include "client/fs_client.h"
+#include "client/server_set.h"
+
+namespace pohmelfs::client {
+
+class LeaseManager {
+ public:
+  struct Hooks {
+    std::function<void(const Oid&, uint32_t keep)> flush;       // delayed changes out now
+    std::function<void(const Oid&, uint32_t keep)> invalidate;  // kernel caches dropped
+    std::function<void(const Oid&)> lost;                       // the lease is gone for good
+  };
+  struct Options {
+    int break_threads = 4;
+    std::chrono::milliseconds invalidate_wait{500};
+    std::chrono::milliseconds acquire_timeout{30000};  // one ACQUIRE, waiting for others
+  };
+
+  // Holds the object's lease (a shared lock on its state) until destroyed.
+  class Guard {
+   public:
+    Guard() = default;
+    uint32_t mode() const { return mode_; }
+    // The attributes from the grant, when this Hold got a new grant.
+    const std::optional<Entry>& granted() const { return granted_; }
+    // Whether the lease was already held before this Hold (kernel caches are still valid).
+    bool was_held() const { return was_held_; }
+
+   private:
+    friend class LeaseManager;
+    std::shared_lock<std::shared_mutex> use_;
+    uint32_t mode_ = 0;
+    bool was_held_ = false;
+    std::optional<Entry> granted_;
+  };
+
+  LeaseManager(std::shared_ptr<ServerSet> set, Hooks hooks, Options o);
+  ~LeaseManager();
+  LeaseManager(const LeaseManager&) = delete;
+  LeaseManager& operator=(const LeaseManager&) = delete;
+
+  // At least `mode` held on oid while the guard lives. Fails when no authority answers or the
+  // server refuses; the caller then works without caching.
+  Result<Guard> Hold(const Oid& oid, uint32_t mode);
+  // The mode held now (no waiting, no request).
+  uint32_t Held(const Oid& oid);
+  // Gives back every lease (flushing first). Used at unmount.
+  void ReleaseAll();
+  void Stop();
+
+  struct Counters {
+    std::atomic<uint64_t> grants{0}, breaks{0}, reclaims{0}, lost{0};
+  };
+  const Counters& counters() const { return counters_; }
+
+ private:
+  struct State {
+    std::shared_mutex use;  // shared by guards, exclusive while a break runs
+    std::mutex mu;          // the fields below, and one ACQUIRE at a time
+    uint32_t mode = 0;                   // GUARDED_BY(mu)
+    RpcClient* from = nullptr;           // GUARDED_BY(mu): the authority that granted it
+    uint64_t from_epoch = 0;             // GUARDED_BY(mu): its connect_epoch at the grant
+  };
+  struct BreakJob {
+    RpcClient* from;
+    Oid oid;
+    uint32_t keep;
+  };
+  std::shared_ptr<State> StateOf(const Oid& oid);
+  // Sends ACQUIRE (or a reclaim) to the current authority. REQUIRES: st->mu held.
+  Result<std::optional<Entry>> AcquireLocked(State* st, const Oid& oid, uint32_t mode,
+                                            bool reclaim);
+  // Whether the lease's grant still stands with the current authority. REQUIRES: st->mu held.
+  bool CurrentLocked(const State& st, RpcClient* authority) const;
+  void OnCallback(RpcClient* from, uint16_t opcode, std::vector<uint8_t>&& payload);
+  void BreakLoop();
+  void RunBreak(const BreakJob& job);
+  void InvalidateBounded(const Oid& oid, uint32_t keep);
+  void InvalidatorLoop();
+  void ReclaimLoop();
+  void ReclaimAll();
+  Status SendRelease(const std::shared_ptr<RpcClient>& to, const Oid& oid, uint32_t keep);
+
+  const std::shared_ptr<ServerSet> set_;
+  const Hooks hooks_;
+  const Options opts_;
+  Counters counters_;
+
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::unordered_map<Oid, std::shared_ptr<State>, proto::OidHash> states_;  // GUARDED_BY(mu_)
+  std::deque<BreakJob> breaks_;                                             // GUARDED_BY(mu_)
+  bool reclaim_wanted_ = false;                                             // GUARDED_BY(mu_)
+  bool stopping_ = false;                                                   // GUARDED_BY(mu_)
+  std::vector<std::thread> break_threads_;
+  std::thread reclaimer_;
+
+  // The invalidator: one job at a time; a job that blocks only delays later invalidations.
+  struct InvalJob {
+    Oid oid;
+    uint32_t keep;
+    std::shared_ptr<bool> done;  // GUARDED_BY(inval_mu_)
+  };
+  std::mutex inval_mu_;
+  std::condition_variable inval_cv_;
+  std::deque<InvalJob> inval_queue_;  // GUARDED_BY(inval_mu_)
+  bool inval_stopping_ = false;       // GUARDED_BY(inval_mu_)
+  std::thread invalidator_;
+};
+
+}  // namespace pohmelfs::client
