@@ -1,7 +1,7 @@
 #include "client/fuse_ops.h"
 
-#include <spdlog/spdlog.h>
 #include <fcntl.h>
+#include <spdlog/spdlog.h>
 #include <sys/file.h>
 #include <sys/xattr.h>
 
@@ -31,8 +31,17 @@ struct stat StatFor(const Entry& e, fuse_ino_t ino) {
 }
 
 // How long the kernel may keep an object's attributes: long while a lease covers them.
+// The size seen through delayed writes.
+void MergeDirty(FuseContext* c, const Oid& oid, struct stat* st) {
+  if (!c->cache) return;
+  if (auto end = c->cache->DirtyEnd(oid))
+    st->st_size = std::max<off_t>(st->st_size, static_cast<off_t>(*end));
+}
+
+// With leases on, nothing is cached without one: another client may change it any time.
 double AttrTimeout(FuseContext* c, const Oid& oid) {
-  return c->leases && c->leases->Held(oid) ? c->opts.lease_timeout : c->opts.attr_timeout;
+  if (!c->leases) return c->opts.attr_timeout;
+  return c->leases->Held(oid) ? c->opts.lease_timeout : 0;
 }
 
 // A lease on oid if leases are on and the authority grants one; an empty guard otherwise
@@ -41,7 +50,7 @@ LeaseManager::Guard HoldLease(FuseContext* c, const Oid& oid, uint32_t mode) {
   if (!c->leases) return {};
   auto g = c->leases->Hold(oid, mode);
   if (!g.ok()) {
-    spdlog::debug("no lease on {}: {}", oid.Hex(), g.status().ToString());
+    spdlog::info("no lease on {}: {}; working uncached", oid.Hex(), g.status().ToString());
     return {};
   }
   return std::move(*g);
@@ -52,7 +61,7 @@ LeaseManager::Guard HoldLease(FuseContext* c, const Oid& oid, uint32_t mode) {
 void EntryTimeouts(FuseContext* c, fuse_ino_t parent, const char* name, bool parent_leased,
                    fuse_entry_param* p, const Oid& oid) {
   p->attr_timeout = AttrTimeout(c, oid);
-  p->entry_timeout = c->opts.entry_timeout;
+  p->entry_timeout = c->leases ? 0 : c->opts.entry_timeout;
   if (!parent_leased) return;
   p->entry_timeout = c->opts.lease_timeout;
   std::lock_guard lk(c->names_mu);
@@ -72,15 +81,9 @@ void ReplyEntry(fuse_req_t req, const Result<Entry>& e, fuse_ino_t parent = 0,
   p.attr = StatFor(*e, p.ino);
   p.attr_timeout = c->opts.attr_timeout;
   p.entry_timeout = c->opts.entry_timeout;
+  MergeDirty(c, e->oid, &p.attr);
   if (name) EntryTimeouts(c, parent, name, parent_leased, &p, e->oid);
   if (fuse_reply_entry(req, &p) != 0) c->inodes->Forget(p.ino, 1);  // interrupted
-}
-
-// The size seen through delayed writes.
-void MergeDirty(FuseContext* c, const Oid& oid, struct stat* st) {
-  if (!c->cache) return;
-  if (auto end = c->cache->DirtyEnd(oid))
-    st->st_size = std::max<off_t>(st->st_size, static_cast<off_t>(*end));
 }
 
 void ReplyStatus(fuse_req_t req, const Status& s) {
@@ -124,6 +127,8 @@ void GetAttr(fuse_req_t req, fuse_ino_t ino, fuse_file_info*) {
   auto oid = NodeOid(req, ino);
   if (!oid) return;
   FuseContext* c = Ctx(req);
+  // A read lease makes a writer elsewhere flush first, so the size and mtime are current.
+  auto g = ino == FUSE_ROOT_ID ? LeaseManager::Guard{} : HoldLease(c, *oid, POHMELFS_LEASE_READ);
   auto e = c->fs->GetAttr(*oid);
   if (ino == FUSE_ROOT_ID) {
     std::unique_lock lk(c->root_mu);
@@ -254,8 +259,8 @@ void Open(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
   if ((fi->flags & O_ACCMODE) != O_RDONLY) flags |= POHMELFS_OPEN_WRITE;
   if (fi->flags & O_TRUNC) flags |= POHMELFS_OPEN_TRUNC;
   FuseContext* c = Ctx(req);
-  auto g = HoldLease(c, *oid, (flags & POHMELFS_OPEN_WRITE) ? POHMELFS_LEASE_WRITE
-                                                             : POHMELFS_LEASE_READ);
+  auto g = HoldLease(c, *oid,
+                     (flags & POHMELFS_OPEN_WRITE) ? POHMELFS_LEASE_WRITE : POHMELFS_LEASE_READ);
   if (c->cache && (flags & POHMELFS_OPEN_TRUNC)) {
     Status f = c->cache->Flush(*oid);
     if (!f.ok()) return ReplyStatus(req, f);
@@ -291,6 +296,9 @@ void Read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_info
   auto oid = NodeOid(req, ino);
   if (!oid) return;
   FuseContext* c = Ctx(req);
+  // Reading takes a read lease: a writer elsewhere flushes first, and its next write breaks
+  // this lease and drops the pages read here.
+  auto g = HoldLease(c, *oid, POHMELFS_LEASE_READ);
   if (c->cache && c->cache->DirtyEnd(*oid)) {
     Status f = c->cache->Flush(*oid);  // reads see this client's delayed writes
     if (!f.ok()) return ReplyStatus(req, f);
@@ -407,8 +415,8 @@ int SetLock(fuse_req_t req, const Oid& oid, uint32_t type, uint64_t owner, uint6
             uint64_t len, uint32_t flags, uint32_t pid, bool wait) {
   FuseContext* c = Ctx(req);
   for (;;) {
-    auto r = LockCall(c, oid, wait ? POHMELFS_LOCK_SETLKW : POHMELFS_LOCK_SETLK, type, owner,
-                      start, len, flags, pid);
+    auto r = LockCall(c, oid, wait ? POHMELFS_LOCK_SETLKW : POHMELFS_LOCK_SETLK, type, owner, start,
+                      len, flags, pid);
     if (!r.ok()) return r.code();
     if (r->status != EINPROGRESS) return static_cast<int>(r->status);
     if (fuse_req_interrupted(req)) return EINTR;
@@ -505,9 +513,8 @@ int FillDir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_in
     if (e) {
       p.ino = c->inodes->Ref(e->oid, 0);
       p.attr.st_ino = p.ino;
-      p.attr_timeout = c->opts.attr_timeout;
-      p.entry_timeout = c->opts.entry_timeout;
-      if (c->leases && c->leases->Held(*oid)) EntryTimeouts(c, ino, name, true, &p, e->oid);
+      MergeDirty(c, e->oid, &p.attr);
+      EntryTimeouts(c, ino, name, c->leases && c->leases->Held(*oid), &p, e->oid);
     }
     size_t need =
         fuse_add_direntry_plus(req, buf.data() + used, left, name, &p, static_cast<off_t>(next));
@@ -622,6 +629,10 @@ void Fallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t offset, off_t len
                fuse_file_info*) {
   auto oid = NodeOid(req, ino);
   if (!oid) return;
+  if (Ctx(req)->cache) {
+    Status f = Ctx(req)->cache->Flush(*oid);  // delayed writes come before the allocation
+    if (!f.ok()) return ReplyStatus(req, f);
+  }
   ReplyStatus(
       req, Ctx(req)->fs->Fallocate(*oid, static_cast<uint32_t>(mode), static_cast<uint64_t>(offset),
                                    static_cast<uint64_t>(length)));
@@ -718,11 +729,12 @@ LeaseManager::Hooks FuseLeaseHooks(FuseContext* c) {
   h.flush = [c](const Oid& oid, uint32_t) {
     if (c->cache) c->cache->FlushForBreak(oid);
   };
-  h.invalidate = [c](const Oid& oid, uint32_t keep) {
+  h.invalidate = [c](const Oid& oid, uint32_t keep, bool all) {
     if (keep == POHMELFS_LEASE_READ || !c->se) return;  // caches stay valid under a read lease
     auto ino = c->inodes->Find(oid);
     if (!ino) return;
-    fuse_lowlevel_notify_inval_inode(c->se, *ino, 0, 0);
+    fuse_lowlevel_notify_inval_inode(c->se, *ino, all ? 0 : -1, 0);
+    if (!all) return;
     std::set<std::string> names;
     {
       std::lock_guard lk(c->names_mu);

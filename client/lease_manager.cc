@@ -72,7 +72,7 @@ uint32_t LeaseManager::Held(const Oid& oid) {
 }
 
 Result<std::optional<Entry>> LeaseManager::AcquireLocked(State* st, const Oid& oid, uint32_t mode,
-                                                        bool reclaim) {
+                                                         bool reclaim) {
   auto auth = set_->Authority();
   if (!auth) return Status::Error(EIO, "no lease authority is up");
   if (!(auth->features() & POHMELFS_FEAT_LEASE))
@@ -97,50 +97,62 @@ Result<std::optional<Entry>> LeaseManager::AcquireLocked(State* st, const Oid& o
   e.oid = Oid::FromWire(rep.attr.oid);
   e.version = from_le(rep.attr.version);
   proto::AttrToStat(rep.attr, &e.st);
+  std::lock_guard lk(st->mu);
   st->mode = from_le(rep.mode);
   st->from = auth.get();
   st->from_epoch = epoch;
+  st->seq = std::max<uint64_t>(st->seq, from_le(rep.seq));
+  st->seq_cv.notify_all();
   counters_.grants++;
   return std::optional<Entry>(e);
 }
 
 Result<LeaseManager::Guard> LeaseManager::Hold(const Oid& oid, uint32_t mode) {
   auto st = StateOf(oid);
-  Status last = Status::Error(EAGAIN, "the lease kept being broken");
-  // A break may slip in between the grant and taking the guard; try a few times.
-  for (int attempt = 0; attempt < 4; attempt++) {
+  // A break may slip in between the grant and taking the guard: ask again, within a bound.
+  const auto deadline = Clock::now() + opts_.acquire_timeout;
+  for (int attempt = 0;; attempt++) {
     Guard g;
     g.use_ = std::shared_lock(st->use);
     auto auth = set_->Authority();
-    std::unique_lock lk(st->mu);
-    if (st->mode >= mode && CurrentLocked(*st, auth.get())) {
-      g.mode_ = st->mode;
-      g.was_held_ = attempt == 0;
-      return g;
+    {
+      std::lock_guard lk(st->mu);
+      if (st->mode >= mode && CurrentLocked(*st, auth.get())) {
+        g.mode_ = st->mode;
+        g.was_held_ = attempt == 0;
+        return g;
+      }
     }
+    if (Clock::now() >= deadline) return Status::Error(EAGAIN, "the lease kept being broken");
     // Ask with the guard dropped: a break of this object must be able to run meanwhile.
-    lk.unlock();
     g.use_.unlock();
     std::optional<Entry> granted;
     {
-      std::lock_guard alk(st->mu);
-      bool reclaim = st->mode > 0 && !CurrentLocked(*st, auth.get());
-      auto got = AcquireLocked(st.get(), oid, std::max(mode, reclaim ? st->mode : 0), reclaim);
+      std::lock_guard alk(st->acquire_mu);
+      bool reclaim;
+      uint32_t want = mode;
+      {
+        std::lock_guard lk(st->mu);
+        if (st->mode >= mode && CurrentLocked(*st, auth.get())) continue;  // another thread got it
+        reclaim = st->mode > 0 && !CurrentLocked(*st, auth.get());
+        if (reclaim) want = std::max(mode, st->mode);
+      }
+      auto got = AcquireLocked(st.get(), oid, want, reclaim);
       if (!got.ok()) {
+        std::lock_guard lk(st->mu);
         if (reclaim) st->mode = 0;
         return got.status();
       }
       granted = *got;
     }
     g.use_.lock();
-    std::lock_guard lk2(st->mu);
+    std::lock_guard lk(st->mu);
     if (st->mode >= mode) {
       g.mode_ = st->mode;
       g.granted_ = granted;
       return g;
     }
   }
-  return last;
 }
 
 void LeaseManager::OnCallback(RpcClient* from, uint16_t opcode, std::vector<uint8_t>&& payload) {
@@ -155,7 +167,7 @@ void LeaseManager::OnCallback(RpcClient* from, uint16_t opcode, std::vector<uint
     return;
   }
   std::lock_guard lk(mu_);
-  breaks_.push_back({from, Oid::FromWire(b.oid), from_le(b.keep)});
+  breaks_.push_back({from, Oid::FromWire(b.oid), from_le(b.keep), from_le(b.seq)});
   cv_.notify_all();
 }
 
@@ -184,6 +196,14 @@ void LeaseManager::RunBreak(const BreakJob& job) {
   }
   bool had = false;
   if (st) {
+    {
+      // The break may overtake the reply of the grant it breaks (they are handled on
+      // different threads): act on it only once that grant is recorded, or it would be undone.
+      std::unique_lock lk(st->mu);
+      if (!st->seq_cv.wait_for(lk, opts_.acquire_timeout, [&] { return st->seq >= job.seq; }))
+        spdlog::warn("lease break for {} names grant {} that never arrived", job.oid.Hex(),
+                     job.seq);
+    }
     std::unique_lock use(st->use);  // waits for the guards of this object to end
     {
       std::lock_guard lk(st->mu);
@@ -195,9 +215,10 @@ void LeaseManager::RunBreak(const BreakJob& job) {
   }
   if (had) InvalidateBounded(job.oid, job.keep);
   if (!to) {
-    spdlog::info("lease break for {} from a server that is no longer the authority; its "
-                 "caches were dropped",
-                 job.oid.Hex());
+    spdlog::info(
+        "lease break for {} from a server that is no longer the authority; its "
+        "caches were dropped",
+        job.oid.Hex());
     return;
   }
   Status s = SendRelease(to, job.oid, job.keep);
@@ -222,14 +243,16 @@ Status LeaseManager::SendRelease(const std::shared_ptr<RpcClient>& to, const Oid
 
 void LeaseManager::InvalidateBounded(const Oid& oid, uint32_t keep) {
   if (!hooks_.invalidate) return;
+  hooks_.invalidate(oid, keep, false);  // attributes at once: a stat must not see old ones
   auto done = std::make_shared<bool>(false);
   std::unique_lock lk(inval_mu_);
   inval_queue_.push_back({oid, keep, done});
   inval_cv_.notify_all();
   if (!inval_cv_.wait_for(lk, opts_.invalidate_wait, [&] { return *done; }))
-    spdlog::info("dropping kernel caches of {} is taking longer than {} ms; releasing the lease "
-                 "meanwhile",
-                 oid.Hex(), opts_.invalidate_wait.count());
+    spdlog::info(
+        "dropping kernel caches of {} is taking longer than {} ms; releasing the lease "
+        "meanwhile",
+        oid.Hex(), opts_.invalidate_wait.count());
 }
 
 void LeaseManager::InvalidatorLoop() {
@@ -240,7 +263,7 @@ void LeaseManager::InvalidatorLoop() {
     InvalJob job = inval_queue_.front();
     inval_queue_.pop_front();
     lk.unlock();
-    hooks_.invalidate(job.oid, job.keep);
+    hooks_.invalidate(job.oid, job.keep, true);
     lk.lock();
     *job.done = true;
     inval_cv_.notify_all();
@@ -269,9 +292,13 @@ void LeaseManager::ReclaimAll() {
   }
   std::vector<std::pair<Oid, uint32_t>> reclaimed;
   for (auto& [oid, st] : all) {
-    std::lock_guard lk(st->mu);
-    if (st->mode == 0 || CurrentLocked(*st, auth.get())) continue;
-    uint32_t mode = st->mode;
+    std::lock_guard alk(st->acquire_mu);
+    uint32_t mode;
+    {
+      std::lock_guard lk(st->mu);
+      if (st->mode == 0 || CurrentLocked(*st, auth.get())) continue;
+      mode = st->mode;
+    }
     auto got = AcquireLocked(st.get(), oid, mode, true);
     if (got.ok()) {
       counters_.reclaims++;
@@ -280,7 +307,10 @@ void LeaseManager::ReclaimAll() {
       reclaimed.emplace_back(oid, mode);
     } else {
       counters_.lost++;
-      st->mode = 0;
+      {
+        std::lock_guard lk(st->mu);
+        st->mode = 0;
+      }
       spdlog::warn("{}: could not reclaim the lease on {}: {}", auth->server(), oid.Hex(),
                    got.status().ToString());
       if (hooks_.lost) hooks_.lost(oid);

@@ -38,13 +38,16 @@ namespace pohmelfs::client {
 class LeaseManager {
  public:
   struct Hooks {
-    std::function<void(const Oid&, uint32_t keep)> flush;       // delayed changes out now
-    std::function<void(const Oid&, uint32_t keep)> invalidate;  // kernel caches dropped
-    std::function<void(const Oid&)> lost;                       // the lease is gone for good
+    std::function<void(const Oid&, uint32_t keep)> flush;  // delayed changes out now
+    // Kernel caches dropped: attributes only (quick, never blocks) or also pages and names.
+    std::function<void(const Oid&, uint32_t keep, bool all)> invalidate;
+    std::function<void(const Oid&)> lost;  // the lease is gone for good
   };
   struct Options {
     int break_threads = 4;
-    std::chrono::milliseconds invalidate_wait{500};
+    // Dropping kernel caches can wait on a page that a read is filling, and that read may be
+    // waiting for this very break to finish: wait only this long before releasing.
+    std::chrono::milliseconds invalidate_wait{20};
     std::chrono::milliseconds acquire_timeout{30000};  // one ACQUIRE, waiting for others
   };
 
@@ -87,21 +90,26 @@ class LeaseManager {
 
  private:
   struct State {
-    std::shared_mutex use;  // shared by guards, exclusive while a break runs
-    std::mutex mu;          // the fields below, and one ACQUIRE at a time
-    uint32_t mode = 0;                   // GUARDED_BY(mu)
-    RpcClient* from = nullptr;           // GUARDED_BY(mu): the authority that granted it
-    uint64_t from_epoch = 0;             // GUARDED_BY(mu): its connect_epoch at the grant
+    std::shared_mutex use;           // shared by guards, exclusive while a break runs
+    std::mutex acquire_mu;           // one ACQUIRE at a time (never held by a break)
+    std::mutex mu;                   // the fields below; never held across a request
+    uint32_t mode = 0;               // GUARDED_BY(mu)
+    RpcClient* from = nullptr;       // GUARDED_BY(mu): the authority that granted it
+    uint64_t from_epoch = 0;         // GUARDED_BY(mu): its connect_epoch at the grant
+    uint64_t seq = 0;                // GUARDED_BY(mu): the latest grant seen
+    std::condition_variable seq_cv;  // a grant was recorded
   };
   struct BreakJob {
     RpcClient* from;
     Oid oid;
     uint32_t keep;
+    uint64_t seq;
   };
   std::shared_ptr<State> StateOf(const Oid& oid);
-  // Sends ACQUIRE (or a reclaim) to the current authority. REQUIRES: st->mu held.
+  // Sends ACQUIRE (or a reclaim) to the current authority and records the grant.
+  // REQUIRES: st->acquire_mu held, st->mu not held.
   Result<std::optional<Entry>> AcquireLocked(State* st, const Oid& oid, uint32_t mode,
-                                            bool reclaim);
+                                             bool reclaim);
   // Whether the lease's grant still stands with the current authority. REQUIRES: st->mu held.
   bool CurrentLocked(const State& st, RpcClient* authority) const;
   void OnCallback(RpcClient* from, uint16_t opcode, std::vector<uint8_t>&& payload);

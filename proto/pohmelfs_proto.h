@@ -436,6 +436,7 @@ struct pohmelfs_lease_rep { /* ACQUIRE */
   __le64 length;
   __le32 mode;     /* granted */
   __le32 break_ms; /* the server's break timeout: how long a holder has to give a lease back */
+  __le64 seq;      /* this grant's number; a later break names the grant it breaks */
 };
 /* LEASE_BREAK (flag CALLBACK): give back the lease on oid, keeping at most `keep` (NONE or
  * READ). The holder flushes what it delayed, drops what it cached beyond `keep`, and sends
@@ -446,6 +447,8 @@ struct pohmelfs_lease_break {
   __le32 pad;
   __le64 start;
   __le64 length;
+  __le64 seq; /* the grant broken: a client that has not seen that grant's reply yet waits
+               * for it before acting on the break */
 };
 
 /* LOCK: POSIX byte-range locks (owner = the client's lock owner) and flock (flag FLOCK, whole
@@ -516,8 +519,8 @@ POHMELFS_ASSERT_SIZE(pohmelfs_cmd_rep, 16);
 POHMELFS_ASSERT_SIZE(pohmelfs_replica_req, 24);
 POHMELFS_ASSERT_SIZE(pohmelfs_replica_list_rep, 8);
 POHMELFS_ASSERT_SIZE(pohmelfs_lease_req, 48);
-POHMELFS_ASSERT_SIZE(pohmelfs_lease_rep, 128);
-POHMELFS_ASSERT_SIZE(pohmelfs_lease_break, 40);
+POHMELFS_ASSERT_SIZE(pohmelfs_lease_rep, 136);
+POHMELFS_ASSERT_SIZE(pohmelfs_lease_break, 48);
 POHMELFS_ASSERT_SIZE(pohmelfs_lock_req, 56);
 POHMELFS_ASSERT_SIZE(pohmelfs_lock_rep, 24);
 

@@ -54,13 +54,14 @@ bool Server::Fenced(Session* session, uint16_t opcode, std::span<const uint8_t> 
   return oid && leases_->TakeFence(session->id(), *oid);
 }
 
-bool Server::SendBreak(uint64_t session, const Oid& oid, uint32_t keep) {
+bool Server::SendBreak(uint64_t session, const Oid& oid, uint32_t keep, uint64_t seq) {
   auto s = sessions_->Find(session);
   ConnectionPtr conn = s ? s->CallbackConnection() : nullptr;
   if (!conn) return false;
   pohmelfs_lease_break b{};
   b.oid = oid.ToWire();
   b.keep = to_le(keep);
+  b.seq = to_le(seq);
   proto::Header h;
   h.opcode = POHMELFS_OP_LEASE_BREAK;
   h.flags = POHMELFS_FLAG_CALLBACK;
@@ -108,35 +109,39 @@ void Server::HandleLease(const ConnectionPtr& conn, const std::shared_ptr<ConnSt
   }
   const bool reclaim = (from_le(q.flags) & POHMELFS_LEASE_RECLAIM) != 0;
   auto hdr = m.hdr;
-  leases_->Acquire(
-      sid, oid, mode, reclaim, [this, conn, st, hdr, oid](uint32_t status, uint32_t granted) {
-        // Completions may run on the table's timer thread: the stat belongs on a worker.
-        work_->Push([this, conn, st, hdr, oid, status, granted] {
-          std::vector<uint8_t> out;
-          uint32_t result = status;
-          if (result == 0) {
-            proto::Writer w(&out);
-            OpEnv env{store_.get(), st->session.get()};
-            Status s = ops::PutAttrById(env, oid, &w);
-            if (!s.ok()) {
-              // Removed meanwhile: the grant stands (the holder learns of the removal).
-              result = static_cast<uint32_t>(s.code());
-              leases_->Release(st->session->id(), oid, POHMELFS_LEASE_NONE);
-            } else {
-              pohmelfs_lease_rep rep{};
-              std::memcpy(&rep.attr, out.data(), sizeof(rep.attr));
-              rep.start = 0;
-              rep.length = 0;
-              rep.mode = to_le(granted);
-              rep.break_ms = to_le(static_cast<uint32_t>(leases_->break_timeout().count()));
-              out.assign(reinterpret_cast<const uint8_t*>(&rep),
-                         reinterpret_cast<const uint8_t*>(&rep) + sizeof(rep));
-            }
-          }
-          Reply(conn, hdr, result, out);
-          Done(conn, st.get());
-        });
-      });
+  leases_->Acquire(sid, oid, mode, reclaim,
+                   [this, conn, st, hdr, oid](uint32_t status, uint32_t granted, uint64_t seq) {
+                     // Completions may run on the table's timer thread: the stat belongs on a
+                     // worker.
+                     work_->Push([this, conn, st, hdr, oid, status, granted, seq] {
+                       std::vector<uint8_t> out;
+                       uint32_t result = status;
+                       if (result == 0) {
+                         proto::Writer w(&out);
+                         OpEnv env{store_.get(), st->session.get()};
+                         Status s = ops::PutAttrById(env, oid, &w);
+                         if (!s.ok()) {
+                           // Removed meanwhile: the grant stands (the holder learns of the
+                           // removal).
+                           result = static_cast<uint32_t>(s.code());
+                           leases_->Release(st->session->id(), oid, POHMELFS_LEASE_NONE);
+                         } else {
+                           pohmelfs_lease_rep rep{};
+                           std::memcpy(&rep.attr, out.data(), sizeof(rep.attr));
+                           rep.start = 0;
+                           rep.length = 0;
+                           rep.mode = to_le(granted);
+                           rep.seq = to_le(seq);
+                           rep.break_ms =
+                               to_le(static_cast<uint32_t>(leases_->break_timeout().count()));
+                           out.assign(reinterpret_cast<const uint8_t*>(&rep),
+                                      reinterpret_cast<const uint8_t*>(&rep) + sizeof(rep));
+                         }
+                       }
+                       Reply(conn, hdr, result, out);
+                       Done(conn, st.get());
+                     });
+                   });
 }
 
 void Server::HandleLock(const ConnectionPtr& conn, const std::shared_ptr<ConnState>& st,
@@ -151,8 +156,8 @@ void Server::HandleLock(const ConnectionPtr& conn, const std::shared_ptr<ConnSta
   const uint32_t cmd = from_le(q.cmd), type = from_le(q.type), flags = from_le(q.flags);
   const uint64_t start = from_le(q.start), length = from_le(q.length);
   bool valid_type = type == F_RDLCK || type == F_WRLCK || type == F_UNLCK;
-  bool valid_cmd = cmd == POHMELFS_LOCK_GETLK || cmd == POHMELFS_LOCK_SETLK ||
-                   cmd == POHMELFS_LOCK_SETLKW;
+  bool valid_cmd =
+      cmd == POHMELFS_LOCK_GETLK || cmd == POHMELFS_LOCK_SETLK || cmd == POHMELFS_LOCK_SETLKW;
   if (!valid_type || !valid_cmd || (length != 0 && start + length - 1 < start)) {
     Reply(conn, m.hdr, EINVAL, {});
     return Done(conn, st.get());

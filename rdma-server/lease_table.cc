@@ -34,22 +34,21 @@ void LeaseTable::Stop() {
     if (stopping_) return;
     stopping_ = true;
     for (auto& [oid, obj] : objects_)
-      for (auto& w : obj.waiters) done.push_back({std::move(w.done), ESHUTDOWN, 0});
+      for (auto& w : obj.waiters) done.push_back({std::move(w.done), ESHUTDOWN, 0, 0});
     objects_.clear();
   }
   cv_.notify_all();
   if (timer_.joinable()) timer_.join();
-  for (auto& c : done) c.done(c.status, c.mode);
+  for (auto& c : done) c.done(c.status, c.mode, c.seq);
 }
 
-void LeaseTable::Acquire(uint64_t session, const Oid& oid, uint32_t mode, bool reclaim,
-                         Done done) {
+void LeaseTable::Acquire(uint64_t session, const Oid& oid, uint32_t mode, bool reclaim, Done done) {
   std::vector<Break> breaks;
   std::vector<Completion> finished;
   {
     std::lock_guard lk(mu_);
     if (stopping_) {
-      finished.push_back({std::move(done), ESHUTDOWN, 0});
+      finished.push_back({std::move(done), ESHUTDOWN, 0, 0});
     } else {
       fenced_.erase({session, oid});
       if (reclaim && !InGraceLocked(Clock::now())) {
@@ -85,7 +84,7 @@ void LeaseTable::ServeLocked(const Oid& oid, std::vector<Break>* breaks,
     if (!w.reclaim && InGraceLocked(now)) break;  // the timer serves it when grace ends
     auto mine = obj.holders.find(w.session);
     if (mine != obj.holders.end() && mine->second.mode >= w.mode && !mine->second.breaking) {
-      done->push_back({std::move(w.done), 0, mine->second.mode});
+      done->push_back({std::move(w.done), 0, mine->second.mode, mine->second.seq});
       obj.waiters.erase(obj.waiters.begin());
       continue;
     }
@@ -95,9 +94,10 @@ void LeaseTable::ServeLocked(const Oid& oid, std::vector<Break>* breaks,
       if (w.reclaim && h.reclaimed) {
         // Two sessions both claim to have held conflicting leases: one of them is wrong, and
         // the first to reclaim keeps it.
-        spdlog::warn("lease reclaim by session {:016x} on {} conflicts with session {:016x}'s "
-                     "reclaim; refused",
-                     w.session, oid.Hex(), sid);
+        spdlog::warn(
+            "lease reclaim by session {:016x} on {} conflicts with session {:016x}'s "
+            "reclaim; refused",
+            w.session, oid.Hex(), sid);
         refused = true;
         break;
       }
@@ -109,21 +109,24 @@ void LeaseTable::ServeLocked(const Oid& oid, std::vector<Break>* breaks,
         h.breaking = true;
         h.break_keep = keep;
         h.deadline = now + opts_.break_timeout;
-        breaks->push_back({sid, oid, keep});
+        breaks->push_back({sid, oid, keep, h.seq});
         cv_.notify_all();  // a new break deadline for the timer
       }
     }
     if (refused) {
-      done->push_back({std::move(w.done), ESTALE, 0});
+      done->push_back({std::move(w.done), ESTALE, 0, 0});
       obj.waiters.erase(obj.waiters.begin());
       continue;
     }
     if (blocked) break;
     Holder& h = obj.holders[w.session];
+    spdlog::debug("session {:016x}: {} lease on {} granted{}", w.session, ModeName(w.mode),
+                  oid.Hex(), w.reclaim ? " (reclaim)" : "");
     h.mode = std::max(h.mode, w.mode);
     h.reclaimed = h.reclaimed || w.reclaim;
     h.breaking = false;
-    done->push_back({std::move(w.done), 0, h.mode});
+    h.seq = next_seq_++;
+    done->push_back({std::move(w.done), 0, h.mode, h.seq});
     obj.waiters.erase(obj.waiters.begin());
   }
   if (obj.holders.empty() && obj.waiters.empty()) objects_.erase(oit);
@@ -159,7 +162,7 @@ void LeaseTable::DropSession(uint64_t session) {
       if (obj.holders.erase(session)) touched.push_back(oid);
       for (auto it = obj.waiters.begin(); it != obj.waiters.end();) {
         if (it->session == session) {
-          finished.push_back({std::move(it->done), ESHUTDOWN, 0});
+          finished.push_back({std::move(it->done), ESHUTDOWN, 0, 0});
           it = obj.waiters.erase(it);
           touched.push_back(oid);
         } else {
@@ -197,9 +200,10 @@ void LeaseTable::EvictExpiredLocked(std::vector<Break>* breaks, std::vector<Comp
         ++it;
         continue;
       }
-      spdlog::warn("session {:016x}: evicted from its {} lease on {}: no release within {} ms "
-                   "of the break",
-                   it->first, ModeName(h.mode), oid.Hex(), opts_.break_timeout.count());
+      spdlog::warn(
+          "session {:016x}: evicted from its {} lease on {}: no release within {} ms "
+          "of the break",
+          it->first, ModeName(h.mode), oid.Hex(), opts_.break_timeout.count());
       fenced_.insert({it->first, oid});
       if (h.break_keep == POHMELFS_LEASE_NONE) {
         it = obj.holders.erase(it);
@@ -240,12 +244,13 @@ void LeaseTable::Run() {
 
 void LeaseTable::Finish(std::vector<Break>& breaks, std::vector<Completion>& done) {
   for (const auto& b : breaks) {
-    if (!send_break_(b.session, b.oid, b.keep))
-      spdlog::info("session {:016x}: not connected; its lease on {} is evicted in {} ms unless "
-                   "it comes back and releases it",
-                   b.session, b.oid.Hex(), opts_.break_timeout.count());
+    if (!send_break_(b.session, b.oid, b.keep, b.seq))
+      spdlog::info(
+          "session {:016x}: not connected; its lease on {} is evicted in {} ms unless "
+          "it comes back and releases it",
+          b.session, b.oid.Hex(), opts_.break_timeout.count());
   }
-  for (auto& c : done) c.done(c.status, c.mode);
+  for (auto& c : done) c.done(c.status, c.mode, c.seq);
 }
 
 }  // namespace pohmelfs::server

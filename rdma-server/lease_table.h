@@ -40,9 +40,10 @@ class LeaseTable {
   };
   // Asks session `session` to give back its lease on oid, keeping at most `keep`. Returns
   // false when the session has no connection to send on (the break deadline still runs).
-  using SendBreak = std::function<bool(uint64_t session, const Oid& oid, uint32_t keep)>;
-  // The end of an acquire: 0 and the granted mode, or an errno.
-  using Done = std::function<void(uint32_t status, uint32_t mode)>;
+  using SendBreak =
+      std::function<bool(uint64_t session, const Oid& oid, uint32_t keep, uint64_t seq)>;
+  // The end of an acquire: 0, the granted mode and the grant's number; or an errno.
+  using Done = std::function<void(uint32_t status, uint32_t mode, uint64_t seq)>;
 
   LeaseTable(const Options& o, SendBreak send_break);
   ~LeaseTable();
@@ -70,6 +71,7 @@ class LeaseTable {
     bool reclaimed = false;
     bool breaking = false;
     uint32_t break_keep = 0;
+    uint64_t seq = 0;  // the latest grant
     Clock::time_point deadline;
   };
   struct Waiter {
@@ -86,11 +88,13 @@ class LeaseTable {
     uint64_t session;
     Oid oid;
     uint32_t keep;
+    uint64_t seq;
   };
   struct Completion {
     Done done;
     uint32_t status;
     uint32_t mode;
+    uint64_t seq = 0;
   };
   // Grants what can be granted on oid and starts the breaks the head waiters need.
   // REQUIRES: mu_ held.
@@ -108,6 +112,7 @@ class LeaseTable {
   std::set<std::pair<uint64_t, Oid>> fenced_;                // GUARDED_BY(mu_)
   Clock::time_point grace_until_{};                          // GUARDED_BY(mu_)
   bool stopping_ = false;                                    // GUARDED_BY(mu_)
+  uint64_t next_seq_ = 1;                                    // GUARDED_BY(mu_)
   std::thread timer_;
 };
 

@@ -26,8 +26,8 @@ Result<std::unique_ptr<Server>> Server::Start(const ServerOptions& o) {
     Server* self = s.get();
     s->leases_ = std::make_unique<LeaseTable>(
         LeaseTable::Options{.break_timeout = o.lease_break_timeout, .grace = o.lease_grace},
-        [self](uint64_t session, const Oid& oid, uint32_t keep) {
-          return self->SendBreak(session, oid, keep);
+        [self](uint64_t session, const Oid& oid, uint32_t keep, uint64_t seq) {
+          return self->SendBreak(session, oid, keep, seq);
         });
     s->locks_ = std::make_unique<LockTable>(o.lock_wait, [self](uint64_t session) {
       auto sess = self->sessions_->Find(session);

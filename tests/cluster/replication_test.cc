@@ -24,7 +24,7 @@ constexpr uint32_t kSeed = 20261122;
 // server is declared dead after 300 + 700 ms.
 const std::string kOpts =
     "trans_scan_timeout=1000,trans_retries=2,connect_timeout=1000,keepalive_interval=300,"
-    "keepalive_timeout=700,attr_timeout=0,entry_timeout=0";
+    "keepalive_timeout=700,attr_timeout=0,entry_timeout=0,leases=0";
 
 class ClusterTest : public ::testing::Test {
  protected:
