@@ -133,9 +133,9 @@ class RpcClient {
   proto::Oid server_id_;   // GUARDED_BY(mu_)
   uint64_t features_ = 0;  // GUARDED_BY(mu_)
   std::atomic<int64_t> last_receive_{0};
-  std::function<void()> on_disconnect_;          // set before the first connect
+  std::function<void()> on_disconnect_;  // set before the first connect
   std::function<void(uint16_t, std::vector<uint8_t>&&)> on_callback_;  // likewise
-  uint32_t max_payload_ = POHMELFS_PAYLOAD_MAX;  // GUARDED_BY(mu_)
+  uint32_t max_payload_ = POHMELFS_PAYLOAD_MAX;                        // GUARDED_BY(mu_)
   RpcCounters counters_;
   std::atomic<uint64_t> next_trans_{1};
 

@@ -82,8 +82,8 @@ class ServerSet : public Caller, public std::enable_shared_from_this<ServerSet> 
   std::shared_ptr<RpcClient> Authority();
   // Where callbacks from the servers go (from network threads; must not block), and a
   // notification after any server's state changes (without locks held).
-  using CallbackSink = std::function<void(RpcClient* from, uint16_t opcode,
-                                          std::vector<uint8_t>&& payload)>;
+  using CallbackSink =
+      std::function<void(RpcClient* from, uint16_t opcode, std::vector<uint8_t>&& payload)>;
   void SetCoherenceListener(CallbackSink on_callback, std::function<void()> on_state_change);
 
  private:
@@ -138,7 +138,7 @@ class ServerSet : public Caller, public std::enable_shared_from_this<ServerSet> 
   std::atomic<bool> cancel_resync_{false};
   std::thread resync_thread_;
   std::mutex listener_mu_;
-  CallbackSink on_callback_;                // GUARDED_BY(listener_mu_)
+  CallbackSink on_callback_;               // GUARDED_BY(listener_mu_)
   std::function<void()> on_state_change_;  // GUARDED_BY(listener_mu_)
 };
 

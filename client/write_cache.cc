@@ -125,8 +125,8 @@ Result<uint64_t> WriteCache::Send(const Oid& oid,
       size_t n = std::min<size_t>(bytes.size() - done, POHMELFS_IO_MAX);
       Group* g = &groups.back();
       size_t need = n + sizeof(pohmelfs_cmd) + sizeof(pohmelfs_write_req) + 8;
-      if (!g->writes.empty() &&
-          (g->writes.size() >= POHMELFS_BATCH_MAX || g->bytes + need > POHMELFS_IO_MAX + kBatchRoom / 2)) {
+      if (!g->writes.empty() && (g->writes.size() >= POHMELFS_BATCH_MAX ||
+                                 g->bytes + need > POHMELFS_IO_MAX + kBatchRoom / 2)) {
         groups.emplace_back();
         g = &groups.back();
       }

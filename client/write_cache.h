@@ -59,8 +59,8 @@ class WriteCache {
 
  private:
   struct File {
-    std::mutex flush_mu;  // one flush of this file at a time, in order
-    std::mutex mu;        // the fields below
+    std::mutex flush_mu;                               // one flush of this file at a time, in order
+    std::mutex mu;                                     // the fields below
     std::map<uint64_t, std::vector<uint8_t>> extents;  // GUARDED_BY(mu): offset -> bytes
     size_t dirty = 0;                                  // GUARDED_BY(mu)
     Status error;                                      // GUARDED_BY(mu)

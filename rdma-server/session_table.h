@@ -77,13 +77,13 @@ class Session final : public OpenHandles {
   ExportStore* const store_;
   const std::string client_;
   std::mutex mu_;
-  std::unordered_map<uint64_t, Entry> trans_;          // GUARDED_BY(mu_)
-  std::deque<uint64_t> order_;                         // GUARDED_BY(mu_)
-  size_t recorded_bytes_ = 0;                          // GUARDED_BY(mu_)
-  std::unordered_map<Oid, int, proto::OidHash> open_;  // GUARDED_BY(mu_)
-  int connections_ = 0;                                // GUARDED_BY(mu_)
+  std::unordered_map<uint64_t, Entry> trans_;           // GUARDED_BY(mu_)
+  std::deque<uint64_t> order_;                          // GUARDED_BY(mu_)
+  size_t recorded_bytes_ = 0;                           // GUARDED_BY(mu_)
+  std::unordered_map<Oid, int, proto::OidHash> open_;   // GUARDED_BY(mu_)
+  int connections_ = 0;                                 // GUARDED_BY(mu_)
   std::weak_ptr<transport::Connection> callback_conn_;  // GUARDED_BY(mu_)
-  std::chrono::steady_clock::time_point idle_since_;   // GUARDED_BY(mu_)
+  std::chrono::steady_clock::time_point idle_since_;    // GUARDED_BY(mu_)
 };
 
 class SessionTable {
