@@ -116,6 +116,7 @@ std::vector<uint64_t> SessionTable::Reap(std::chrono::seconds timeout) {
     }
   }
   std::vector<uint64_t> ids;
+  ids.reserve(dead.size());
   for (const auto& s : dead) ids.push_back(s->id());
   return ids;  // the sessions are released as `dead` goes out of scope
 }
