@@ -72,6 +72,20 @@ Result<Entry> FsClient::GetAttr(const Oid& oid) {
 }
 
 Result<Entry> FsClient::SetAttr(const Oid& oid, const SetAttrArgs& a) {
+  return DecodeEntry(Do(POHMELFS_OP_SETATTR, SetAttrBody(oid, a)));
+}
+
+std::vector<uint8_t> FsClient::WriteBody(const Oid& oid, uint64_t offset, const void* data,
+                                         size_t size) {
+  pohmelfs_write_req q{oid.ToWire(), to_le(offset), to_le(static_cast<uint32_t>(size)), 0};
+  std::vector<uint8_t> b;
+  Writer w(&b);
+  w.Put(q);
+  w.Bytes(data, size);
+  return b;
+}
+
+std::vector<uint8_t> FsClient::SetAttrBody(const Oid& oid, const SetAttrArgs& a) {
   pohmelfs_setattr_req q{};
   q.oid = oid.ToWire();
   q.valid = to_le(a.valid);
@@ -86,7 +100,7 @@ Result<Entry> FsClient::SetAttr(const Oid& oid, const SetAttrArgs& a) {
   q.version = to_le(a.version);
   std::vector<uint8_t> b;
   Writer(&b).Put(q);
-  return DecodeEntry(Do(POHMELFS_OP_SETATTR, b));
+  return b;
 }
 
 Result<DirPage> FsClient::ReadDir(const Oid& dir, uint64_t cookie, uint32_t max_bytes) {
@@ -150,6 +164,25 @@ Result<Entry> FsClient::MkNod(const Oid& parent, const std::string& name, uint32
   w.Put(q);
   w.Bytes(name);
   return DecodeEntry(Do(POHMELFS_OP_MKNOD, b));
+}
+
+std::vector<uint8_t> FsClient::CreateBody(const Oid& parent, const std::string& name, uint32_t mode,
+                                          uint64_t rdev, uint32_t uid, uint32_t gid, uint32_t flags,
+                                          const Oid& new_oid) {
+  pohmelfs_create_req q{};
+  q.parent = parent.ToWire();
+  q.new_oid = new_oid.ToWire();
+  q.mode = to_le(mode);
+  q.uid = to_le(uid);
+  q.gid = to_le(gid);
+  q.name_len = to_le(Len(name));
+  q.rdev = to_le(rdev);
+  q.flags = to_le(flags);
+  std::vector<uint8_t> b;
+  Writer w(&b);
+  w.Put(q);
+  w.Bytes(name);
+  return b;
 }
 
 Status FsClient::Unlink(const Oid& parent, const std::string& name) {

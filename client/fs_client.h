@@ -60,6 +60,17 @@ class FsClient {
   Result<Entry> MkNod(const Oid& parent, const std::string& name, uint32_t mode, uint64_t rdev,
                       uint32_t uid, uint32_t gid, bool open = false,
                       const Oid& new_oid = Oid::Random());
+  // The body of a MKNOD or MKDIR request (create_req and the name).
+  static std::vector<uint8_t> CreateBody(const Oid& parent, const std::string& name, uint32_t mode,
+                                         uint64_t rdev, uint32_t uid, uint32_t gid, uint32_t flags,
+                                         const Oid& new_oid);
+  static std::vector<uint8_t> SetAttrBody(const Oid& oid, const SetAttrArgs& a);
+  static std::vector<uint8_t> WriteBody(const Oid& oid, uint64_t offset, const void* data,
+                                        size_t size);
+  // Sends a MKNOD or MKDIR body made by CreateBody.
+  Result<Entry> Create(uint16_t opcode, const std::vector<uint8_t>& body) {
+    return DecodeEntry(Do(opcode, body));
+  }
   Status Unlink(const Oid& parent, const std::string& name);
   Status RmDir(const Oid& parent, const std::string& name);
   Status Rename(const Oid& old_parent, const std::string& old_name, const Oid& new_parent,

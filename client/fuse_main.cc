@@ -120,7 +120,15 @@ int main(int argc, char** argv) {
     Report(report_fd, msg);
     return 1;
   }
-  FsClient fs(*set);
+  // With write-back, every request goes through the metadata queue (after what it holds).
+  std::shared_ptr<MetaQueue> meta;
+  std::shared_ptr<Caller> caller = *set;
+  if (o.leases && o.writeback) {
+    meta = std::make_shared<MetaQueue>(*set, MetaQueue::Options{});
+    caller = meta;
+  }
+  FsClient fs(caller);
+  LocalNamespace local;
   InodeTable inodes(fs.root());
   FuseContext ctx;
   ctx.fs = &fs;
@@ -133,8 +141,10 @@ int main(int argc, char** argv) {
     if (o.writeback) {
       WriteCache::Options wo;
       wo.file_threshold = size_t{o.trans_max_pages} * 4096;
-      cache = std::make_unique<WriteCache>(*set, wo);
+      cache = std::make_unique<WriteCache>(caller, wo);
       ctx.cache = cache.get();
+      ctx.meta = meta.get();
+      ctx.local = &local;
     }
     leases = std::make_unique<LeaseManager>(*set, FuseLeaseHooks(&ctx), LeaseManager::Options{});
     ctx.leases = leases.get();
@@ -173,12 +183,17 @@ int main(int argc, char** argv) {
     Status f = cache->FlushAll();
     if (!f.ok()) spdlog::error("delayed writes lost at unmount: {}", f.ToString());
   }
+  if (meta) {
+    Status f = meta->Drain();
+    if (!f.ok()) spdlog::error("delayed namespace changes failed at unmount: {}", f.ToString());
+  }
   if (leases) {
     leases->ReleaseAll();
     leases->Stop();
   }
   fuse_remove_signal_handlers(se);
   fuse_session_destroy(se);
+  if (meta) meta->Stop();
   (*set)->Stop();
   spdlog::info("unmounted");
   return rc == 0 ? 0 : 1;

@@ -30,6 +30,24 @@ struct stat StatFor(const Entry& e, fuse_ino_t ino) {
   return st;
 }
 
+// fi->fh of a file opened on the servers at once, or through the metadata queue (its OPEN and
+// RELEASE travel there, in order with the create).
+constexpr uint64_t kServerOpen = 1;
+constexpr uint64_t kQueuedOpen = 2;
+
+// Handles opened through the queue, per object: such an object is not cancelled when it is
+// unlinked while open (it must go on working, as an open unlinked file does).
+void CountQueuedOpen(FuseContext* c, const Oid& oid, int delta) {
+  std::lock_guard lk(c->queued_mu);
+  if ((c->queued_opens[oid] += delta) <= 0) c->queued_opens.erase(oid);
+}
+bool HasQueuedOpens(FuseContext* c, const Oid& oid) {
+  std::lock_guard lk(c->queued_mu);
+  return c->queued_opens.count(oid) > 0;
+}
+// New files with at most this much data at close send it with their queued create.
+constexpr size_t kQueuedDataMax = 256u << 10;
+
 // How long the kernel may keep an object's attributes: long while a lease covers them.
 // The size seen through delayed writes.
 void MergeDirty(FuseContext* c, const Oid& oid, struct stat* st) {
@@ -106,11 +124,32 @@ void Init(void* userdata, fuse_conn_info* conn) {
   conn->max_readahead = POHMELFS_IO_MAX;
 }
 
+// Attributes of an object this mount created and has not sent yet, with its delayed size.
+std::optional<struct stat> LocalStat(FuseContext* c, const Oid& oid, fuse_ino_t ino) {
+  if (!c->meta || !c->meta->Pending(oid)) return std::nullopt;
+  auto e = c->local->Attrs(oid);
+  if (!e) return std::nullopt;
+  struct stat st = StatFor(*e, ino);
+  MergeDirty(c, oid, &st);
+  return st;
+}
+
 void Lookup(fuse_req_t req, fuse_ino_t parent, const char* name) {
   auto p = NodeOid(req, parent);
   if (!p) return;
-  auto g = HoldLease(Ctx(req), *p, POHMELFS_LEASE_READ);
-  ReplyEntry(req, Ctx(req)->fs->Lookup(*p, name), parent, name, g.mode() != 0);
+  FuseContext* c = Ctx(req);
+  if (std::strlen(name) > POHMELFS_NAME_MAX) return (void)fuse_reply_err(req, ENAMETOOLONG);
+  auto g = HoldLease(c, *p, POHMELFS_LEASE_READ);
+  // A directory this mount knows completely answers by itself.
+  if (c->local && g.mode() == POHMELFS_LEASE_WRITE) {
+    if (auto known = c->local->Find(*p, name)) {
+      if (!*known) return (void)fuse_reply_err(req, ENOENT);
+      if (c->meta->Pending(**known)) {
+        if (auto e = c->local->Attrs(**known)) return ReplyEntry(req, *e, parent, name, true);
+      }
+    }
+  }
+  ReplyEntry(req, c->fs->Lookup(*p, name), parent, name, g.mode() != 0);
 }
 
 void Forget(fuse_req_t req, fuse_ino_t ino, uint64_t n) {
@@ -129,6 +168,8 @@ void GetAttr(fuse_req_t req, fuse_ino_t ino, fuse_file_info*) {
   FuseContext* c = Ctx(req);
   // A read lease makes a writer elsewhere flush first, so the size and mtime are current.
   auto g = ino == FUSE_ROOT_ID ? LeaseManager::Guard{} : HoldLease(c, *oid, POHMELFS_LEASE_READ);
+  if (auto local = LocalStat(c, *oid, ino))
+    return (void)fuse_reply_attr(req, &*local, AttrTimeout(c, *oid));
   auto e = c->fs->GetAttr(*oid);
   if (ino == FUSE_ROOT_ID) {
     std::unique_lock lk(c->root_mu);
@@ -162,6 +203,34 @@ void SetAttr(fuse_req_t req, fuse_ino_t ino, struct stat* attr, int to_set, fuse
   if (to_set & FUSE_SET_ATTR_MTIME_NOW) a.valid |= POHMELFS_SETATTR_MTIME_NOW;
   FuseContext* c = Ctx(req);
   auto g = HoldLease(c, *oid, POHMELFS_LEASE_WRITE);
+  // An object not sent yet: its attributes change here and the change joins the queue (a size
+  // change goes the synchronous way, after its delayed writes).
+  if (c->meta && !(a.valid & POHMELFS_SETATTR_SIZE) && g.mode() == POHMELFS_LEASE_WRITE &&
+      c->meta->Pending(*oid)) {
+    if (auto e = c->local->Attrs(*oid)) {
+      timespec now;
+      clock_gettime(CLOCK_REALTIME, &now);
+      // "Now" is this moment, not the moment the queue is sent.
+      if (a.valid & POHMELFS_SETATTR_ATIME_NOW)
+        a.valid = (a.valid & ~POHMELFS_SETATTR_ATIME_NOW) | POHMELFS_SETATTR_ATIME, a.atime = now;
+      if (a.valid & POHMELFS_SETATTR_MTIME_NOW)
+        a.valid = (a.valid & ~POHMELFS_SETATTR_MTIME_NOW) | POHMELFS_SETATTR_MTIME, a.mtime = now;
+      if (a.valid & POHMELFS_SETATTR_MODE)
+        e->st.st_mode = (e->st.st_mode & S_IFMT) | (a.mode & 07777);
+      if (a.valid & POHMELFS_SETATTR_UID) e->st.st_uid = a.uid;
+      if (a.valid & POHMELFS_SETATTR_GID) e->st.st_gid = a.gid;
+      if (a.valid & POHMELFS_SETATTR_ATIME) e->st.st_atim = a.atime;
+      if (a.valid & POHMELFS_SETATTR_MTIME) e->st.st_mtim = a.mtime;
+      if (a.valid & POHMELFS_SETATTR_ATIME_NOW) e->st.st_atim = now;
+      if (a.valid & POHMELFS_SETATTR_MTIME_NOW) e->st.st_mtim = now;
+      e->st.st_ctim = now;
+      c->local->SetAttrs(*oid, *e);
+      c->meta->Queue(POHMELFS_OP_SETATTR, *oid, false, FsClient::SetAttrBody(*oid, a));
+      struct stat st = StatFor(*e, ino);
+      MergeDirty(c, *oid, &st);
+      return (void)fuse_reply_attr(req, &st, AttrTimeout(c, *oid));
+    }
+  }
   if (c->cache) {
     // Delayed writes go first, so that a truncate or a new mtime is not undone by them.
     Status f = c->cache->Flush(*oid);
@@ -181,36 +250,134 @@ void ReadLink(fuse_req_t req, fuse_ino_t ino) {
   fuse_reply_readlink(req, t->c_str());
 }
 
+// A new object's attributes as the server will make them (times from this clock).
+Entry NewEntry(const Oid& oid, uint32_t mode, uint32_t uid, uint32_t gid, uint64_t rdev) {
+  Entry e;
+  e.oid = oid;
+  e.st.st_mode = mode;
+  e.st.st_uid = uid;
+  e.st.st_gid = gid;
+  e.st.st_nlink = S_ISDIR(mode) ? 2 : 1;
+  e.st.st_rdev = rdev;
+  e.st.st_blksize = 4096;
+  e.st.st_size = S_ISDIR(mode) ? 4096 : 0;
+  clock_gettime(CLOCK_REALTIME, &e.st.st_mtim);
+  e.st.st_atim = e.st.st_ctim = e.st.st_mtim;
+  return e;
+}
+
+// Adds delta to the link count a not yet sent directory shows (a subdirectory came or went).
+void BumpLocalNlink(FuseContext* c, const Oid& dir, int delta) {
+  if (!c->meta || !c->meta->Pending(dir)) return;
+  if (auto e = c->local->Attrs(dir)) {
+    e->st.st_nlink = static_cast<nlink_t>(static_cast<int>(e->st.st_nlink) + delta);
+    c->local->SetAttrs(dir, *e);
+  }
+}
+
+// Creates name in parent. With the parent's write lease and its contents known here, the
+// create is queued (no network) and answered at once; otherwise it is sent now. Either way the
+// creator takes the new object's write lease with it. *queued tells which happened.
+Result<Entry> CreateObject(FuseContext* c, fuse_req_t req, const Oid& parent, const char* name,
+                           uint32_t mode, uint64_t rdev, bool parent_write, bool open,
+                           bool* queued) {
+  const fuse_ctx* who = fuse_req_ctx(req);
+  if (std::strlen(name) > POHMELFS_NAME_MAX) return Status::Error(ENAMETOOLONG);
+  const bool dir = S_ISDIR(mode);
+  const uint16_t opcode = dir ? POHMELFS_OP_MKDIR : POHMELFS_OP_MKNOD;
+  const Oid oid = Oid::Random();
+  uint32_t flags = dir ? 0 : POHMELFS_CREATE_EXCL;
+  if (c->leases) flags |= POHMELFS_CREATE_LEASE;
+  *queued = false;
+  const bool complete = c->meta && parent_write && c->local->IsComplete(parent);
+  if (complete) {
+    auto known = c->local->Find(parent, name);
+    if (known && *known) return Status::Error(EEXIST);
+    if (open) flags |= POHMELFS_CREATE_OPEN;
+    Entry e = NewEntry(oid, mode, who->uid, who->gid, rdev);
+    c->meta->Queue(opcode, oid, true,
+                   FsClient::CreateBody(parent, name, mode, rdev, who->uid, who->gid, flags, oid));
+    *queued = true;
+    c->local->SetAttrs(oid, e);
+    c->local->AddEntry(parent, name, oid);
+    if (dir) c->local->AddCompleteDir(oid), BumpLocalNlink(c, parent, 1);
+    c->leases->GrantLocal(oid);
+    return e;
+  }
+  if (open) flags |= POHMELFS_CREATE_OPEN;
+  auto e = c->fs->Create(
+      opcode, FsClient::CreateBody(parent, name, mode, rdev, who->uid, who->gid, flags, oid));
+  if (!e.ok()) return e;
+  if (c->leases) c->leases->GrantLocal(oid);
+  if (c->local) {
+    c->local->AddEntry(parent, name, oid);  // when parent is known completely
+    if (dir && parent_write) c->local->AddCompleteDir(oid);
+  }
+  return e;
+}
+
 void MkNod(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode, dev_t rdev) {
   auto p = NodeOid(req, parent);
   if (!p) return;
-  const fuse_ctx* who = fuse_req_ctx(req);
-  auto g = HoldLease(Ctx(req), *p, POHMELFS_LEASE_WRITE);
-  ReplyEntry(req, Ctx(req)->fs->MkNod(*p, name, mode, rdev, who->uid, who->gid), parent, name,
-             g.mode() != 0);
+  FuseContext* c = Ctx(req);
+  auto g = HoldLease(c, *p, POHMELFS_LEASE_WRITE);
+  bool queued;
+  auto e =
+      CreateObject(c, req, *p, name, mode, rdev, g.mode() == POHMELFS_LEASE_WRITE, false, &queued);
+  ReplyEntry(req, e, parent, name, g.mode() != 0);
 }
 
 void MkDir(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode) {
   auto p = NodeOid(req, parent);
   if (!p) return;
-  const fuse_ctx* who = fuse_req_ctx(req);
-  auto g = HoldLease(Ctx(req), *p, POHMELFS_LEASE_WRITE);
-  ReplyEntry(req, Ctx(req)->fs->MkDir(*p, name, mode, who->uid, who->gid), parent, name,
-             g.mode() != 0);
+  FuseContext* c = Ctx(req);
+  auto g = HoldLease(c, *p, POHMELFS_LEASE_WRITE);
+  bool queued;
+  auto e = CreateObject(c, req, *p, name, S_IFDIR | (mode & 07777), 0,
+                        g.mode() == POHMELFS_LEASE_WRITE, false, &queued);
+  ReplyEntry(req, e, parent, name, g.mode() != 0);
+}
+
+// Removes name if it is an object that was never sent: nothing goes to a server. Returns
+// whether it was.
+bool CancelLocal(FuseContext* c, const Oid& parent, const char* name, bool dir) {
+  if (!c->meta) return false;
+  auto known = c->local->Find(parent, name);
+  if (!known || !*known) return false;
+  const Oid oid = **known;
+  auto e = c->local->Attrs(oid);
+  if (!e || S_ISDIR(e->st.st_mode) != dir || HasQueuedOpens(c, oid)) return false;
+  if (dir && !c->local->IsEmpty(oid)) return false;
+  if (!c->meta->Cancel(oid)) return false;
+  c->local->RemoveEntry(parent, name);
+  c->local->DropAttrs(oid);
+  if (dir) c->local->Forget(oid), BumpLocalNlink(c, parent, -1);
+  if (c->cache) c->cache->Discard(oid);
+  return true;
 }
 
 void Unlink(fuse_req_t req, fuse_ino_t parent, const char* name) {
   auto p = NodeOid(req, parent);
   if (!p) return;
-  auto g = HoldLease(Ctx(req), *p, POHMELFS_LEASE_WRITE);
-  ReplyStatus(req, Ctx(req)->fs->Unlink(*p, name));
+  FuseContext* c = Ctx(req);
+  auto g = HoldLease(c, *p, POHMELFS_LEASE_WRITE);
+  if (g.mode() == POHMELFS_LEASE_WRITE && CancelLocal(c, *p, name, false))
+    return (void)fuse_reply_err(req, 0);
+  Status s = c->fs->Unlink(*p, name);
+  if (s.ok() && c->local) c->local->RemoveEntry(*p, name);
+  ReplyStatus(req, s);
 }
 
 void RmDir(fuse_req_t req, fuse_ino_t parent, const char* name) {
   auto p = NodeOid(req, parent);
   if (!p) return;
-  auto g = HoldLease(Ctx(req), *p, POHMELFS_LEASE_WRITE);
-  ReplyStatus(req, Ctx(req)->fs->RmDir(*p, name));
+  FuseContext* c = Ctx(req);
+  auto g = HoldLease(c, *p, POHMELFS_LEASE_WRITE);
+  if (g.mode() == POHMELFS_LEASE_WRITE && CancelLocal(c, *p, name, true))
+    return (void)fuse_reply_err(req, 0);
+  Status s = c->fs->RmDir(*p, name);
+  if (s.ok() && c->local) c->local->RemoveEntry(*p, name);
+  ReplyStatus(req, s);
 }
 
 void Symlink(fuse_req_t req, const char* target, fuse_ino_t parent, const char* name) {
@@ -218,9 +385,11 @@ void Symlink(fuse_req_t req, const char* target, fuse_ino_t parent, const char* 
   if (!p) return;
   if (std::strlen(target) > POHMELFS_PATH_MAX) return (void)fuse_reply_err(req, ENAMETOOLONG);
   const fuse_ctx* who = fuse_req_ctx(req);
-  auto g = HoldLease(Ctx(req), *p, POHMELFS_LEASE_WRITE);
-  ReplyEntry(req, Ctx(req)->fs->Symlink(*p, name, target, who->uid, who->gid), parent, name,
-             g.mode() != 0);
+  FuseContext* c = Ctx(req);
+  auto g = HoldLease(c, *p, POHMELFS_LEASE_WRITE);
+  auto e = c->fs->Symlink(*p, name, target, who->uid, who->gid);
+  if (e.ok() && c->local) c->local->AddEntry(*p, name, e->oid);
+  ReplyEntry(req, e, parent, name, g.mode() != 0);
 }
 
 void Rename(fuse_req_t req, fuse_ino_t parent, const char* name, fuse_ino_t newparent,
@@ -240,7 +409,12 @@ void Rename(fuse_req_t req, fuse_ino_t parent, const char* name, fuse_ino_t newp
   auto g1 = HoldLease(c, first, POHMELFS_LEASE_WRITE);
   LeaseManager::Guard g2;
   if (!(first == second)) g2 = HoldLease(c, second, POHMELFS_LEASE_WRITE);
-  ReplyStatus(req, c->fs->Rename(*p, name, *np, newname, wire));
+  Status s = c->fs->Rename(*p, name, *np, newname, wire);
+  if (c->local) {  // rename is not followed locally: both directories are asked again
+    c->local->Forget(*p);
+    c->local->Forget(*np);
+  }
+  ReplyStatus(req, s);
 }
 
 void Link(fuse_req_t req, fuse_ino_t ino, fuse_ino_t newparent, const char* newname) {
@@ -248,8 +422,11 @@ void Link(fuse_req_t req, fuse_ino_t ino, fuse_ino_t newparent, const char* newn
   if (!oid) return;
   auto np = NodeOid(req, newparent);
   if (!np) return;
-  auto g = HoldLease(Ctx(req), *np, POHMELFS_LEASE_WRITE);
-  ReplyEntry(req, Ctx(req)->fs->Link(*oid, *np, newname), newparent, newname, g.mode() != 0);
+  FuseContext* c = Ctx(req);
+  auto g = HoldLease(c, *np, POHMELFS_LEASE_WRITE);
+  auto e = c->fs->Link(*oid, *np, newname);
+  if (e.ok() && c->local) c->local->AddEntry(*np, newname, e->oid);
+  ReplyEntry(req, e, newparent, newname, g.mode() != 0);
 }
 
 void Open(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
@@ -261,6 +438,17 @@ void Open(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
   FuseContext* c = Ctx(req);
   auto g = HoldLease(c, *oid,
                      (flags & POHMELFS_OPEN_WRITE) ? POHMELFS_LEASE_WRITE : POHMELFS_LEASE_READ);
+  // A file not sent yet has nothing to open on a server (fh 0: no RELEASE either).
+  if (c->meta && !(flags & POHMELFS_OPEN_TRUNC) && c->meta->Pending(*oid)) {
+    std::vector<uint8_t> body;
+    proto::Writer(&body).Put(pohmelfs_open_req{oid->ToWire(), 0, 0});
+    c->meta->Queue(POHMELFS_OP_OPEN, *oid, false, std::move(body));
+    CountQueuedOpen(c, *oid, 1);
+    fi->fh = kQueuedOpen;
+    fi->keep_cache = 1;
+    if (fuse_reply_open(req, fi) != 0) CountQueuedOpen(c, *oid, -1);
+    return;
+  }
   if (c->cache && (flags & POHMELFS_OPEN_TRUNC)) {
     Status f = c->cache->Flush(*oid);
     if (!f.ok()) return ReplyStatus(req, f);
@@ -270,6 +458,7 @@ void Open(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
   // Close-to-open: cached pages are dropped at open, unless a lease has covered them since
   // they were read (a change elsewhere would have broken it and invalidated them).
   fi->keep_cache = g.mode() != 0 && g.was_held() && !(flags & POHMELFS_OPEN_TRUNC);
+  fi->fh = kServerOpen;
   FsClient* fs = c->fs;  // req is gone once replied to
   if (fuse_reply_open(req, fi) != 0) (void)fs->Release(*oid);
 }
@@ -277,18 +466,25 @@ void Open(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
 void Create(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode, fuse_file_info* fi) {
   auto p = NodeOid(req, parent);
   if (!p) return;
-  const fuse_ctx* who = fuse_req_ctx(req);
   FuseContext* c = Ctx(req);
   auto g = HoldLease(c, *p, POHMELFS_LEASE_WRITE);
-  auto e = c->fs->MkNod(*p, name, S_IFREG | (mode & 07777), 0, who->uid, who->gid, true);
+  bool queued;
+  auto e = CreateObject(c, req, *p, name, S_IFREG | (mode & 07777), 0,
+                        g.mode() == POHMELFS_LEASE_WRITE, true, &queued);
   if (!e.ok()) return ReplyStatus(req, e.status());
+  fi->fh = queued ? kQueuedOpen : kServerOpen;
+  if (queued) CountQueuedOpen(c, e->oid, 1);
   fuse_entry_param ep{};
   ep.ino = c->inodes->Ref(e->oid);
   ep.attr = StatFor(*e, ep.ino);
   EntryTimeouts(c, parent, name, g.mode() != 0, &ep, e->oid);
   if (fuse_reply_create(req, &ep, fi) != 0) {
     c->inodes->Forget(ep.ino, 1);
-    (void)c->fs->Release(e->oid);
+    if (!queued) return (void)c->fs->Release(e->oid);
+    std::vector<uint8_t> body;
+    proto::Writer(&body).Put(pohmelfs_obj_req{e->oid.ToWire()});
+    c->meta->Queue(POHMELFS_OP_RELEASE, e->oid, false, std::move(body));
+    CountQueuedOpen(c, e->oid, -1);
   }
 }
 
@@ -352,8 +548,22 @@ void Flush(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
   FuseContext* c = Ctx(req);
   auto oid = c->inodes->Get(ino);
   if (!oid) return (void)fuse_reply_err(req, 0);
-  Status s = Status::Ok();
-  if (c->cache) s = c->cache->Flush(*oid);  // close-to-open: on every replica before close ends
+  Status s = c->meta ? c->meta->Failed(*oid) : Status::Ok();
+  if (s.ok() && c->cache && c->meta && c->meta->Pending(*oid)) {
+    // A small new file that no server has yet: its data joins the queued create, in the same
+    // batches (fsync sends it all). Close-to-open still holds: another client's open breaks
+    // the directory's or the file's lease, and a break sends the queue first.
+    if (auto small = c->cache->TakeSmall(*oid, kQueuedDataMax)) {
+      for (const auto& [off, bytes] : *small) {
+        for (size_t done = 0; done < bytes.size(); done += POHMELFS_IO_MAX) {
+          size_t n = std::min<size_t>(bytes.size() - done, POHMELFS_IO_MAX);
+          c->meta->Queue(POHMELFS_OP_WRITE, *oid, false,
+                         FsClient::WriteBody(*oid, off + done, bytes.data() + done, n));
+        }
+      }
+    }
+  }
+  if (s.ok() && c->cache) s = c->cache->Flush(*oid);  // on every replica before close ends
   bool locked;
   {
     std::lock_guard lk(c->locked_mu);
@@ -370,7 +580,14 @@ void Release(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
     if (fi->flock_release)
       (void)LockCall(c, *oid, POHMELFS_LOCK_SETLK, F_UNLCK, fi->lock_owner, 0, 0,
                      POHMELFS_LOCK_FLOCK, 0);
-    (void)c->fs->Release(*oid);
+    if (fi->fh == kQueuedOpen) {
+      std::vector<uint8_t> body;
+      proto::Writer(&body).Put(pohmelfs_obj_req{oid->ToWire()});
+      c->meta->Queue(POHMELFS_OP_RELEASE, *oid, false, std::move(body));
+      CountQueuedOpen(c, *oid, -1);
+    } else {
+      (void)c->fs->Release(*oid);
+    }
   }
   fuse_reply_err(req, 0);
 }
@@ -671,6 +888,7 @@ void Ioctl(fuse_req_t req, fuse_ino_t ino, unsigned int cmd, void*, fuse_file_in
   if (who->uid != 0)
     return (void)fuse_reply_err(req, EPERM);  // bypasses per-entry permission checks
   Status s;
+  if (c->local) c->local->ForgetAll();  // tree commands change directories wholesale
   if (cmd == POHMELFS_IOC_RMTREE) {
     s = c->fs->RmTree(*oid, path).status();
     if (s.ok()) fuse_lowlevel_notify_inval_entry(c->se, ino, path.c_str(), len);
@@ -726,8 +944,14 @@ const fuse_lowlevel_ops kOps = [] {
 
 LeaseManager::Hooks FuseLeaseHooks(FuseContext* c) {
   LeaseManager::Hooks h;
-  h.flush = [c](const Oid& oid, uint32_t) {
+  h.flush = [c](const Oid& oid, uint32_t keep) {
+    // Everything queued goes first: another client is about to look at what it changed.
+    if (c->meta) (void)c->meta->Drain();
     if (c->cache) c->cache->FlushForBreak(oid);
+    if (c->local && keep != POHMELFS_LEASE_WRITE) c->local->Forget(oid);
+  };
+  h.before_reclaim = [c] {
+    if (c->meta) (void)c->meta->Drain();
   };
   h.invalidate = [c](const Oid& oid, uint32_t keep, bool all) {
     if (keep == POHMELFS_LEASE_READ || !c->se) return;  // caches stay valid under a read lease

@@ -17,6 +17,8 @@
 #include "client/fs_client.h"
 #include "client/inode_table.h"
 #include "client/lease_manager.h"
+#include "client/local_namespace.h"
+#include "client/meta_queue.h"
 #include "client/mount_options.h"
 #include "client/server_set.h"
 #include "client/write_cache.h"
@@ -27,8 +29,10 @@ struct FuseContext {
   FsClient* fs = nullptr;
   ServerSet* servers = nullptr;
   InodeTable* inodes = nullptr;
-  LeaseManager* leases = nullptr;  // null with -o leases=0
-  WriteCache* cache = nullptr;     // null with -o writeback=0 or leases=0
+  LeaseManager* leases = nullptr;   // null with -o leases=0
+  WriteCache* cache = nullptr;      // null with -o writeback=0 or leases=0
+  MetaQueue* meta = nullptr;        // likewise: delayed namespace changes
+  LocalNamespace* local = nullptr;  // likewise: what this mount knows by itself
   MountOptions opts;
   std::atomic<fuse_session*> se{nullptr};  // set once the session exists, for notifications
   // The root's last attributes from a server: answered when no server can be asked, so that
@@ -40,6 +44,8 @@ struct FuseContext {
   // node: what a break of that directory's lease invalidates.
   std::mutex names_mu;
   std::unordered_map<uint64_t, std::set<std::string>> long_names;  // GUARDED_BY(names_mu)
+  std::mutex queued_mu;
+  std::unordered_map<Oid, int, proto::OidHash> queued_opens;  // GUARDED_BY(queued_mu)
   // Files this mount placed POSIX locks on: their close sends an unlock.
   std::mutex locked_mu;
   std::set<uint64_t> locked;  // GUARDED_BY(locked_mu): node ids

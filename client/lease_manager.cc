@@ -84,6 +84,18 @@ Result<std::optional<Entry>> LeaseManager::AcquireLocked(State* st, const Oid& o
   q.flags = to_le(reclaim ? POHMELFS_LEASE_RECLAIM : 0u);
   iovec v{&q, sizeof(q)};
   const uint64_t epoch = auth->connect_epoch();
+  {
+    std::lock_guard lk(st->mu);
+    st->acquiring = true;
+  }
+  struct Done {
+    State* st;
+    ~Done() {
+      std::lock_guard lk(st->mu);
+      st->acquiring = false;
+      st->seq_cv.notify_all();
+    }
+  } done{st};
   auto t = auth->Begin(POHMELFS_OP_LEASE, std::span<const iovec>(&v, 1),
                        CallOptions{.attempts = 1, .attempt_timeout = opts_.acquire_timeout});
   auto reply = auth->Wait(*t);
@@ -155,6 +167,16 @@ Result<LeaseManager::Guard> LeaseManager::Hold(const Oid& oid, uint32_t mode) {
   }
 }
 
+void LeaseManager::GrantLocal(const Oid& oid) {
+  auto st = StateOf(oid);
+  auto auth = set_->Authority();
+  if (!auth) return;
+  std::lock_guard lk(st->mu);
+  st->mode = POHMELFS_LEASE_WRITE;
+  st->from = auth.get();
+  st->from_epoch = auth->connect_epoch();
+}
+
 void LeaseManager::OnCallback(RpcClient* from, uint16_t opcode, std::vector<uint8_t>&& payload) {
   if (opcode != POHMELFS_OP_LEASE_BREAK) {
     spdlog::warn("{}: unknown callback {} from the server", from->server(), opcode);
@@ -200,7 +222,8 @@ void LeaseManager::RunBreak(const BreakJob& job) {
       // The break may overtake the reply of the grant it breaks (they are handled on
       // different threads): act on it only once that grant is recorded, or it would be undone.
       std::unique_lock lk(st->mu);
-      if (!st->seq_cv.wait_for(lk, opts_.acquire_timeout, [&] { return st->seq >= job.seq; }))
+      if (!st->seq_cv.wait_for(lk, opts_.acquire_timeout,
+                               [&] { return st->seq >= job.seq || !st->acquiring; }))
         spdlog::warn("lease break for {} names grant {} that never arrived", job.oid.Hex(),
                      job.seq);
     }
@@ -285,6 +308,7 @@ void LeaseManager::ReclaimLoop() {
 void LeaseManager::ReclaimAll() {
   auto auth = set_->Authority();
   if (!auth) return;  // a later state change brings one
+  if (hooks_.before_reclaim) hooks_.before_reclaim();
   std::vector<std::pair<Oid, std::shared_ptr<State>>> all;
   {
     std::lock_guard lk(mu_);

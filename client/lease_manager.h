@@ -42,6 +42,7 @@ class LeaseManager {
     // Kernel caches dropped: attributes only (quick, never blocks) or also pages and names.
     std::function<void(const Oid&, uint32_t keep, bool all)> invalidate;
     std::function<void(const Oid&)> lost;  // the lease is gone for good
+    std::function<void()> before_reclaim;  // queued changes out before leases are reclaimed
   };
   struct Options {
     int break_threads = 4;
@@ -79,6 +80,8 @@ class LeaseManager {
   Result<Guard> Hold(const Oid& oid, uint32_t mode);
   // The mode held now (no waiting, no request).
   uint32_t Held(const Oid& oid);
+  // Records a WRITE lease the server grants with a create (POHMELFS_CREATE_LEASE).
+  void GrantLocal(const Oid& oid);
   // Gives back every lease (flushing first). Used at unmount.
   void ReleaseAll();
   void Stop();
@@ -97,6 +100,7 @@ class LeaseManager {
     RpcClient* from = nullptr;       // GUARDED_BY(mu): the authority that granted it
     uint64_t from_epoch = 0;         // GUARDED_BY(mu): its connect_epoch at the grant
     uint64_t seq = 0;                // GUARDED_BY(mu): the latest grant seen
+    bool acquiring = false;          // GUARDED_BY(mu): an ACQUIRE is in flight
     std::condition_variable seq_cv;  // a grant was recorded
   };
   struct BreakJob {

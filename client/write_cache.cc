@@ -233,6 +233,35 @@ Status WriteCache::FlushAll() {
   return first;
 }
 
+std::optional<std::map<uint64_t, std::vector<uint8_t>>> WriteCache::TakeSmall(const Oid& oid,
+                                                                              size_t max_bytes) {
+  auto f = FileOf(oid, false);
+  if (!f) return std::map<uint64_t, std::vector<uint8_t>>{};
+  std::lock_guard flk(f->flush_mu);
+  std::lock_guard lk(f->mu);
+  if (f->dirty > max_bytes) return std::nullopt;
+  std::map<uint64_t, std::vector<uint8_t>> out;
+  out.swap(f->extents);
+  total_ -= f->dirty;
+  f->dirty = 0;
+  return out;
+}
+
+void WriteCache::Discard(const Oid& oid) {
+  std::shared_ptr<File> f;
+  {
+    std::lock_guard lk(mu_);
+    auto it = files_.find(oid);
+    if (it == files_.end()) return;
+    f = it->second;
+    files_.erase(it);
+  }
+  std::lock_guard lk(f->mu);
+  total_ -= f->dirty;
+  f->extents.clear();
+  f->dirty = 0;
+}
+
 void WriteCache::Fail(const Oid& oid, const Status& why) {
   auto f = FileOf(oid, false);
   if (!f) return;

@@ -46,6 +46,12 @@ class WriteCache {
   Status FlushAll();
   // A flush nobody waits on (a lease break): an error is kept for the application.
   void FlushForBreak(const Oid& oid);
+  // Takes the file's dirty data out of the cache if it is at most max_bytes (the caller sends
+  // it another way); nullopt (and nothing taken) otherwise.
+  std::optional<std::map<uint64_t, std::vector<uint8_t>>> TakeSmall(const Oid& oid,
+                                                                    size_t max_bytes);
+  // Forgets the file's dirty data without a trace (the file never reached a server).
+  void Discard(const Oid& oid);
   // Drops the file's dirty data, recording why (a lost lease); the next call sees `why`.
   void Fail(const Oid& oid, const Status& why);
   // The recorded error, once.

@@ -237,6 +237,9 @@ struct pohmelfs_create_req {
 #define POHMELFS_CREATE_OPEN                                          \
   (1u << 1) /* MKNOD of a regular file: also OPEN it (one round trip) \
              */
+/* MKNOD, MKDIR: the creating session takes a WRITE lease on the new object (version 3), so
+ * that it may go on caching and delaying changes to it without asking. */
+#define POHMELFS_CREATE_LEASE (1u << 2)
 
 /* OPEN: checks the object and applies O_TRUNC; the handle lives in the client. Reply: attr. */
 struct pohmelfs_open_req {

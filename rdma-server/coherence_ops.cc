@@ -54,6 +54,28 @@ bool Server::Fenced(Session* session, uint16_t opcode, std::span<const uint8_t> 
   return oid && leases_->TakeFence(session->id(), *oid);
 }
 
+void Server::GrantCreated(Session* session, uint16_t opcode, std::span<const uint8_t> payload) {
+  auto one = [&](uint16_t op, std::span<const uint8_t> body) {
+    if ((op != POHMELFS_OP_MKNOD && op != POHMELFS_OP_MKDIR) ||
+        body.size() < sizeof(pohmelfs_create_req))
+      return;
+    pohmelfs_create_req q;
+    std::memcpy(&q, body.data(), sizeof(q));
+    if (from_le(q.flags) & POHMELFS_CREATE_LEASE)
+      leases_->GrantNew(session->id(), Oid::FromWire(q.new_oid));
+  };
+  if (opcode != POHMELFS_OP_BATCH) return one(opcode, payload);
+  proto::Reader r(payload);
+  pohmelfs_batch_req b;
+  if (!r.Get(&b)) return;
+  for (uint32_t i = 0; i < from_le(b.count); i++) {
+    pohmelfs_cmd c;
+    std::string_view body;
+    if (!r.Get(&c) || !r.Bytes(POHMELFS_PAD8(from_le(c.length)), &body)) return;
+    one(from_le(c.opcode), {reinterpret_cast<const uint8_t*>(body.data()), body.size()});
+  }
+}
+
 bool Server::SendBreak(uint64_t session, const Oid& oid, uint32_t keep, uint64_t seq) {
   auto s = sessions_->Find(session);
   ConnectionPtr conn = s ? s->CallbackConnection() : nullptr;

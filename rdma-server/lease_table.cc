@@ -132,6 +132,16 @@ void LeaseTable::ServeLocked(const Oid& oid, std::vector<Break>* breaks,
   if (obj.holders.empty() && obj.waiters.empty()) objects_.erase(oit);
 }
 
+void LeaseTable::GrantNew(uint64_t session, const Oid& oid) {
+  std::lock_guard lk(mu_);
+  if (stopping_) return;
+  Object& obj = objects_[oid];
+  if (!obj.holders.empty()) return;  // not new after all: the creator must ask
+  Holder& h = obj.holders[session];
+  h.mode = POHMELFS_LEASE_WRITE;
+  h.seq = next_seq_++;
+}
+
 void LeaseTable::Release(uint64_t session, const Oid& oid, uint32_t keep) {
   std::vector<Break> breaks;
   std::vector<Completion> finished;

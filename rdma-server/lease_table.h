@@ -53,6 +53,8 @@ class LeaseTable {
   // Grants mode (READ or WRITE) on oid to session, now or later; done is called exactly once
   // (also with ESHUTDOWN when the table stops first).
   void Acquire(uint64_t session, const Oid& oid, uint32_t mode, bool reclaim, Done done);
+  // A WRITE lease on an object the session has just created (nobody else can hold one yet).
+  void GrantNew(uint64_t session, const Oid& oid);
   // Drops the session's lease on oid to `keep` (NONE or READ). Idempotent.
   void Release(uint64_t session, const Oid& oid, uint32_t keep);
   // Drops every lease of a session (it expired or closed for good).

@@ -245,6 +245,7 @@ void Server::Execute(const ConnectionPtr& conn, const std::shared_ptr<ConnState>
         spdlog::warn("{}: trans {}: {}: {}", conn->Peer(), h.trans, proto::OpcodeName(h.opcode),
                      s.ToString());
     }
+    if (s.ok()) GrantCreated(session, h.opcode, m.payload);
     ConnectionPtr target = conn;
     if (mutating) target = session->FinishTrans(h.trans, {static_cast<uint32_t>(s.code()), reply});
     if (mutating && DropReplyForTest(conn, h)) target = nullptr;

@@ -74,6 +74,8 @@ class Server {
   bool SendBreak(uint64_t session, const Oid& oid, uint32_t keep, uint64_t seq);
   // Whether a request changes an object the session was evicted from (it then fails with EIO).
   bool Fenced(Session* session, uint16_t opcode, std::span<const uint8_t> payload);
+  // Gives the creator a WRITE lease on what a request created with POHMELFS_CREATE_LEASE.
+  void GrantCreated(Session* session, uint16_t opcode, std::span<const uint8_t> payload);
   // A request has been answered: frees its credit.
   void Done(const transport::ConnectionPtr& conn, ConnState* st);
   // True (and logged) when the reply to this executed mutating request is to be dropped.

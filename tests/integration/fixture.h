@@ -4,6 +4,7 @@
 // Requires root and /dev/fuse (CI runs as root).
 #pragma once
 
+#include <fcntl.h>
 #include <gtest/gtest.h>
 #include <signal.h>
 #include <sys/mount.h>
@@ -234,7 +235,16 @@ class MountedTest : public ::testing::Test {
   static std::string export_dir() { return (scratch_->path() / "export").string(); }
   static std::string mount_dir() { return (scratch_->path() / "mnt").string(); }
   static std::string M(const std::string& rel) { return mount_dir() + "/" + rel; }
-  static std::string E(const std::string& rel) { return export_dir() + "/" + rel; }
+  // A path in the export, as the server holds it: the mount's delayed changes are sent first
+  // (fsync of a directory sends everything the mount has queued).
+  static std::string E(const std::string& rel) {
+    int fd = open(mount_dir().c_str(), O_RDONLY | O_DIRECTORY);
+    if (fd >= 0) {
+      (void)fsync(fd);
+      close(fd);
+    }
+    return export_dir() + "/" + rel;
+  }
 
   static inline ScratchDir* scratch_ = nullptr;
   static inline ServerProcess* server_ = nullptr;
