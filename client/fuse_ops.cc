@@ -270,7 +270,7 @@ Entry NewEntry(const Oid& oid, uint32_t mode, uint32_t uid, uint32_t gid, uint64
 void BumpLocalNlink(FuseContext* c, const Oid& dir, int delta) {
   if (!c->meta || !c->meta->Pending(dir)) return;
   if (auto e = c->local->Attrs(dir)) {
-    e->st.st_nlink = static_cast<nlink_t>(static_cast<int>(e->st.st_nlink) + delta);
+    e->st.st_nlink = delta > 0 ? e->st.st_nlink + 1 : e->st.st_nlink - 1;
     c->local->SetAttrs(dir, *e);
   }
 }

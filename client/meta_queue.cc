@@ -25,8 +25,6 @@ void MetaQueue::Stop() {
   }
   cv_.notify_all();
   flusher_.join();
-  Status s = Drain();
-  if (!s.ok()) spdlog::error("queued namespace changes failed at shutdown: {}", s.ToString());
 }
 
 Result<RpcReply> MetaQueue::Call(uint16_t opcode, std::span<const iovec> payload) {

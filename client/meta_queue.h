@@ -40,6 +40,7 @@ class MetaQueue : public Caller {
 
   MetaQueue(std::shared_ptr<Caller> inner, Options o);
   ~MetaQueue() override;
+  // Stops the background flusher; what is still queued stays until Drain.
   void Stop();
 
   // Every other request: after what is queued.
