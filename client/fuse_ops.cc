@@ -125,10 +125,14 @@ void Init(void* userdata, fuse_conn_info* conn) {
 }
 
 // Attributes of an object this mount created and has not sent yet, with its delayed size.
+// Also those of a directory this mount holds the write lease on: nobody else changes it, and
+// its entries change here (TouchDir), so asking the server would only cost a round trip.
 std::optional<struct stat> LocalStat(FuseContext* c, const Oid& oid, fuse_ino_t ino) {
-  if (!c->meta || !c->meta->Pending(oid)) return std::nullopt;
+  if (!c->meta) return std::nullopt;
   auto e = c->local->Attrs(oid);
   if (!e) return std::nullopt;
+  const bool leased_dir = S_ISDIR(e->st.st_mode) && c->leases->Held(oid) == POHMELFS_LEASE_WRITE;
+  if (!leased_dir && !c->meta->Pending(oid)) return std::nullopt;
   struct stat st = StatFor(*e, ino);
   MergeDirty(c, oid, &st);
   return st;
@@ -183,6 +187,8 @@ void GetAttr(fuse_req_t req, fuse_ino_t ino, fuse_file_info*) {
     }
   }
   if (!e.ok()) return ReplyStatus(req, e.status());
+  if (c->meta && S_ISDIR(e->st.st_mode) && g.mode() == POHMELFS_LEASE_WRITE)
+    c->local->SetAttrs(*oid, *e);
   struct stat st = StatFor(*e, ino);
   MergeDirty(c, *oid, &st);
   fuse_reply_attr(req, &st, AttrTimeout(c, *oid));
@@ -238,6 +244,7 @@ void SetAttr(fuse_req_t req, fuse_ino_t ino, struct stat* attr, int to_set, fuse
   }
   auto e = c->fs->SetAttr(*oid, a);
   if (!e.ok()) return ReplyStatus(req, e.status());
+  if (c->local && c->local->Attrs(*oid)) c->local->SetAttrs(*oid, *e);
   struct stat st = StatFor(*e, ino);
   fuse_reply_attr(req, &st, AttrTimeout(c, *oid));
 }
@@ -266,11 +273,14 @@ Entry NewEntry(const Oid& oid, uint32_t mode, uint32_t uid, uint32_t gid, uint64
   return e;
 }
 
-// Adds delta to the link count a not yet sent directory shows (a subdirectory came or went).
-void BumpLocalNlink(FuseContext* c, const Oid& dir, int delta) {
-  if (!c->meta || !c->meta->Pending(dir)) return;
+// An entry of dir changed here: the attributes kept for it follow (mtime, ctime, and the link
+// count when a subdirectory came or went).
+void TouchDir(FuseContext* c, const Oid& dir, int nlink_delta) {
+  if (!c->local) return;
   if (auto e = c->local->Attrs(dir)) {
-    e->st.st_nlink = delta > 0 ? e->st.st_nlink + 1 : e->st.st_nlink - 1;
+    if (nlink_delta) e->st.st_nlink = nlink_delta > 0 ? e->st.st_nlink + 1 : e->st.st_nlink - 1;
+    clock_gettime(CLOCK_REALTIME, &e->st.st_mtim);
+    e->st.st_ctim = e->st.st_mtim;
     c->local->SetAttrs(dir, *e);
   }
 }
@@ -300,7 +310,8 @@ Result<Entry> CreateObject(FuseContext* c, fuse_req_t req, const Oid& parent, co
     *queued = true;
     c->local->SetAttrs(oid, e);
     c->local->AddEntry(parent, name, oid);
-    if (dir) c->local->AddCompleteDir(oid), BumpLocalNlink(c, parent, 1);
+    if (dir) c->local->AddCompleteDir(oid);
+    TouchDir(c, parent, dir ? 1 : 0);
     c->leases->GrantLocal(oid);
     return e;
   }
@@ -312,6 +323,7 @@ Result<Entry> CreateObject(FuseContext* c, fuse_req_t req, const Oid& parent, co
   if (c->local) {
     c->local->AddEntry(parent, name, oid);  // when parent is known completely
     if (dir && parent_write) c->local->AddCompleteDir(oid);
+    TouchDir(c, parent, dir ? 1 : 0);
   }
   return e;
 }
@@ -351,7 +363,8 @@ bool CancelLocal(FuseContext* c, const Oid& parent, const char* name, bool dir) 
   if (!c->meta->Cancel(oid)) return false;
   c->local->RemoveEntry(parent, name);
   c->local->DropAttrs(oid);
-  if (dir) c->local->Forget(oid), BumpLocalNlink(c, parent, -1);
+  if (dir) c->local->Forget(oid);
+  TouchDir(c, parent, dir ? -1 : 0);
   if (c->cache) c->cache->Discard(oid);
   return true;
 }
@@ -364,7 +377,7 @@ void Unlink(fuse_req_t req, fuse_ino_t parent, const char* name) {
   if (g.mode() == POHMELFS_LEASE_WRITE && CancelLocal(c, *p, name, false))
     return (void)fuse_reply_err(req, 0);
   Status s = c->fs->Unlink(*p, name);
-  if (s.ok() && c->local) c->local->RemoveEntry(*p, name);
+  if (s.ok() && c->local) c->local->RemoveEntry(*p, name), TouchDir(c, *p, 0);
   ReplyStatus(req, s);
 }
 
@@ -376,7 +389,7 @@ void RmDir(fuse_req_t req, fuse_ino_t parent, const char* name) {
   if (g.mode() == POHMELFS_LEASE_WRITE && CancelLocal(c, *p, name, true))
     return (void)fuse_reply_err(req, 0);
   Status s = c->fs->RmDir(*p, name);
-  if (s.ok() && c->local) c->local->RemoveEntry(*p, name);
+  if (s.ok() && c->local) c->local->RemoveEntry(*p, name), TouchDir(c, *p, -1);
   ReplyStatus(req, s);
 }
 
@@ -388,7 +401,7 @@ void Symlink(fuse_req_t req, const char* target, fuse_ino_t parent, const char* 
   FuseContext* c = Ctx(req);
   auto g = HoldLease(c, *p, POHMELFS_LEASE_WRITE);
   auto e = c->fs->Symlink(*p, name, target, who->uid, who->gid);
-  if (e.ok() && c->local) c->local->AddEntry(*p, name, e->oid);
+  if (e.ok() && c->local) c->local->AddEntry(*p, name, e->oid), TouchDir(c, *p, 0);
   ReplyEntry(req, e, parent, name, g.mode() != 0);
 }
 
@@ -413,6 +426,8 @@ void Rename(fuse_req_t req, fuse_ino_t parent, const char* name, fuse_ino_t newp
   if (c->local) {  // rename is not followed locally: both directories are asked again
     c->local->Forget(*p);
     c->local->Forget(*np);
+    c->local->DropAttrs(*p);
+    c->local->DropAttrs(*np);
   }
   ReplyStatus(req, s);
 }
@@ -425,7 +440,7 @@ void Link(fuse_req_t req, fuse_ino_t ino, fuse_ino_t newparent, const char* newn
   FuseContext* c = Ctx(req);
   auto g = HoldLease(c, *np, POHMELFS_LEASE_WRITE);
   auto e = c->fs->Link(*oid, *np, newname);
-  if (e.ok() && c->local) c->local->AddEntry(*np, newname, e->oid);
+  if (e.ok() && c->local) c->local->AddEntry(*np, newname, e->oid), TouchDir(c, *np, 0);
   ReplyEntry(req, e, newparent, newname, g.mode() != 0);
 }
 
@@ -895,6 +910,7 @@ void Ioctl(fuse_req_t req, fuse_ino_t ino, unsigned int cmd, void*, fuse_file_in
   } else {
     s = c->fs->MkPath(*oid, path, 0755, who->uid, who->gid).status();
   }
+  if (c->local) c->local->ForgetAll();
   if (!s.ok()) return ReplyStatus(req, s);
   fuse_reply_ioctl(req, 0, nullptr, 0);
 }
@@ -948,7 +964,10 @@ LeaseManager::Hooks FuseLeaseHooks(FuseContext* c) {
     // Everything queued goes first: another client is about to look at what it changed.
     if (c->meta) (void)c->meta->Drain();
     if (c->cache) c->cache->FlushForBreak(oid);
-    if (c->local && keep != POHMELFS_LEASE_WRITE) c->local->Forget(oid);
+    if (c->local && keep != POHMELFS_LEASE_WRITE) {
+      c->local->Forget(oid);
+      c->local->DropAttrs(oid);
+    }
   };
   h.before_reclaim = [c] {
     if (c->meta) (void)c->meta->Drain();

@@ -57,6 +57,7 @@ class LocalNamespace {
   void ForgetAll() {
     std::lock_guard lk(mu_);
     dirs_.clear();
+    attrs_.clear();
   }
 
   void SetAttrs(const Oid& oid, const Entry& e) {

@@ -276,7 +276,14 @@ TEST_F(CoherenceTest, AppendsUnderFcntlLockAddUp) {
   EXPECT_NE(flock(fb, LOCK_EX | LOCK_NB), 0);
   EXPECT_EQ(errno, EWOULDBLOCK);
   close(fa);
-  EXPECT_EQ(flock(fb, LOCK_EX | LOCK_NB), 0);
+  // FUSE drops an flock with the file's RELEASE, which the kernel sends after close returns:
+  // wait for it with a blocking flock, bounded by an alarm (EINTR if it never comes).
+  struct sigaction sa {};
+  sa.sa_handler = [](int) {};
+  sigaction(SIGALRM, &sa, nullptr);  // no SA_RESTART: the alarm interrupts flock
+  alarm(10);
+  EXPECT_EQ(flock(fb, LOCK_EX), 0) << strerror(errno);
+  alarm(0);
   close(fb);
 }
 
