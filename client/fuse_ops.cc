@@ -148,8 +148,8 @@ void Lookup(fuse_req_t req, fuse_ino_t parent, const char* name) {
   if (c->local && g.mode() == POHMELFS_LEASE_WRITE) {
     if (auto known = c->local->Find(*p, name)) {
       if (!*known) return (void)fuse_reply_err(req, ENOENT);
-      if (c->meta->Pending(**known)) {
-        if (auto e = c->local->Attrs(**known)) return ReplyEntry(req, *e, parent, name, true);
+      if (c->meta->Pending((*known)->oid)) {
+        if (auto e = c->local->Attrs((*known)->oid)) return ReplyEntry(req, *e, parent, name, true);
       }
     }
   }
@@ -299,17 +299,24 @@ Result<Entry> CreateObject(FuseContext* c, fuse_req_t req, const Oid& parent, co
   uint32_t flags = dir ? 0 : POHMELFS_CREATE_EXCL;
   if (c->leases) flags |= POHMELFS_CREATE_LEASE;
   *queued = false;
-  const bool complete = c->meta && parent_write && c->local->IsComplete(parent);
+  // Queued creates need the parent's attributes: a set-group-ID directory passes on its group
+  // (and, to subdirectories, the bit), as the server's filesystem will.
+  const auto parent_attrs = c->meta ? c->local->Attrs(parent) : std::nullopt;
+  const bool complete = parent_attrs && parent_write && c->local->IsComplete(parent);
   if (complete) {
     auto known = c->local->Find(parent, name);
     if (known && *known) return Status::Error(EEXIST);
     if (open) flags |= POHMELFS_CREATE_OPEN;
     Entry e = NewEntry(oid, mode, who->uid, who->gid, rdev);
+    if (parent_attrs->st.st_mode & S_ISGID) {
+      e.st.st_gid = parent_attrs->st.st_gid;
+      if (dir) e.st.st_mode |= S_ISGID;
+    }
     c->meta->Queue(opcode, oid, true,
                    FsClient::CreateBody(parent, name, mode, rdev, who->uid, who->gid, flags, oid));
     *queued = true;
     c->local->SetAttrs(oid, e);
-    c->local->AddEntry(parent, name, oid);
+    c->local->AddEntry(parent, name, oid, mode);
     if (dir) c->local->AddCompleteDir(oid);
     TouchDir(c, parent, dir ? 1 : 0);
     c->leases->GrantLocal(oid);
@@ -321,7 +328,7 @@ Result<Entry> CreateObject(FuseContext* c, fuse_req_t req, const Oid& parent, co
   if (!e.ok()) return e;
   if (c->leases) c->leases->GrantLocal(oid);
   if (c->local) {
-    c->local->AddEntry(parent, name, oid);  // when parent is known completely
+    c->local->AddEntry(parent, name, oid, mode);  // when parent is known completely
     if (dir && parent_write) c->local->AddCompleteDir(oid);
     TouchDir(c, parent, dir ? 1 : 0);
   }
@@ -356,7 +363,7 @@ bool CancelLocal(FuseContext* c, const Oid& parent, const char* name, bool dir) 
   if (!c->meta) return false;
   auto known = c->local->Find(parent, name);
   if (!known || !*known) return false;
-  const Oid oid = **known;
+  const Oid oid = (*known)->oid;
   auto e = c->local->Attrs(oid);
   if (!e || S_ISDIR(e->st.st_mode) != dir || HasQueuedOpens(c, oid)) return false;
   if (dir && !c->local->IsEmpty(oid)) return false;
@@ -369,12 +376,36 @@ bool CancelLocal(FuseContext* c, const Oid& parent, const char* name, bool dir) 
   return true;
 }
 
+// Queues the removal of an object that was sent, when the outcome is known here: the
+// directory is known completely, the name is there with the right type, and a directory to
+// remove is known to be empty.
+bool QueueRemoval(FuseContext* c, const Oid& parent, const char* name, bool dir) {
+  if (!c->meta) return false;
+  auto known = c->local->Find(parent, name);
+  if (!known || !*known) return false;
+  const LocalNamespace::Known k = **known;
+  if ((k.type == S_IFDIR) != dir) return false;
+  if (dir && !c->local->IsEmpty(k.oid)) return false;
+  std::vector<uint8_t> body;
+  proto::Writer w(&body);
+  w.Put(pohmelfs_name_req{parent.ToWire(), proto::to_le(static_cast<uint32_t>(std::strlen(name))),
+                          0});
+  w.Bytes(name, std::strlen(name));
+  c->meta->Queue(dir ? POHMELFS_OP_RMDIR : POHMELFS_OP_UNLINK, parent, false, std::move(body));
+  c->local->RemoveEntry(parent, name);
+  if (dir) c->local->Forget(k.oid), c->local->DropAttrs(k.oid);
+  TouchDir(c, parent, dir ? -1 : 0);
+  return true;
+}
+
 void Unlink(fuse_req_t req, fuse_ino_t parent, const char* name) {
   auto p = NodeOid(req, parent);
   if (!p) return;
   FuseContext* c = Ctx(req);
   auto g = HoldLease(c, *p, POHMELFS_LEASE_WRITE);
   if (g.mode() == POHMELFS_LEASE_WRITE && CancelLocal(c, *p, name, false))
+    return (void)fuse_reply_err(req, 0);
+  if (g.mode() == POHMELFS_LEASE_WRITE && QueueRemoval(c, *p, name, false))
     return (void)fuse_reply_err(req, 0);
   Status s = c->fs->Unlink(*p, name);
   if (s.ok() && c->local) c->local->RemoveEntry(*p, name), TouchDir(c, *p, 0);
@@ -387,6 +418,8 @@ void RmDir(fuse_req_t req, fuse_ino_t parent, const char* name) {
   FuseContext* c = Ctx(req);
   auto g = HoldLease(c, *p, POHMELFS_LEASE_WRITE);
   if (g.mode() == POHMELFS_LEASE_WRITE && CancelLocal(c, *p, name, true))
+    return (void)fuse_reply_err(req, 0);
+  if (g.mode() == POHMELFS_LEASE_WRITE && QueueRemoval(c, *p, name, true))
     return (void)fuse_reply_err(req, 0);
   Status s = c->fs->RmDir(*p, name);
   if (s.ok() && c->local) c->local->RemoveEntry(*p, name), TouchDir(c, *p, -1);
@@ -401,7 +434,7 @@ void Symlink(fuse_req_t req, const char* target, fuse_ino_t parent, const char* 
   FuseContext* c = Ctx(req);
   auto g = HoldLease(c, *p, POHMELFS_LEASE_WRITE);
   auto e = c->fs->Symlink(*p, name, target, who->uid, who->gid);
-  if (e.ok() && c->local) c->local->AddEntry(*p, name, e->oid), TouchDir(c, *p, 0);
+  if (e.ok() && c->local) c->local->AddEntry(*p, name, e->oid, S_IFLNK), TouchDir(c, *p, 0);
   ReplyEntry(req, e, parent, name, g.mode() != 0);
 }
 
@@ -440,7 +473,8 @@ void Link(fuse_req_t req, fuse_ino_t ino, fuse_ino_t newparent, const char* newn
   FuseContext* c = Ctx(req);
   auto g = HoldLease(c, *np, POHMELFS_LEASE_WRITE);
   auto e = c->fs->Link(*oid, *np, newname);
-  if (e.ok() && c->local) c->local->AddEntry(*np, newname, e->oid), TouchDir(c, *np, 0);
+  if (e.ok() && c->local)
+    c->local->AddEntry(*np, newname, e->oid, e->st.st_mode), TouchDir(c, *np, 0);
   ReplyEntry(req, e, newparent, newname, g.mode() != 0);
 }
 

@@ -15,20 +15,24 @@ namespace pohmelfs::client {
 
 class LocalNamespace {
  public:
+  struct Known {
+    Oid oid;
+    uint32_t type = 0;  // S_IFMT bits
+  };
   // dir's every entry is known from now on (it is new, or empty).
   void AddCompleteDir(const Oid& dir) {
     std::lock_guard lk(mu_);
     dirs_[dir];
   }
-  // nullopt: dir is not known completely. Otherwise the entry's id, or nullopt inside when
-  // there is no such name.
-  std::optional<std::optional<Oid>> Find(const Oid& dir, const std::string& name) {
+  // nullopt: dir is not known completely. Otherwise the entry, or nullopt inside when there
+  // is no such name.
+  std::optional<std::optional<Known>> Find(const Oid& dir, const std::string& name) {
     std::lock_guard lk(mu_);
     auto d = dirs_.find(dir);
     if (d == dirs_.end()) return std::nullopt;
     auto e = d->second.find(name);
-    if (e == d->second.end()) return std::optional<Oid>{};
-    return std::optional<Oid>{e->second};
+    if (e == d->second.end()) return std::optional<Known>{};
+    return std::optional<Known>{e->second};
   }
   bool IsComplete(const Oid& dir) {
     std::lock_guard lk(mu_);
@@ -39,10 +43,10 @@ class LocalNamespace {
     auto d = dirs_.find(dir);
     return d != dirs_.end() && d->second.empty();
   }
-  void AddEntry(const Oid& dir, const std::string& name, const Oid& oid) {
+  void AddEntry(const Oid& dir, const std::string& name, const Oid& oid, uint32_t mode) {
     std::lock_guard lk(mu_);
     auto d = dirs_.find(dir);
-    if (d != dirs_.end()) d->second[name] = oid;
+    if (d != dirs_.end()) d->second[name] = Known{oid, mode & S_IFMT};
   }
   void RemoveEntry(const Oid& dir, const std::string& name) {
     std::lock_guard lk(mu_);
@@ -77,7 +81,7 @@ class LocalNamespace {
 
  private:
   std::mutex mu_;
-  std::unordered_map<Oid, std::unordered_map<std::string, Oid>, proto::OidHash>
+  std::unordered_map<Oid, std::unordered_map<std::string, Known>, proto::OidHash>
       dirs_;                                              // GUARDED_BY(mu_)
   std::unordered_map<Oid, Entry, proto::OidHash> attrs_;  // GUARDED_BY(mu_)
 };

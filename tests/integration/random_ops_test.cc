@@ -1140,6 +1140,10 @@ class Runner {
           return WithFd(Full(s, p), write ? O_RDWR : O_RDONLY, 0, [&](int fd) {
             struct stat st;
             if (fstat(fd, &st) != 0) return Sys(-1, "fstat");
+            if (S_ISDIR(st.st_mode)) {  // a directory's size depends on the backing filesystem
+              errno = ENODEV;
+              return Sys(-1, "mmap");
+            }
             if (static_cast<uint64_t>(st.st_size) < off + len) {
               Res r = Sys(0, "fstat");
               r.data = "file shorter than the mapping: size=" + std::to_string(st.st_size);
