@@ -593,6 +593,43 @@ Result<RpcReply> LockCall(FuseContext* c, const Oid& oid, uint32_t cmd, uint32_t
   return auth->Call(POHMELFS_OP_LOCK, std::span<const iovec>(&v, 1));
 }
 
+// Remembers a lock request that succeeded, for a replay after failover.
+void NoteLock(FuseContext* c, const Oid& oid, const FuseContext::HeldLock& l) {
+  std::lock_guard lk(c->locked_mu);
+  auto& v = c->held_locks[oid];
+  if (l.type == F_UNLCK && l.start == 0 && l.length == 0) {
+    std::erase_if(v, [&](const FuseContext::HeldLock& x) {
+      return x.owner == l.owner &&
+             (x.flags & POHMELFS_LOCK_FLOCK) == (l.flags & POHMELFS_LOCK_FLOCK);
+    });
+  } else {
+    v.push_back(l);
+  }
+  if (v.empty()) c->held_locks.erase(oid);
+}
+
+// Places this mount's locks again with a new authority. One that cannot be placed (another
+// client took it meanwhile) is lost, and said so.
+void ReplayLocks(FuseContext* c) {
+  std::unordered_map<Oid, std::vector<FuseContext::HeldLock>, proto::OidHash> all;
+  {
+    std::lock_guard lk(c->locked_mu);
+    all = c->held_locks;
+  }
+  for (const auto& [oid, v] : all) {
+    for (const auto& l : v) {
+      auto r = LockCall(c, oid, POHMELFS_LOCK_SETLK, l.type, l.owner, l.start, l.length,
+                        l.flags | POHMELFS_LOCK_RECLAIM, l.pid);
+      if (!r.ok() || r->status != 0)
+        spdlog::error("a lock on {} could not be placed again after the failover ({}): it is lost",
+                      oid.Hex(),
+                      r.ok() ? std::strerror(static_cast<int>(r->status)) : r.status().ToString());
+    }
+  }
+  if (!all.empty())
+    spdlog::info("locks of {} files placed again with the new authority", all.size());
+}
+
 void Flush(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
   FuseContext* c = Ctx(req);
   auto oid = c->inodes->Get(ino);
@@ -618,17 +655,21 @@ void Flush(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
     std::lock_guard lk(c->locked_mu);
     locked = c->locked.count(ino) > 0;
   }
-  if (locked)  // close drops the POSIX locks of this owner, as fcntl locks do
+  if (locked) {  // close drops the POSIX locks of this owner, as fcntl locks do
     (void)LockCall(c, *oid, POHMELFS_LOCK_SETLK, F_UNLCK, fi->lock_owner, 0, 0, 0, 0);
+    NoteLock(c, *oid, {fi->lock_owner, F_UNLCK, 0, 0, 0, 0});
+  }
   ReplyStatus(req, s);
 }
 
 void Release(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
   FuseContext* c = Ctx(req);
   if (auto oid = c->inodes->Get(ino)) {
-    if (fi->flock_release)
+    if (fi->flock_release) {
       (void)LockCall(c, *oid, POHMELFS_LOCK_SETLK, F_UNLCK, fi->lock_owner, 0, 0,
                      POHMELFS_LOCK_FLOCK, 0);
+      NoteLock(c, *oid, {fi->lock_owner, F_UNLCK, POHMELFS_LOCK_FLOCK, 0, 0, 0});
+    }
     if (fi->fh == kQueuedOpen) {
       std::vector<uint8_t> body;
       proto::Writer(&body).Put(pohmelfs_obj_req{oid->ToWire()});
@@ -697,9 +738,14 @@ void SetLk(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi, struct flock* loc
     std::lock_guard lk(c->locked_mu);
     c->locked.insert(ino);
   }
-  int err = SetLock(req, *oid, static_cast<uint32_t>(lock->l_type), fi->lock_owner,
-                    static_cast<uint64_t>(lock->l_start), static_cast<uint64_t>(lock->l_len), 0,
-                    static_cast<uint32_t>(lock->l_pid), sleep != 0);
+  FuseContext::HeldLock l{fi->lock_owner,
+                          static_cast<uint32_t>(lock->l_type),
+                          0,
+                          static_cast<uint32_t>(lock->l_pid),
+                          static_cast<uint64_t>(lock->l_start),
+                          static_cast<uint64_t>(lock->l_len)};
+  int err = SetLock(req, *oid, l.type, l.owner, l.start, l.length, 0, l.pid, sleep != 0);
+  if (err == 0) NoteLock(c, *oid, l);
   fuse_reply_err(req, err);
 }
 
@@ -709,6 +755,7 @@ void Flock(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi, int op) {
   uint32_t type = (op & LOCK_UN) ? F_UNLCK : (op & LOCK_EX) ? F_WRLCK : F_RDLCK;
   int err = SetLock(req, *oid, type, fi->lock_owner, 0, 0, POHMELFS_LOCK_FLOCK, 0,
                     !(op & LOCK_NB) && type != F_UNLCK);
+  if (err == 0) NoteLock(Ctx(req), *oid, {fi->lock_owner, type, POHMELFS_LOCK_FLOCK, 0, 0, 0});
   fuse_reply_err(req, err);
 }
 
@@ -1006,6 +1053,7 @@ LeaseManager::Hooks FuseLeaseHooks(FuseContext* c) {
   h.before_reclaim = [c] {
     if (c->meta) (void)c->meta->Drain();
   };
+  h.authority_changed = [c] { ReplayLocks(c); };
   h.invalidate = [c](const Oid& oid, uint32_t keep, bool all) {
     if (keep == POHMELFS_LEASE_READ || !c->se) return;  // caches stay valid under a read lease
     auto ino = c->inodes->Find(oid);

@@ -49,6 +49,14 @@ struct FuseContext {
   // Files this mount placed POSIX locks on: their close sends an unlock.
   std::mutex locked_mu;
   std::set<uint64_t> locked;  // GUARDED_BY(locked_mu): node ids
+  // The lock requests that placed this mount's locks, in order, per object: replayed to a new
+  // lease authority after a failover (an unlock of a whole file by its owner forgets them).
+  struct HeldLock {
+    uint64_t owner;
+    uint32_t type, flags, pid;
+    uint64_t start, length;
+  };
+  std::unordered_map<Oid, std::vector<HeldLock>, proto::OidHash> held_locks;  // locked_mu
 };
 
 // The lease hooks of a mount: flush delayed writes, drop kernel caches, note a lost lease.

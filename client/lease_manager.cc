@@ -20,6 +20,10 @@ LeaseManager::LeaseManager(std::shared_ptr<ServerSet> set, Hooks hooks, Options 
         reclaim_wanted_ = true;
         cv_.notify_all();
       });
+  if (auto auth = set_->Authority()) {
+    last_authority_ = auth.get();
+    last_epoch_ = auth->connect_epoch();
+  }
   for (int i = 0; i < std::max(1, opts_.break_threads); i++)
     break_threads_.emplace_back([this] { BreakLoop(); });
   reclaimer_ = std::thread([this] { ReclaimLoop(); });
@@ -343,6 +347,10 @@ void LeaseManager::ReclaimAll() {
   // A break may have been missed while there was no authority: drop kernel caches (without
   // the states' locks, which requests waiting in the kernel may need).
   for (const auto& [oid, mode] : reclaimed) InvalidateBounded(oid, POHMELFS_LEASE_NONE);
+  const bool changed = last_authority_ != auth.get() || last_epoch_ != auth->connect_epoch();
+  last_authority_ = auth.get();
+  last_epoch_ = auth->connect_epoch();
+  if (changed && hooks_.authority_changed) hooks_.authority_changed();
 }
 
 void LeaseManager::ReleaseAll() {

@@ -43,6 +43,9 @@ class LeaseManager {
     std::function<void(const Oid&, uint32_t keep, bool all)> invalidate;
     std::function<void(const Oid&)> lost;  // the lease is gone for good
     std::function<void()> before_reclaim;  // queued changes out before leases are reclaimed
+    // After the leases were reclaimed from a new authority (or a reconnected one): locks are
+    // placed again there.
+    std::function<void()> authority_changed;
   };
   struct Options {
     int break_threads = 4;
@@ -138,6 +141,8 @@ class LeaseManager {
   bool stopping_ = false;                                                   // GUARDED_BY(mu_)
   std::vector<std::thread> break_threads_;
   std::thread reclaimer_;
+  RpcClient* last_authority_ = nullptr;  // used by the reclaimer thread only
+  uint64_t last_epoch_ = 0;              // likewise
 
   // The invalidator: one job at a time; a job that blocks only delays later invalidations.
   struct InvalJob {

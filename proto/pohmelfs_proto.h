@@ -464,6 +464,9 @@ struct pohmelfs_lease_break {
 #define POHMELFS_LOCK_SETLK 2u
 #define POHMELFS_LOCK_SETLKW 3u
 #define POHMELFS_LOCK_FLOCK (1u << 0)
+/* A lock placed again with a new authority after a failover: not held back by the grace
+ * period, during which ordinary lock requests wait. */
+#define POHMELFS_LOCK_RECLAIM (1u << 1)
 struct pohmelfs_lock_req {
   struct pohmelfs_oid oid;
   __le64 owner;

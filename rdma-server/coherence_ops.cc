@@ -174,6 +174,23 @@ void Server::HandleLock(const ConnectionPtr& conn, const std::shared_ptr<ConnSta
     Reply(conn, m.hdr, EINVAL, {});
     return Done(conn, st.get());
   }
+  if (!(from_le(q.flags) & POHMELFS_LOCK_RECLAIM) && from_le(q.cmd) != POHMELFS_LOCK_GETLK) {
+    // During a grace period the locks of the previous authority are placed again first.
+    leases_->AfterGrace(
+        [this, conn, st, m = std::move(m)]() mutable { HandleLockNow(conn, st, std::move(m)); });
+    return;
+  }
+  HandleLockNow(conn, st, std::move(m));
+}
+
+void Server::HandleLockNow(const ConnectionPtr& conn, const std::shared_ptr<ConnState>& st,
+                           Message m) {
+  proto::Reader r(m.payload);
+  pohmelfs_lock_req q;
+  if (!r.Get(&q)) {
+    Reply(conn, m.hdr, EINVAL, {});
+    return Done(conn, st.get());
+  }
   const Oid oid = Oid::FromWire(q.oid);
   const uint32_t cmd = from_le(q.cmd), type = from_le(q.type), flags = from_le(q.flags);
   const uint64_t start = from_le(q.start), length = from_le(q.length);

@@ -40,6 +40,12 @@ void LeaseTable::Stop() {
   cv_.notify_all();
   if (timer_.joinable()) timer_.join();
   for (auto& c : done) c.done(c.status, c.mode, c.seq);
+  std::vector<std::function<void()>> after;
+  {
+    std::lock_guard lk(mu_);
+    after.swap(after_grace_);
+  }
+  for (auto& f : after) f();
 }
 
 void LeaseTable::Acquire(uint64_t session, const Oid& oid, uint32_t mode, bool reclaim, Done done) {
@@ -130,6 +136,17 @@ void LeaseTable::ServeLocked(const Oid& oid, std::vector<Break>* breaks,
     obj.waiters.erase(obj.waiters.begin());
   }
   if (obj.holders.empty() && obj.waiters.empty()) objects_.erase(oit);
+}
+
+void LeaseTable::AfterGrace(std::function<void()> f) {
+  {
+    std::lock_guard lk(mu_);
+    if (!stopping_ && InGraceLocked(Clock::now())) {
+      after_grace_.push_back(std::move(f));
+      return;
+    }
+  }
+  f();
 }
 
 void LeaseTable::GrantNew(uint64_t session, const Oid& oid) {
@@ -246,8 +263,11 @@ void LeaseTable::Run() {
     std::vector<Break> breaks;
     std::vector<Completion> finished;
     EvictExpiredLocked(&breaks, &finished);
+    std::vector<std::function<void()>> after;
+    if (!InGraceLocked(Clock::now())) after.swap(after_grace_);
     lk.unlock();
     Finish(breaks, finished);
+    for (auto& f : after) f();
     lk.lock();
   }
 }

@@ -62,6 +62,8 @@ class LeaseTable {
   // True once if the session was evicted from oid since it last acquired it: the caller
   // fails the request with EIO. Cleared by this call.
   bool TakeFence(uint64_t session, const Oid& oid);
+  // Runs f now, or when the current grace period ends (on the timer thread).
+  void AfterGrace(std::function<void()> f);
   // The mode the session holds on oid (tests and logs).
   uint32_t Held(uint64_t session, const Oid& oid);
   std::chrono::milliseconds break_timeout() const { return opts_.break_timeout; }
@@ -114,6 +116,7 @@ class LeaseTable {
   std::set<std::pair<uint64_t, Oid>> fenced_;                // GUARDED_BY(mu_)
   Clock::time_point grace_until_{};                          // GUARDED_BY(mu_)
   bool stopping_ = false;                                    // GUARDED_BY(mu_)
+  std::vector<std::function<void()>> after_grace_;           // GUARDED_BY(mu_)
   uint64_t next_seq_ = 1;                                    // GUARDED_BY(mu_)
   std::thread timer_;
 };

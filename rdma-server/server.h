@@ -71,6 +71,8 @@ class Server {
                    transport::Message m);
   void HandleLock(const transport::ConnectionPtr& conn, const std::shared_ptr<ConnState>& st,
                   transport::Message m);
+  void HandleLockNow(const transport::ConnectionPtr& conn, const std::shared_ptr<ConnState>& st,
+                     transport::Message m);
   bool SendBreak(uint64_t session, const Oid& oid, uint32_t keep, uint64_t seq);
   // Whether a request changes an object the session was evicted from (it then fails with EIO).
   bool Fenced(Session* session, uint16_t opcode, std::span<const uint8_t> payload);

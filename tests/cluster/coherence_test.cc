@@ -337,7 +337,14 @@ TEST_F(CoherenceTest, AuthorityKilledBothClientsContinue) {
   ASSERT_TRUE(WriteAll(fb, "b1\n"));
   ASSERT_EQ(fsync(fa), 0);
   ASSERT_TRUE(WriteAll(fb, "b2\n"));  // delayed across the failover
-  servers_[0]->Kill();                // the authority (highest priority)
+  // A holds an fcntl lock across the failover: it is placed again with the new authority.
+  int la = open(A("lk").c_str(), O_CREAT | O_RDWR, 0644);
+  ASSERT_GE(la, 0);
+  struct flock fl {};
+  fl.l_type = F_WRLCK;
+  fl.l_whence = SEEK_SET;
+  ASSERT_EQ(fcntl(la, F_SETLK, &fl), 0);
+  servers_[0]->Kill();  // the authority (highest priority)
   ASSERT_TRUE(WriteAll(fa, "a2\n"));
   ASSERT_EQ(close(fa), 0);
   ASSERT_EQ(close(fb), 0);
@@ -345,6 +352,16 @@ TEST_F(CoherenceTest, AuthorityKilledBothClientsContinue) {
   EXPECT_EQ(Slurp(A("fb")), "b1\nb2\n");
   EXPECT_EQ(Slurp(servers_[1]->export_dir() + "/fa"), "a1\na2\n");
   EXPECT_EQ(Slurp(servers_[1]->export_dir() + "/fb"), "b1\nb2\n");
+  int lb = open(B("lk").c_str(), O_RDWR);
+  ASSERT_GE(lb, 0);
+  struct flock fb2 {};
+  fb2.l_type = F_WRLCK;
+  fb2.l_whence = SEEK_SET;
+  EXPECT_EQ(fcntl(lb, F_SETLK, &fb2), -1) << "A's lock did not survive the failover";
+  EXPECT_TRUE(errno == EAGAIN || errno == EACCES) << strerror(errno);
+  close(la);  // drops A's lock
+  EXPECT_EQ(fcntl(lb, F_SETLK, &fb2), 0) << strerror(errno);
+  close(lb);
   // Leases work with the new authority: a listing on one sees a create on the other.
   ASSERT_EQ(close(open(A("after").c_str(), O_CREAT | O_WRONLY, 0644)), 0);
   struct stat st {};

@@ -19,6 +19,7 @@
 #include <dirent.h>
 #include <fcntl.h>
 #include <gtest/gtest.h>
+#include <sched.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
@@ -1376,6 +1377,57 @@ TEST_F(RandomOpsTest, MatchesLocalFilesystem) {
     std::this_thread::sleep_for(std::chrono::milliseconds(20));  // bounded: 5 s in all
   }
   EXPECT_EQ(idx, "") << "the server's object index does not match the tree";
+}
+
+}  // namespace
+}  // namespace pohmelfs::testing
+
+namespace pohmelfs::testing {
+namespace {
+
+// The same generator on two mounts of one server at once, each in its own subtree: both
+// clients cache and delay under their leases, and each sees the other's tree as it is.
+TEST_F(RandomOpsTest, TwoMountsOnDisjointSubtrees) {
+  const uint64_t seed = EnvU64("POHMELFS_RANDOM_SEED", kDefaultSeed) + 1;
+  const uint64_t ops = EnvU64("POHMELFS_RANDOM_OPS", kDefaultOps) / 2;
+  SCOPED_TRACE("seeds " + Hex64(seed) + " and " + Hex64(seed + 1));
+  const std::string mnt2 = (scratch_->path() / "mnt2").string();
+  const std::string local = (scratch_->path() / "local2").string();
+  fs::create_directories(mnt2);
+  ASSERT_TRUE(
+      Mount(server_->uri(), mnt2, (scratch_->path() / "mount2.log").string(), MountOptions()));
+  struct Unmounter {
+    std::string m;
+    ~Unmounter() { Unmount(m); }
+  } unmounter{mnt2};
+  ASSERT_EQ(mkdir(local.c_str(), 0755), 0);
+  for (const char* t : {"/one", "/two"}) ASSERT_EQ(mkdir((local + t).c_str(), 0755), 0);
+  ASSERT_EQ(mkdir(M("one").c_str(), 0755), 0);
+  ASSERT_EQ(mkdir((mnt2 + "/two").c_str(), 0755), 0);
+  bool ok1 = false, ok2 = false;
+  // The generator sets the umask per operation: each thread gets its own (unshare CLONE_FS).
+  std::thread t1([&] {
+    if (unshare(CLONE_FS) != 0) return;
+    Runner r(seed, M("one"), local + "/one");
+    ok1 = r.Run(ops) && r.Finish();
+  });
+  std::thread t2([&] {
+    if (unshare(CLONE_FS) != 0) return;
+    Runner r(seed + 1, mnt2 + "/two", local + "/two");
+    ok2 = r.Run(ops) && r.Finish();
+  });
+  t1.join();
+  t2.join();
+  ASSERT_TRUE(ok1 && ok2);
+  // Each mount sees the other's subtree exactly as the reference holds it.
+  EXPECT_EQ(CompareTrees(mnt2 + "/one", local + "/one", "", 0), "");
+  EXPECT_EQ(CompareTrees(M("two"), local + "/two", "", 0), "");
+  int fd = open(mnt2.c_str(), O_RDONLY | O_DIRECTORY);  // sends the second mount's queue
+  ASSERT_GE(fd, 0);
+  EXPECT_EQ(fsync(fd), 0);
+  close(fd);
+  EXPECT_EQ(CompareTrees(E("one"), local + "/one", "", 1), "");
+  EXPECT_EQ(CompareTrees(E("two"), local + "/two", "", 1), "");
 }
 
 }  // namespace
