@@ -329,7 +329,9 @@ Result<Entry> CreateObject(FuseContext* c, fuse_req_t req, const Oid& parent, co
   if (c->leases) c->leases->GrantLocal(oid);
   if (c->local) {
     c->local->AddEntry(parent, name, oid, mode);  // when parent is known completely
-    if (dir && parent_write) c->local->AddCompleteDir(oid);
+    // A new directory is empty, and its attributes are the reply's: creates in it can be
+    // queued from the first one on (its write lease came with the create).
+    if (dir && c->meta) c->local->AddCompleteDir(oid), c->local->SetAttrs(oid, *e);
     TouchDir(c, parent, dir ? 1 : 0);
   }
   return e;
@@ -907,16 +909,29 @@ void SetXattr(fuse_req_t req, fuse_ino_t ino, const char* name, const char* valu
               int flags) {
   auto oid = NodeOid(req, ino);
   if (!oid) return;
-  ReplyStatus(req, Ctx(req)->fs->SetXattr(*oid, name, value, size, static_cast<uint32_t>(flags)));
+  FuseContext* c = Ctx(req);
+  auto g = HoldLease(c, *oid, POHMELFS_LEASE_WRITE);  // others' cached answers are broken
+  if (c->local) c->local->ForgetXattrs(*oid);
+  ReplyStatus(req, c->fs->SetXattr(*oid, name, value, size, static_cast<uint32_t>(flags)));
 }
 
+// Under a lease, "no such attribute" answers are kept: the kernel asks for security.capability
+// before every write, and a round trip each time would cost more than the write.
 void GetXattr(fuse_req_t req, fuse_ino_t ino, const char* name, size_t size) {
   auto oid = NodeOid(req, ino);
   if (!oid) return;
+  FuseContext* c = Ctx(req);
+  auto g = HoldLease(c, *oid, POHMELFS_LEASE_READ);
+  if (c->meta && c->meta->Pending(*oid)) return (void)fuse_reply_err(req, ENODATA);  // new
+  if (g.mode() != 0 && c->local && c->local->XattrAbsent(*oid, name))
+    return (void)fuse_reply_err(req, ENODATA);
   uint32_t n = 0;
-  auto v = Ctx(req)->fs->GetXattr(
+  auto v = c->fs->GetXattr(
       *oid, name, static_cast<uint32_t>(std::min<size_t>(size, POHMELFS_XATTR_SIZE_MAX)), &n);
-  if (!v.ok()) return ReplyStatus(req, v.status());
+  if (!v.ok()) {
+    if (v.code() == ENODATA && g.mode() != 0 && c->local) c->local->NoteXattrAbsent(*oid, name);
+    return ReplyStatus(req, v.status());
+  }
   if (size == 0) return (void)fuse_reply_xattr(req, n);
   fuse_reply_buf(req, reinterpret_cast<const char*>(v->data()), v->size());
 }
@@ -924,8 +939,11 @@ void GetXattr(fuse_req_t req, fuse_ino_t ino, const char* name, size_t size) {
 void ListXattr(fuse_req_t req, fuse_ino_t ino, size_t size) {
   auto oid = NodeOid(req, ino);
   if (!oid) return;
+  FuseContext* c = Ctx(req);
+  if (c->meta && c->meta->Pending(*oid))  // new: nothing to list
+    return size == 0 ? (void)fuse_reply_xattr(req, 0) : (void)fuse_reply_buf(req, nullptr, 0);
   uint32_t n = 0;
-  auto v = Ctx(req)->fs->ListXattr(
+  auto v = c->fs->ListXattr(
       *oid, static_cast<uint32_t>(std::min<size_t>(size, POHMELFS_XATTR_SIZE_MAX)), &n);
   if (!v.ok()) return ReplyStatus(req, v.status());
   if (size == 0) return (void)fuse_reply_xattr(req, n);
@@ -935,7 +953,10 @@ void ListXattr(fuse_req_t req, fuse_ino_t ino, size_t size) {
 void RemoveXattr(fuse_req_t req, fuse_ino_t ino, const char* name) {
   auto oid = NodeOid(req, ino);
   if (!oid) return;
-  ReplyStatus(req, Ctx(req)->fs->RemoveXattr(*oid, name));
+  FuseContext* c = Ctx(req);
+  auto g = HoldLease(c, *oid, POHMELFS_LEASE_WRITE);
+  if (c->local) c->local->ForgetXattrs(*oid);
+  ReplyStatus(req, c->fs->RemoveXattr(*oid, name));
 }
 
 void Fallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t offset, off_t length,
@@ -1048,6 +1069,7 @@ LeaseManager::Hooks FuseLeaseHooks(FuseContext* c) {
     if (c->local && keep != POHMELFS_LEASE_WRITE) {
       c->local->Forget(oid);
       c->local->DropAttrs(oid);
+      if (keep == POHMELFS_LEASE_NONE) c->local->ForgetXattrs(oid);
     }
   };
   h.before_reclaim = [c] {

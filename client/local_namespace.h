@@ -6,6 +6,7 @@
 
 #include <mutex>
 #include <optional>
+#include <set>
 #include <string>
 #include <unordered_map>
 
@@ -79,11 +80,28 @@ class LocalNamespace {
     attrs_.erase(oid);
   }
 
+  // Extended attributes known to be absent (asked under a lease).
+  void NoteXattrAbsent(const Oid& oid, const std::string& name) {
+    std::lock_guard lk(mu_);
+    absent_xattrs_[oid].insert(name);
+  }
+  bool XattrAbsent(const Oid& oid, const std::string& name) {
+    std::lock_guard lk(mu_);
+    auto it = absent_xattrs_.find(oid);
+    return it != absent_xattrs_.end() && it->second.count(name) > 0;
+  }
+  void ForgetXattrs(const Oid& oid) {
+    std::lock_guard lk(mu_);
+    absent_xattrs_.erase(oid);
+  }
+
  private:
   std::mutex mu_;
   std::unordered_map<Oid, std::unordered_map<std::string, Known>, proto::OidHash>
       dirs_;                                              // GUARDED_BY(mu_)
   std::unordered_map<Oid, Entry, proto::OidHash> attrs_;  // GUARDED_BY(mu_)
+  std::unordered_map<Oid, std::set<std::string>, proto::OidHash>
+      absent_xattrs_;  // GUARDED_BY(mu_)
 };
 
 }  // namespace pohmelfs::client

@@ -32,7 +32,8 @@ class MetaQueue : public Caller {
   struct Options {
     size_t batch = POHMELFS_BATCH_MAX;
     std::chrono::milliseconds delay{5};
-    size_t max_queued = 4096;  // past this, queueing sends first
+    // Past this, queueing sends first (about 150 bytes each: 64 Ki commands are ~10 MiB).
+    size_t max_queued = 65536;
   };
   struct Counters {
     std::atomic<uint64_t> queued{0}, cancelled{0}, sent{0}, transactions{0}, failed{0};
