@@ -98,10 +98,9 @@ class LocalNamespace {
  private:
   std::mutex mu_;
   std::unordered_map<Oid, std::unordered_map<std::string, Known>, proto::OidHash>
-      dirs_;                                              // GUARDED_BY(mu_)
-  std::unordered_map<Oid, Entry, proto::OidHash> attrs_;  // GUARDED_BY(mu_)
-  std::unordered_map<Oid, std::set<std::string>, proto::OidHash>
-      absent_xattrs_;  // GUARDED_BY(mu_)
+      dirs_;                                                                      // GUARDED_BY(mu_)
+  std::unordered_map<Oid, Entry, proto::OidHash> attrs_;                          // GUARDED_BY(mu_)
+  std::unordered_map<Oid, std::set<std::string>, proto::OidHash> absent_xattrs_;  // GUARDED_BY(mu_)
 };
 
 }  // namespace pohmelfs::client
