@@ -395,7 +395,13 @@ bool QueueRemoval(FuseContext* c, const Oid& parent, const char* name, bool dir)
   w.Bytes(name, std::strlen(name));
   c->meta->Queue(dir ? POHMELFS_OP_RMDIR : POHMELFS_OP_UNLINK, parent, false, std::move(body));
   c->local->RemoveEntry(parent, name);
-  if (dir) c->local->Forget(k.oid), c->local->DropAttrs(k.oid);
+  if (dir) {
+    c->local->Forget(k.oid), c->local->DropAttrs(k.oid);
+  } else if (auto e = c->local->Attrs(k.oid)) {  // still open here, not sent yet
+    if (e->st.st_nlink > 0) e->st.st_nlink--;
+    clock_gettime(CLOCK_REALTIME, &e->st.st_ctim);
+    c->local->SetAttrs(k.oid, *e);
+  }
   TouchDir(c, parent, dir ? -1 : 0);
   return true;
 }
@@ -642,6 +648,16 @@ void Flush(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
     // batches (fsync sends it all). Close-to-open still holds: another client's open breaks
     // the directory's or the file's lease, and a break sends the queue first.
     if (auto small = c->cache->TakeSmall(*oid, kQueuedDataMax)) {
+      if (!small->empty()) {  // the size and mtime shown here now come from the queue's data
+        if (auto e = c->local->Attrs(*oid)) {
+          auto last = std::prev(small->end());
+          e->st.st_size =
+              std::max<off_t>(e->st.st_size, static_cast<off_t>(last->first + last->second.size()));
+          clock_gettime(CLOCK_REALTIME, &e->st.st_mtim);
+          e->st.st_ctim = e->st.st_mtim;
+          c->local->SetAttrs(*oid, *e);
+        }
+      }
       for (const auto& [off, bytes] : *small) {
         for (size_t done = 0; done < bytes.size(); done += POHMELFS_IO_MAX) {
           size_t n = std::min<size_t>(bytes.size() - done, POHMELFS_IO_MAX);
@@ -673,9 +689,12 @@ void Release(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
       NoteLock(c, *oid, {fi->lock_owner, F_UNLCK, POHMELFS_LOCK_FLOCK, 0, 0, 0});
     }
     if (fi->fh == kQueuedOpen) {
-      std::vector<uint8_t> body;
-      proto::Writer(&body).Put(pohmelfs_obj_req{oid->ToWire()});
-      c->meta->Queue(POHMELFS_OP_RELEASE, *oid, false, std::move(body));
+      // Opened and closed before anything was sent: the servers need not hear of the handle.
+      if (!c->meta->TakeBackOpen(*oid)) {
+        std::vector<uint8_t> body;
+        proto::Writer(&body).Put(pohmelfs_obj_req{oid->ToWire()});
+        c->meta->Queue(POHMELFS_OP_RELEASE, *oid, false, std::move(body));
+      }
       CountQueuedOpen(c, *oid, -1);
     } else {
       (void)c->fs->Release(*oid);

@@ -58,6 +58,30 @@ bool MetaQueue::Cancel(const proto::Oid& oid) {
   return true;
 }
 
+bool MetaQueue::TakeBackOpen(const proto::Oid& oid) {
+  std::lock_guard lk(mu_);
+  for (auto it = queue_.rbegin(); it != queue_.rend(); ++it) {
+    // A removal after the open may rely on the handle (an open unlinked file): keep it.
+    if (it->opcode == POHMELFS_OP_UNLINK || it->opcode == POHMELFS_OP_RMDIR) return false;
+    if (!(it->oid == oid)) continue;
+    if (it->opcode == POHMELFS_OP_OPEN) {
+      queue_.erase(std::next(it).base());
+      return true;
+    }
+    if (it->creates && it->opcode == POHMELFS_OP_MKNOD &&
+        it->body.size() >= sizeof(pohmelfs_create_req)) {
+      pohmelfs_create_req q;
+      std::memcpy(&q, it->body.data(), sizeof(q));
+      uint32_t flags = from_le(q.flags);
+      if (!(flags & POHMELFS_CREATE_OPEN)) return false;
+      q.flags = to_le(flags & ~POHMELFS_CREATE_OPEN);
+      std::memcpy(it->body.data(), &q, sizeof(q));
+      return true;
+    }
+  }
+  return false;
+}
+
 bool MetaQueue::Pending(const proto::Oid& oid) {
   std::lock_guard lk(mu_);
   return pending_.count(oid) > 0;

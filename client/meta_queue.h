@@ -54,6 +54,11 @@ class MetaQueue : public Caller {
   // Drops every queued command of oid if its create is still queued; true when it was (the
   // object never reached a server).
   bool Cancel(const proto::Oid& oid);
+  // A handle of oid opened through the queue is closed again before the open was sent: the
+  // open is taken back (the create's CREATE_OPEN flag or a queued OPEN) instead of queueing a
+  // RELEASE. False when it was sent already, or when a removal queued after it needs the
+  // handle to keep the object alive.
+  bool TakeBackOpen(const proto::Oid& oid);
   // Created here and not sent yet.
   bool Pending(const proto::Oid& oid);
   // Sends everything queued; returns the first failure of this drain.
