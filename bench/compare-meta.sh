@@ -18,10 +18,7 @@ OUT=${OUT:-/tmp/pohmelfs-meta}
 base=${BASE:-/var/tmp/pohmelfs-meta}
 cleanup() {
   for m in "$base"/mnt-*; do fusermount3 -u "$m" 2>/dev/null || umount -l "$m" 2>/dev/null || true; done
-  if [ -n "${gluster:-}" ]; then
-    gluster --mode=script volume stop pfmeta force >/dev/null 2>&1 || true
-    gluster --mode=script volume delete pfmeta >/dev/null 2>&1 || true
-  fi
+  stop_gluster
   for p in ${pids:-}; do kill "$p" 2>/dev/null || true; done
   wait 2>/dev/null || true
 }
@@ -65,18 +62,7 @@ else
   echo "sshfs not set up (bench/setup-sshfs does it): skipping sshfs" >&2
 fi
 
-host=$(hostname -I 2>/dev/null | awk '{print $1}')
-if command -v gluster >/dev/null && [ -n "$host" ] &&
-  { pgrep -x glusterd >/dev/null || glusterd </dev/null >/dev/null 2>&1; }; then
-  for _ in $(seq 1 50); do gluster --mode=script volume info >/dev/null 2>&1 && break; sleep 0.2; done
-  gluster --mode=script volume create pfmeta replica 2 \
-    "$host:$base/brick1" "$host:$base/brick2" force >/dev/null
-  gluster --mode=script volume start pfmeta >/dev/null
-  gluster=1
-  mount -t glusterfs "$host:/pfmeta" "$base/mnt-gluster"
-else
-  echo "GlusterFS not installed (bench/setup-gluster installs it): skipping gluster2" >&2
-fi
+start_gluster pfmeta "$base/brick1" "$base/brick2" "$base/mnt-gluster"
 
 bench_fs passthrough "$base/mnt-pt" "$OUT/results.jsonl" "${opts[@]}"
 bench_fs pohmelfs2 "$base/mnt-pf" "$OUT/results.jsonl" "${opts[@]}"

@@ -16,10 +16,7 @@ OUT=${OUT:-/tmp/pohmelfs-replicas}
 base=${BASE:-/var/tmp/pohmelfs-replicas}
 cleanup() {
   for m in "$base"/mnt-*; do fusermount3 -u "$m" 2>/dev/null || umount -l "$m" 2>/dev/null || true; done
-  if [ -n "${gluster:-}" ]; then
-    gluster --mode=script volume stop pfbench force >/dev/null 2>&1 || true
-    gluster --mode=script volume delete pfbench >/dev/null 2>&1 || true
-  fi
+  stop_gluster
   for p in ${pids:-}; do kill "$p" 2>/dev/null || true; done
   wait 2>/dev/null || true
 }
@@ -36,20 +33,7 @@ start_server "$base/exp-c" "$OUT/server-c.log" && c=$uri
 build/bin/pohmelfs-mount "$c" "$base/mnt-single"
 build/bin/pohmelfs-mount "$a,$b" "$base/mnt-r2"
 
-# GlusterFS refuses loopback addresses for bricks: use this host's first address (traffic
-# still stays inside the host).
-host=$(hostname -I 2>/dev/null | awk '{print $1}')
-if command -v gluster >/dev/null && [ -n "$host" ] &&
-  { pgrep -x glusterd >/dev/null || glusterd </dev/null >/dev/null 2>&1; }; then
-  for _ in $(seq 1 50); do gluster --mode=script volume info >/dev/null 2>&1 && break; sleep 0.2; done
-  gluster --mode=script volume create pfbench replica 2 \
-    "$host:$base/brick1" "$host:$base/brick2" force >/dev/null
-  gluster --mode=script volume start pfbench >/dev/null
-  gluster=1
-  mount -t glusterfs "$host:/pfbench" "$base/mnt-gluster"
-else
-  echo "GlusterFS not installed (bench/setup-gluster installs it): skipping gluster2" >&2
-fi
+start_gluster pfbench "$base/brick1" "$base/brick2" "$base/mnt-gluster"
 
 bench_fs single "$base/mnt-single" "$OUT/results.jsonl" "$@"
 bench_fs replica2 "$base/mnt-r2" "$OUT/results.jsonl" "$@"

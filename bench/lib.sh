@@ -18,3 +18,31 @@ bench_fs() {
   shift 3
   build/bin/pohmelfs-bench fs "$dir" --json "$@" | sed "s/^{/{\"target\":\"$target\",/" >>"$out"
 }
+
+# start_gluster VOLUME BRICK1 BRICK2 MOUNTPOINT: creates, starts and mounts a GlusterFS replica 2
+# volume with two bricks on this host, when GlusterFS is installed (bench/setup-gluster); sets
+# $gluster to the volume name, or prints why it is skipped and leaves $gluster empty.
+# GlusterFS refuses loopback addresses for bricks: the host's first address is used (traffic
+# still stays inside the host).
+start_gluster() {
+  local vol=$1 b1=$2 b2=$3 mnt=$4 host
+  gluster=
+  host=$(hostname -I 2>/dev/null | awk '{print $1}')
+  if ! command -v gluster >/dev/null || [ -z "$host" ] ||
+    ! { pgrep -x glusterd >/dev/null || glusterd </dev/null >/dev/null 2>&1; }; then
+    echo "GlusterFS not installed (bench/setup-gluster installs it): skipping it" >&2
+    return 0
+  fi
+  for _ in $(seq 1 50); do gluster --mode=script volume info >/dev/null 2>&1 && break; sleep 0.2; done
+  gluster --mode=script volume create "$vol" replica 2 "$host:$b1" "$host:$b2" force >/dev/null
+  gluster --mode=script volume start "$vol" >/dev/null
+  gluster=$vol
+  mount -t glusterfs "$host:/$vol" "$mnt"
+}
+
+# stop_gluster: stops and deletes the volume start_gluster made, if any.
+stop_gluster() {
+  [ -n "${gluster:-}" ] || return 0
+  gluster --mode=script volume stop "$gluster" force >/dev/null 2>&1 || true
+  gluster --mode=script volume delete "$gluster" >/dev/null 2>&1 || true
+}

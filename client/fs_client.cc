@@ -133,37 +133,14 @@ Result<DirPage> FsClient::ReadDir(const Oid& dir, uint64_t cookie, uint32_t max_
 
 Result<Entry> FsClient::MkDir(const Oid& parent, const std::string& name, uint32_t mode,
                               uint32_t uid, uint32_t gid, const Oid& new_oid) {
-  pohmelfs_create_req q{};
-  q.parent = parent.ToWire();
-  q.new_oid = new_oid.ToWire();
-  q.mode = to_le(mode);
-  q.uid = to_le(uid);
-  q.gid = to_le(gid);
-  q.name_len = to_le(Len(name));
-  std::vector<uint8_t> b;
-  Writer w(&b);
-  w.Put(q);
-  w.Bytes(name);
-  return DecodeEntry(Do(POHMELFS_OP_MKDIR, b));
+  return Create(POHMELFS_OP_MKDIR, CreateBody(parent, name, mode, 0, uid, gid, 0, new_oid));
 }
 
 Result<Entry> FsClient::MkNod(const Oid& parent, const std::string& name, uint32_t mode,
                               uint64_t rdev, uint32_t uid, uint32_t gid, bool open,
                               const Oid& new_oid) {
-  pohmelfs_create_req q{};
-  q.parent = parent.ToWire();
-  q.new_oid = new_oid.ToWire();
-  q.mode = to_le(mode);
-  q.uid = to_le(uid);
-  q.gid = to_le(gid);
-  q.name_len = to_le(Len(name));
-  q.rdev = to_le(rdev);
-  q.flags = to_le(POHMELFS_CREATE_EXCL | (open ? POHMELFS_CREATE_OPEN : 0u));
-  std::vector<uint8_t> b;
-  Writer w(&b);
-  w.Put(q);
-  w.Bytes(name);
-  return DecodeEntry(Do(POHMELFS_OP_MKNOD, b));
+  uint32_t flags = POHMELFS_CREATE_EXCL | (open ? POHMELFS_CREATE_OPEN : 0u);
+  return Create(POHMELFS_OP_MKNOD, CreateBody(parent, name, mode, rdev, uid, gid, flags, new_oid));
 }
 
 std::vector<uint8_t> FsClient::CreateBody(const Oid& parent, const std::string& name, uint32_t mode,

@@ -168,14 +168,12 @@ void Server::HandleLease(const ConnectionPtr& conn, const std::shared_ptr<ConnSt
 
 void Server::HandleLock(const ConnectionPtr& conn, const std::shared_ptr<ConnState>& st,
                         Message m) {
+  // During a grace period the locks of the previous authority are placed again first. A
+  // request too short to tell goes straight on, to be refused.
   proto::Reader r(m.payload);
   pohmelfs_lock_req q;
-  if (!r.Get(&q)) {
-    Reply(conn, m.hdr, EINVAL, {});
-    return Done(conn, st.get());
-  }
-  if (!(from_le(q.flags) & POHMELFS_LOCK_RECLAIM) && from_le(q.cmd) != POHMELFS_LOCK_GETLK) {
-    // During a grace period the locks of the previous authority are placed again first.
+  if (r.Get(&q) && !(from_le(q.flags) & POHMELFS_LOCK_RECLAIM) &&
+      from_le(q.cmd) != POHMELFS_LOCK_GETLK) {
     leases_->AfterGrace(
         [this, conn, st, m = std::move(m)]() mutable { HandleLockNow(conn, st, std::move(m)); });
     return;

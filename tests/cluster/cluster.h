@@ -17,6 +17,22 @@ inline int Sh(const std::string& cmd) {
   return RunCommand({"/bin/sh", "-c", cmd}, "/dev/null", 30);
 }
 
+// A network namespace joined to the root one by a veth pair: root side `veth` with root_addr,
+// namespace side `peer` with addr (both /24). Whatever had these names before is removed.
+inline bool MakeVethNamespace(const std::string& ns, const std::string& veth,
+                              const std::string& peer, const std::string& root_addr,
+                              const std::string& addr) {
+  return Sh("ip netns del " + ns + " 2>/dev/null; ip link del " + veth + " 2>/dev/null; " +
+            "ip netns add " + ns + " && ip link add " + veth + " type veth peer name " + peer +
+            " && ip link set " + peer + " netns " + ns + " && ip addr add " + root_addr +
+            "/24 dev " + veth + " && ip link set " + veth + " up && ip -n " + ns + " addr add " +
+            addr + "/24 dev " + peer + " && ip -n " + ns + " link set " + peer + " up && ip -n " +
+            ns + " link set lo up") == 0;
+}
+inline void RemoveVethNamespace(const std::string& ns, const std::string& veth) {
+  Sh("ip link del " + veth + " 2>/dev/null; ip netns del " + ns + " 2>/dev/null");
+}
+
 // One namespace with one server; its address is 10.N.I.2, the root side is 10.N.I.1.
 class NsServer {
  public:
@@ -30,17 +46,11 @@ class NsServer {
     export_ = (dir / ("export" + std::to_string(index))).string();
     log_ = (dir / ("server" + std::to_string(index) + ".log")).string();
     fs::create_directories(export_);
-    const std::string peer = "pn" + tag;
-    ok_ = Sh("ip netns del " + ns_ + " 2>/dev/null; ip link del " + veth_ + " 2>/dev/null; " +
-             "ip netns add " + ns_ + " && ip link add " + veth_ + " type veth peer name " + peer +
-             " && ip link set " + peer + " netns " + ns_ + " && ip addr add " + root_addr_ +
-             "/24 dev " + veth_ + " && ip link set " + veth_ + " up && ip -n " + ns_ +
-             " addr add " + addr_ + "/24 dev " + peer + " && ip -n " + ns_ + " link set " + peer +
-             " up && ip -n " + ns_ + " link set lo up") == 0;
+    ok_ = MakeVethNamespace(ns_, veth_, "pn" + tag, root_addr_, addr_);
   }
   ~NsServer() {
     Kill();
-    Sh("ip link del " + veth_ + " 2>/dev/null; ip netns del " + ns_ + " 2>/dev/null");
+    RemoveVethNamespace(ns_, veth_);
   }
   bool ok() const { return ok_; }
 

@@ -40,17 +40,11 @@ class NsClient {
     mnt_ = (dir / ("mnt" + std::to_string(index))).string();
     log_ = (dir / ("mount" + std::to_string(index) + ".log")).string();
     fs::create_directories(mnt_);
-    const std::string peer = "pn" + tag;
-    ok_ = Sh("ip netns del " + ns_ + " 2>/dev/null; ip link del " + veth_ + " 2>/dev/null; " +
-             "ip netns add " + ns_ + " && ip link add " + veth_ + " type veth peer name " + peer +
-             " && ip link set " + peer + " netns " + ns_ + " && ip addr add " + server_addr_ +
-             "/24 dev " + veth_ + " && ip link set " + veth_ + " up && ip -n " + ns_ +
-             " addr add " + addr + "/24 dev " + peer + " && ip -n " + ns_ + " link set " + peer +
-             " up && ip -n " + ns_ + " link set lo up") == 0;
+    ok_ = MakeVethNamespace(ns_, veth_, "pn" + tag, server_addr_, addr);
   }
   ~NsClient() {
     if (mounted_) Unmount(mnt_);
-    Sh("ip link del " + veth_ + " 2>/dev/null; ip netns del " + ns_ + " 2>/dev/null");
+    RemoveVethNamespace(ns_, veth_);
   }
   bool ok() const { return ok_; }
   // The servers (root-namespace ports) as this client reaches them.
