@@ -16,14 +16,8 @@ ci/build >/dev/null
 files=${1:-5000}
 OUT=${OUT:-/tmp/pohmelfs-meta}
 base=${BASE:-/var/tmp/pohmelfs-meta}
-cleanup() {
-  for m in "$base"/mnt-*; do fusermount3 -u "$m" 2>/dev/null || umount -l "$m" 2>/dev/null || true; done
-  stop_gluster
-  for p in ${pids:-}; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-}
-trap cleanup EXIT
-cleanup
+trap cleanup_bench EXIT
+cleanup_bench
 rm -rf "$base"
 mkdir -p "$OUT" "$base"/{pt-back,exp-a,exp-b,ssh-back,brick1,brick2} \
   "$base"/{mnt-pt,mnt-pf,mnt-ssh,mnt-gluster}

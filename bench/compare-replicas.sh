@@ -14,14 +14,8 @@ cd "$(dirname "$0")/.."
 ci/build >/dev/null
 OUT=${OUT:-/tmp/pohmelfs-replicas}
 base=${BASE:-/var/tmp/pohmelfs-replicas}
-cleanup() {
-  for m in "$base"/mnt-*; do fusermount3 -u "$m" 2>/dev/null || umount -l "$m" 2>/dev/null || true; done
-  stop_gluster
-  for p in ${pids:-}; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-}
-trap cleanup EXIT
-cleanup
+trap cleanup_bench EXIT
+cleanup_bench
 rm -rf "$base"
 mkdir -p "$OUT" "$base"/{exp-a,exp-b,exp-c,mnt-single,mnt-r2,mnt-r2b,mnt-gluster,brick1,brick2}
 : >"$OUT/results.jsonl"

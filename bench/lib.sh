@@ -46,3 +46,11 @@ stop_gluster() {
   gluster --mode=script volume stop "$gluster" force >/dev/null 2>&1 || true
   gluster --mode=script volume delete "$gluster" >/dev/null 2>&1 || true
 }
+
+# cleanup_bench: unmounts $base/mnt-*, stops the GlusterFS volume and the processes in $pids.
+cleanup_bench() {
+  for m in "$base"/mnt-*; do fusermount3 -u "$m" 2>/dev/null || umount -l "$m" 2>/dev/null || true; done
+  stop_gluster
+  for p in ${pids:-}; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+}

@@ -671,7 +671,7 @@ void Flush(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
   bool locked;
   {
     std::lock_guard lk(c->locked_mu);
-    locked = c->locked.count(ino) > 0;
+    locked = c->held_locks.count(*oid) > 0;
   }
   if (locked) {  // close drops the POSIX locks of this owner, as fcntl locks do
     (void)LockCall(c, *oid, POHMELFS_LOCK_SETLK, F_UNLCK, fi->lock_owner, 0, 0, 0, 0);
@@ -755,10 +755,6 @@ void SetLk(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi, struct flock* loc
   auto oid = NodeOid(req, ino);
   if (!oid) return;
   FuseContext* c = Ctx(req);
-  if (lock->l_type != F_UNLCK) {
-    std::lock_guard lk(c->locked_mu);
-    c->locked.insert(ino);
-  }
   FuseContext::HeldLock l{fi->lock_owner,
                           static_cast<uint32_t>(lock->l_type),
                           0,

@@ -46,11 +46,10 @@ struct FuseContext {
   std::unordered_map<uint64_t, std::set<std::string>> long_names;  // GUARDED_BY(names_mu)
   std::mutex queued_mu;
   std::unordered_map<Oid, int, proto::OidHash> queued_opens;  // GUARDED_BY(queued_mu)
-  // Files this mount placed POSIX locks on: their close sends an unlock.
-  std::mutex locked_mu;
-  std::set<uint64_t> locked;  // GUARDED_BY(locked_mu): node ids
   // The lock requests that placed this mount's locks, in order, per object: replayed to a new
-  // lease authority after a failover (an unlock of a whole file by its owner forgets them).
+  // lease authority after a failover (an unlock of a whole file by its owner forgets them), and
+  // the files whose close must send an unlock.
+  std::mutex locked_mu;
   struct HeldLock {
     uint64_t owner;
     uint32_t type, flags, pid;

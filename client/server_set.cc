@@ -104,34 +104,44 @@ void CommandOids(uint16_t opcode, std::span<const uint8_t> body, std::vector<Oid
   if ((opcode == POHMELFS_OP_RENAME || opcode == POHMELFS_OP_LINK) && body.size() >= 32) at(16);
 }
 
-// The object ids a request changes; for a BATCH, those of each of its commands.
+// Copies up to n bytes of the payload starting at offset; returns how many there were.
+size_t CopyAt(std::span<const iovec> payload, size_t offset, void* dst, size_t n) {
+  size_t done = 0;
+  for (const auto& v : payload) {
+    if (done == n) break;
+    if (offset >= v.iov_len) {
+      offset -= v.iov_len;
+      continue;
+    }
+    size_t k = std::min(n - done, v.iov_len - offset);
+    std::memcpy(static_cast<uint8_t*>(dst) + done, static_cast<const uint8_t*>(v.iov_base) + offset,
+                k);
+    done += k;
+    offset = 0;
+  }
+  return done;
+}
+
+// The object ids a request changes; for a BATCH, those of each of its commands. Only the
+// headers are read from the payload: a batch of writes is not copied.
 std::vector<Oid> TouchedOids(uint16_t opcode, std::span<const iovec> payload) {
   std::vector<Oid> oids;
+  uint8_t head[32];
   if (opcode != POHMELFS_OP_BATCH) {
-    uint8_t head[32];
-    size_t have = 0;
-    for (const auto& v : payload) {
-      size_t n = std::min(sizeof(head) - have, v.iov_len);
-      std::memcpy(head + have, v.iov_base, n);
-      have += n;
-      if (have == sizeof(head)) break;
-    }
-    CommandOids(opcode, {head, have}, &oids);
+    CommandOids(opcode, {head, CopyAt(payload, 0, head, sizeof(head))}, &oids);
     return oids;
   }
-  std::vector<uint8_t> flat;
-  for (const auto& v : payload)
-    flat.insert(flat.end(), static_cast<const uint8_t*>(v.iov_base),
-                static_cast<const uint8_t*>(v.iov_base) + v.iov_len);
-  proto::Reader r(flat);
   pohmelfs_batch_req b;
-  if (!r.Get(&b)) return oids;
+  if (CopyAt(payload, 0, &b, sizeof(b)) != sizeof(b)) return oids;
+  size_t off = sizeof(b);
   for (uint32_t i = 0; i < proto::from_le(b.count); i++) {
     pohmelfs_cmd c;
-    std::string_view body;
-    if (!r.Get(&c) || !r.Bytes(POHMELFS_PAD8(proto::from_le(c.length)), &body)) break;
-    CommandOids(proto::from_le(c.opcode),
-                {reinterpret_cast<const uint8_t*>(body.data()), body.size()}, &oids);
+    if (CopyAt(payload, off, &c, sizeof(c)) != sizeof(c)) break;
+    const size_t len = proto::from_le(c.length);
+    const size_t got = CopyAt(payload, off + sizeof(c), head, std::min(len, sizeof(head)));
+    if (got < std::min(len, sizeof(head))) break;
+    CommandOids(proto::from_le(c.opcode), {head, got}, &oids);
+    off += sizeof(c) + POHMELFS_PAD8(len);
   }
   std::sort(oids.begin(), oids.end());
   oids.erase(std::unique(oids.begin(), oids.end()), oids.end());

@@ -120,15 +120,8 @@ void Server::HandleLease(const ConnectionPtr& conn, const std::shared_ptr<ConnSt
     Reply(conn, m.hdr, EINVAL, {});
     return Done(conn, st.get());
   }
-  // The object must exist before anyone may cache it.
-  std::vector<uint8_t> probe;
-  proto::Writer pw(&probe);
-  OpEnv env{store_.get(), st->session.get()};
-  Status exists = ops::PutAttrById(env, oid, &pw);
-  if (!exists.ok()) {
-    Reply(conn, m.hdr, static_cast<uint32_t>(exists.code()), {});
-    return Done(conn, st.get());
-  }
+  // Whether the object exists is seen once, on a worker, when the grant's attributes are
+  // read: a missing object's grant is dropped again and the reply is its errno.
   const bool reclaim = (from_le(q.flags) & POHMELFS_LEASE_RECLAIM) != 0;
   auto hdr = m.hdr;
   leases_->Acquire(sid, oid, mode, reclaim,

@@ -17,6 +17,15 @@ inline int Sh(const std::string& cmd) {
   return RunCommand({"/bin/sh", "-c", cmd}, "/dev/null", 30);
 }
 
+// kill -9 of *pid (when set) and its exit collected; *pid becomes -1.
+inline void KillAndReap(pid_t* pid) {
+  if (*pid <= 0) return;
+  kill(*pid, SIGKILL);
+  int st;
+  waitpid(*pid, &st, 0);
+  *pid = -1;
+}
+
 // A network namespace joined to the root one by a veth pair: root side `veth` with root_addr,
 // namespace side `peer` with addr (both /24). Whatever had these names before is removed.
 inline bool MakeVethNamespace(const std::string& ns, const std::string& veth,
@@ -72,13 +81,7 @@ class NsServer {
     pid_ = Spawn(argv, log_);
     return WaitForLog(log_, "listening on ", before, &pid_) != std::string::npos;
   }
-  void Kill() {
-    if (pid_ <= 0) return;
-    kill(pid_, SIGKILL);
-    int st;
-    waitpid(pid_, &st, 0);
-    pid_ = -1;
-  }
+  void Kill() { KillAndReap(&pid_); }
   bool LinkDown() { return Sh("ip link set " + veth_ + " down") == 0; }
   bool LinkUp() { return Sh("ip link set " + veth_ + " up") == 0; }
 

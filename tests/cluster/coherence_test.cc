@@ -107,13 +107,7 @@ class RootServer {
     pid_ = Spawn(argv, log_);
     return WaitForLog(log_, "listening on ", 0, &pid_) != std::string::npos;
   }
-  void Kill() {
-    if (pid_ <= 0) return;
-    kill(pid_, SIGKILL);
-    int st;
-    waitpid(pid_, &st, 0);
-    pid_ = -1;
-  }
+  void Kill() { KillAndReap(&pid_); }
   ~RootServer() { Kill(); }
   int port() const { return port_; }
   const std::string& export_dir() const { return export_; }
