@@ -2,6 +2,8 @@
 
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
+
 namespace pohmelfs::client {
 
 using proto::from_le;
@@ -360,18 +362,57 @@ void LeaseManager::ReleaseAll() {
     for (const auto& [oid, st] : states_) all.emplace_back(oid, st);
   }
   auto auth = set_->Authority();
+  std::vector<Oid> to_release;
   for (auto& [oid, st] : all) {
     std::unique_lock use(st->use);
-    uint32_t mode;
     {
       std::lock_guard lk(st->mu);
-      mode = st->mode;
+      if (st->mode == 0) continue;
     }
-    if (mode == 0) continue;
     if (hooks_.flush) hooks_.flush(oid, POHMELFS_LEASE_NONE);
     std::lock_guard lk(st->mu);
-    if (auth && CurrentLocked(*st, auth.get())) (void)SendRelease(auth, oid, POHMELFS_LEASE_NONE);
+    if (auth && CurrentLocked(*st, auth.get())) to_release.push_back(oid);
     st->mode = 0;
+  }
+  if (to_release.empty()) return;
+  // Thousands of leases may be held (every file this mount created): send the releases in
+  // windows instead of one round trip each, once, and give up at the first lost connection:
+  // the server then drops them itself when the session's break deadline passes.
+  // A transaction keeps its send credit until destroyed: a window larger than the credits
+  // would wait for itself.
+  const size_t window_size = std::clamp<size_t>(auth->credits(), 1, 64);
+  CallOptions once;
+  once.attempts = 1;
+  once.fail_fast = true;
+  size_t released = 0;
+  for (size_t at = 0; at < to_release.size(); at += window_size) {
+    const size_t n = std::min(window_size, to_release.size() - at);
+    std::vector<pohmelfs_lease_req> reqs(n);
+    std::vector<iovec> iovs(n);
+    std::vector<std::unique_ptr<RpcClient::Transaction>> window;
+    window.reserve(n);
+    for (size_t i = 0; i < n; i++) {
+      reqs[i].oid = to_release[at + i].ToWire();
+      reqs[i].cmd = to_le(POHMELFS_LEASE_RELEASE);
+      reqs[i].mode = to_le(POHMELFS_LEASE_NONE);
+      iovs[i] = {&reqs[i], sizeof(reqs[i])};
+      window.push_back(auth->Begin(POHMELFS_OP_LEASE, std::span<const iovec>(&iovs[i], 1), once));
+    }
+    Status failed = Status::Ok();
+    for (auto& t : window) {
+      auto reply = auth->Wait(*t);
+      if (reply.ok())
+        released++;
+      else if (failed.ok())
+        failed = reply.status();
+    }
+    if (!failed.ok()) {
+      spdlog::warn(
+          "{}: releasing leases at unmount stopped after {} of {}: {}; the server drops "
+          "the rest when this session's break deadline passes",
+          auth->server(), released, to_release.size(), failed.ToString());
+      return;
+    }
   }
 }
 

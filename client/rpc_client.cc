@@ -56,6 +56,11 @@ bool RpcClient::connected() {
   return conn_ && conn_->IsOpen();
 }
 
+uint32_t RpcClient::credits() {
+  std::lock_guard lk(mu_);
+  return credits_;
+}
+
 proto::Oid RpcClient::root() {
   std::lock_guard lk(mu_);
   return root_;

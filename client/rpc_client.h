@@ -85,6 +85,8 @@ class RpcClient {
         std::chrono::steady_clock::duration(last_receive_.load()));
   }
   uint32_t inflight();
+  // Requests the server lets this client have in flight at once (from the last handshake).
+  uint32_t credits();
   // Called (from a network thread, without locks held) when a connection is lost.
   void SetOnDisconnect(std::function<void()> f);
   // Called (from a network thread, without locks held; it must not block) for each callback
