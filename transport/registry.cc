@@ -1,5 +1,5 @@
-// Backends by URI scheme. Later backends (ofi+*, verbs) add a branch here, compiled in when
-// their library was found.
+// Backends by URI scheme, compiled in when their library was found.
+#include "transport/ofi/ofi_transport.h"
 #include "transport/tcp/tcp_transport.h"
 #include "transport/transport.h"
 
@@ -8,7 +8,10 @@ namespace pohmelfs::transport {
 Result<std::unique_ptr<Transport>> CreateTransport(const std::string& scheme,
                                                    const TransportOptions& options) {
   if (scheme == "tcp") return CreateTcpTransport(options);
-  return Status::Error(ENOTSUP, "transport '" + scheme + "' is not available (known: tcp)");
+  if (scheme.starts_with("ofi+") && scheme.size() > 4)
+    return CreateOfiTransport(scheme.substr(4), options);
+  return Status::Error(ENOTSUP,
+                       "transport '" + scheme + "' is not available (known: tcp, ofi+PROVIDER)");
 }
 
 }  // namespace pohmelfs::transport

@@ -1,7 +1,7 @@
 // The transport interface (DESIGN.md item 5): connect and listen by URI, send a message as a
 // header plus payload iovecs, receive whole messages through callbacks. Backends register by
-// URI scheme and are chosen at run time; RDMA one-sided operations will live in an optional
-// interface next to this one, looked up once at setup.
+// URI scheme and are chosen at run time; RDMA one-sided operations live in an optional
+// interface (rma.h) that a connection offers when its backend has them.
 //
 // Thread-safety: Connection::Send and Close may be called from any thread. Handler callbacks
 // run on the backend's event-loop thread that owns the connection; they must not block for
@@ -18,6 +18,7 @@
 
 #include "proto/codec.h"
 #include "proto/status.h"
+#include "transport/rma.h"
 #include "transport/uri.h"
 
 namespace pohmelfs::transport {
@@ -57,6 +58,9 @@ class Connection {
   // Largest payload this side accepts; set after the handshake (default PAYLOAD_MAX).
   virtual void SetMaxPayload(uint32_t bytes) = 0;
 
+  // One-sided RMA on this connection, or null when the backend has none (tcp).
+  virtual Rma* rma() { return nullptr; }
+
   // Opaque per-connection state of the layer above (server session, client channel).
   std::shared_ptr<void> context;
 };
@@ -73,6 +77,9 @@ struct TransportOptions {
   int loop_threads = 1;  // event-loop threads; connections are spread over them
   // Largest payload a new connection accepts until SetMaxPayload changes it.
   uint32_t max_payload = POHMELFS_PAYLOAD_MAX;
+  // Polling backends (ofi, verbs): how long a progress thread keeps polling its completion
+  // queue after the last completion before it sleeps (0: sleep at once).
+  std::chrono::microseconds spin{50};
 };
 
 class Transport {

@@ -92,11 +92,15 @@ inline size_t WaitForLog(const std::string& log, const std::string& needle, size
 class ServerProcess {
  public:
   // Starts a server on 127.0.0.1 with a kernel-chosen port; waits (bounded) for its address.
+  // The transport is tcp unless POHMELFS_TEST_LISTEN names another listen address (ctest runs
+  // the file-system suites again over ofi+tcp that way).
   bool Start(const std::string& export_dir, const std::string& log,
              std::vector<std::string> extra = {}) {
     log_ = log;
+    const char* listen = std::getenv("POHMELFS_TEST_LISTEN");
     std::vector<std::string> argv = {std::string(POHMELFS_BIN_DIR) + "/pohmelfs-server", "--export",
-                                     export_dir, "--listen", "tcp://127.0.0.1:0"};
+                                     export_dir, "--listen",
+                                     listen && *listen ? listen : "tcp://127.0.0.1:0"};
     argv.insert(argv.end(), extra.begin(), extra.end());
     pid_ = Spawn(argv, log);
     size_t at = WaitForLog(log, "listening on ", 0, &pid_);

@@ -1,0 +1,161 @@
+// One libfabric fabric + domain of the ofi backend, with what its connections share: the event
+// queue for connection management (a CM thread reads it), one completion queue for every
+// endpoint (a progress thread reads it: it spins for a short budget after the last completion,
+// then sleeps in fi_cq_sread, so an idle domain costs no CPU), and the registration cache.
+//
+// Thread-safety: Register, Post and the Add/Remove methods may be called from any thread.
+// Completions, posted tasks and message callbacks run on the progress thread; connection
+// events (connect requests, established, shutdown) on the CM thread.
+#pragma once
+
+#include <rdma/fabric.h>
+#include <rdma/fi_cm.h>
+#include <rdma/fi_domain.h>
+#include <rdma/fi_endpoint.h>
+#include <rdma/fi_eq.h>
+
+#include <atomic>
+#include <chrono>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <unordered_map>
+#include <utility>
+#include <vector>
+
+#include "proto/status.h"
+#include "transport/rma.h"
+
+namespace pohmelfs::transport::ofi {
+
+class OfiConnection;
+
+// The provider's scratch space comes first (FI_CONTEXT / FI_CONTEXT2 modes), then what the
+// completion means to us.
+struct OfiOp {
+  fi_context2 ctx{};
+  enum class Kind : uint8_t { kRecv, kSend, kRma } kind = Kind::kRecv;
+  OfiConnection* conn = nullptr;
+  uint32_t slot = 0;     // kRecv, kSend: the buffer
+  RmaDone done;          // kRma
+  MemoryRegionPtr keep;  // kRma: the local region stays registered until completion
+};
+
+// "ofi+tcp://10.0.0.1:7000" for a socket address (IPv4 or IPv6).
+std::string SockaddrToUri(const std::string& provider, const void* addr);
+// "fi_xxx: <libfabric's text>" as a Status with a positive errno.
+Status FiError(const char* what, int rc);
+
+class OfiDomain;
+
+// A registration of the domain (see Rma::Register).
+class OfiMemoryRegion final : public MemoryRegion {
+ public:
+  OfiMemoryRegion(std::shared_ptr<OfiDomain> domain, fid_mr* mr, void* base, size_t len);
+  ~OfiMemoryRegion() override;
+  void* base() const override { return base_; }
+  size_t length() const override { return len_; }
+  uint64_t key() const override;
+  uint64_t RemoteAddress(const void* p) const override;
+  void* desc() const;
+
+ private:
+  std::shared_ptr<OfiDomain> domain_;
+  fid_mr* mr_;
+  void* base_;
+  size_t len_;
+};
+
+class OfiDomain : public std::enable_shared_from_this<OfiDomain> {
+ public:
+  // Opens fabric, domain, EQ and CQ from info (not kept) and starts the two threads.
+  static Result<std::shared_ptr<OfiDomain>> Open(const std::string& provider, const fi_info* info,
+                                                 std::chrono::microseconds spin);
+  ~OfiDomain();
+  OfiDomain(const OfiDomain&) = delete;
+  OfiDomain& operator=(const OfiDomain&) = delete;
+
+  const std::string& provider() const { return provider_; }
+  fid_fabric* fabric() const { return fabric_; }
+  fid_domain* domain() const { return domain_; }
+  fid_eq* eq() const { return eq_; }
+  fid_cq* cq() const { return cq_; }
+  // The provider wants virtual addresses (not offsets) in RMA, and local descriptors.
+  bool virt_addr() const { return virt_addr_; }
+
+  // Registration cache (see Rma::Register).
+  Result<MemoryRegionPtr> Register(void* addr, size_t len);
+  // One registration outside the cache (a connection's own buffers); close it with fi_close.
+  Result<fid_mr*> RegisterRaw(void* addr, size_t len, uint64_t access);
+  // Largest single message or RMA the provider takes.
+  size_t max_msg_size() const { return max_msg_size_; }
+
+  // Runs task on the progress thread.
+  void Post(std::function<void()> task);
+
+  // CM events for fid (an endpoint or a passive endpoint) go to these.
+  struct CmHandler {
+    std::function<void(fi_info* info)> on_connreq;  // passive endpoints; owns info
+    std::function<void()> on_connected;
+    std::function<void(const Status&)> on_shutdown;  // shutdown or CM error
+  };
+  void AddCm(fid_t fid, CmHandler h);
+  void RemoveCm(fid_t fid);
+
+  // A closed connection's memory must outlive completions the provider may still report for
+  // its operations: it is kept until they are all in, or for a bounded time.
+  void Retire(std::shared_ptr<OfiConnection> conn);
+  // Asks the progress thread to push conn's queued sends after the current completions.
+  void WantPump(std::shared_ptr<OfiConnection> conn);
+
+  // Closes every connection of the domain (their on_shutdown handlers).
+  void CloseAll(const Status& why);
+  // Called before posting an operation: orders the writes to its OfiOp before the progress
+  // thread's reading of its completion, in a way that tools (ThreadSanitizer) can see; the
+  // provider's own path from post to completion may go through the kernel.
+  void Publish() { published_.fetch_add(1, std::memory_order_release); }
+
+  // Stops the threads, then runs what they left (the closes) on the caller's thread.
+  void Stop();
+
+ private:
+  OfiDomain() = default;
+  void ProgressLoop();
+  void CmLoop();
+  void Dispatch(OfiOp* op, size_t len, const Status& st);
+  void RunTasks();
+  void ReapRetired(bool all);
+
+  std::string provider_;
+  fid_fabric* fabric_ = nullptr;
+  fid_domain* domain_ = nullptr;
+  fid_eq* eq_ = nullptr;
+  fid_cq* cq_ = nullptr;
+  bool virt_addr_ = true;
+  bool prov_key_ = true;
+  size_t max_msg_size_ = 0;
+  std::atomic<uint64_t> next_key_{1};
+  std::chrono::microseconds spin_{0};
+
+  std::atomic<bool> stop_{false};
+  std::atomic<uint64_t> published_{0};
+  std::thread progress_, cm_;
+
+  std::mutex mu_;
+  std::vector<std::function<void()>> tasks_;                           // GUARDED_BY(mu_)
+  std::vector<std::shared_ptr<OfiConnection>> pump_;                   // GUARDED_BY(mu_)
+  std::unordered_map<fid_t, std::shared_ptr<CmHandler>> cm_handlers_;  // GUARDED_BY(mu_)
+  struct Retired {
+    std::shared_ptr<OfiConnection> conn;
+    std::chrono::steady_clock::time_point since;
+  };
+  std::vector<Retired> retired_;  // progress thread only
+
+  std::mutex mr_mu_;
+  std::map<std::pair<uintptr_t, size_t>, std::weak_ptr<MemoryRegion>> mrs_;  // GUARDED_BY(mr_mu_)
+};
+
+}  // namespace pohmelfs::transport::ofi
