@@ -7,17 +7,13 @@
 
 #include <cstring>
 
-#include "transport/ofi/ofi_connection.h"
+#include "transport/framed/framed_connection.h"
 
 namespace pohmelfs::transport::ofi {
 namespace {
 
-using Clock = std::chrono::steady_clock;
-constexpr int kCompletionBatch = 32;
-// Sleeps in fi_cq_sread / fi_eq_sread are cut at this, so that Stop is seen.
-constexpr int kSleepMs = 100;
-// A retired connection whose operations never all complete is freed after this.
-constexpr auto kRetireBound = std::chrono::seconds(10);
+// fi_eq_sread is cut at this, so that Stop is seen.
+constexpr int kCmSleepMs = 100;
 
 }  // namespace
 
@@ -67,9 +63,8 @@ uint64_t OfiMemoryRegion::RemoteAddress(const void* p) const {
 
 Result<std::shared_ptr<OfiDomain>> OfiDomain::Open(const std::string& provider, const fi_info* info,
                                                    std::chrono::microseconds spin) {
-  std::shared_ptr<OfiDomain> d(new OfiDomain());
+  std::shared_ptr<OfiDomain> d(new OfiDomain(spin));
   d->provider_ = provider;
-  d->spin_ = spin;
   d->virt_addr_ = (info->domain_attr->mr_mode & FI_MR_VIRT_ADDR) != 0;
   d->prov_key_ = (info->domain_attr->mr_mode & FI_MR_PROV_KEY) != 0;
   d->max_msg_size_ = info->ep_attr->max_msg_size;
@@ -87,14 +82,13 @@ Result<std::shared_ptr<OfiDomain>> OfiDomain::Open(const std::string& provider, 
   cq_attr.size = 4096;
   rc = fi_cq_open(d->domain_, &cq_attr, &d->cq_, nullptr);
   if (rc) return FiError("fi_cq_open", rc);
-  d->progress_ = std::thread([raw = d.get()] { raw->ProgressLoop(); });
+  d->StartProgress();
   d->cm_ = std::thread([raw = d.get()] { raw->CmLoop(); });
   return d;
 }
 
 OfiDomain::~OfiDomain() {
   Stop();
-  ReapRetired(true);
   if (cq_) fi_close(&cq_->fid);
   if (domain_) fi_close(&domain_->fid);
   if (eq_) fi_close(&eq_->fid);
@@ -102,19 +96,9 @@ OfiDomain::~OfiDomain() {
 }
 
 void OfiDomain::Stop() {
-  if (stop_.exchange(true)) return;
-  if (cq_) fi_cq_signal(cq_);
-  if (progress_.joinable()) progress_.join();
+  stop_ = true;
   if (cm_.joinable()) cm_.join();
-  // Closes posted before the stop still run (on this thread), and may post more.
-  for (;;) {
-    {
-      std::lock_guard lk(mu_);
-      if (tasks_.empty() && pump_.empty()) break;
-    }
-    RunTasks();
-  }
-  ReapRetired(true);
+  StopProgress();
 }
 
 void OfiDomain::CloseAll(const Status& why) {
@@ -152,14 +136,6 @@ Result<MemoryRegionPtr> OfiDomain::Register(void* addr, size_t len) {
   return region;
 }
 
-void OfiDomain::Post(std::function<void()> task) {
-  {
-    std::lock_guard lk(mu_);
-    tasks_.push_back(std::move(task));
-  }
-  fi_cq_signal(cq_);
-}
-
 void OfiDomain::AddCm(fid_t fid, CmHandler h) {
   std::lock_guard lk(mu_);
   cm_handlers_[fid] = std::make_shared<CmHandler>(std::move(h));
@@ -170,82 +146,37 @@ void OfiDomain::RemoveCm(fid_t fid) {
   cm_handlers_.erase(fid);
 }
 
-void OfiDomain::Retire(std::shared_ptr<OfiConnection> conn) {
-  Post([this, conn = std::move(conn)]() mutable {
-    retired_.push_back({std::move(conn), Clock::now()});
-  });
+void OfiDomain::Wake() {
+  if (cq_) fi_cq_signal(cq_);
 }
 
-void OfiDomain::WantPump(std::shared_ptr<OfiConnection> conn) {
-  {
-    std::lock_guard lk(mu_);
-    pump_.push_back(std::move(conn));
-  }
-  fi_cq_signal(cq_);
-}
-
-void OfiDomain::RunTasks() {
-  std::vector<std::function<void()>> tasks;
-  std::vector<std::shared_ptr<OfiConnection>> pump;
-  {
-    std::lock_guard lk(mu_);
-    tasks.swap(tasks_);
-    pump.swap(pump_);
-  }
-  for (auto& t : tasks) t();
-  for (auto& c : pump) c->Pump();
-}
-
-void OfiDomain::ReapRetired(bool all) {
-  const auto now = Clock::now();
-  std::erase_if(retired_, [&](const Retired& r) {
-    return all || r.conn->outstanding() <= 0 || now - r.since > kRetireBound;
-  });
-}
-
-void OfiDomain::Dispatch(OfiOp* op, size_t len, const Status& st) {
-  switch (op->kind) {
-    case OfiOp::Kind::kRecv:
-      op->conn->OnRecv(op->slot, len, st);
-      break;
-    case OfiOp::Kind::kSend:
-      op->conn->OnSendDone(op->slot, st);
-      break;
-    case OfiOp::Kind::kRma: {
-      std::unique_ptr<OfiOp> own(op);
-      own->conn->OnRmaDone();
-      if (!st.ok() && own->conn->IsOpen()) own->conn->Close(st);
-      if (own->done) own->done(st);
-      break;
+int OfiDomain::Dispatch(ssize_t n) {
+  if (n > 0) {
+    AcquirePublished();
+    for (ssize_t i = 0; i < n; i++) {
+      auto* op = static_cast<TransferOp*>(events_[i].op_context);
+      op->conn->Complete(op, events_[i].len, Status::Ok());
     }
+    return static_cast<int>(n);
   }
+  if (n == -FI_EAVAIL) {
+    fi_cq_err_entry err{};
+    if (fi_cq_readerr(cq_, &err, 0) > 0 && err.op_context) {
+      AcquirePublished();
+      auto* op = static_cast<TransferOp*>(err.op_context);
+      op->conn->Complete(op, 0, FiError("completion", err.err ? err.err : EIO));
+    }
+    return 1;
+  }
+  return 0;  // -FI_EAGAIN, or a timeout of fi_cq_sread
 }
 
-void OfiDomain::ProgressLoop() {
-  fi_cq_data_entry ev[kCompletionBatch];
-  auto last_busy = Clock::now();
-  while (!stop_) {
-    RunTasks();
-    ssize_t n = fi_cq_read(cq_, ev, kCompletionBatch);
-    if (n == -FI_EAGAIN && Clock::now() - last_busy >= spin_) {
-      // Idle past the spin budget: sleep until a completion or a signal (Post, Stop).
-      ReapRetired(false);
-      n = fi_cq_sread(cq_, ev, kCompletionBatch, nullptr, kSleepMs);
-    }
-    if (n > 0 || n == -FI_EAVAIL) (void)published_.load(std::memory_order_acquire);
-    if (n > 0) {
-      for (ssize_t i = 0; i < n; i++)
-        Dispatch(static_cast<OfiOp*>(ev[i].op_context), ev[i].len, Status::Ok());
-      last_busy = Clock::now();
-    } else if (n == -FI_EAVAIL) {
-      fi_cq_err_entry err{};
-      if (fi_cq_readerr(cq_, &err, 0) > 0 && err.op_context) {
-        const int code = err.err == FI_ECANCELED ? ECANCELED : err.err;
-        Dispatch(static_cast<OfiOp*>(err.op_context), 0, FiError("completion", code ? code : EIO));
-      }
-      last_busy = Clock::now();
-    }
-  }
+int OfiDomain::PollCompletions() {
+  return Dispatch(fi_cq_read(cq_, events_, std::size(events_)));
+}
+
+int OfiDomain::WaitForCompletions(int timeout_ms) {
+  return Dispatch(fi_cq_sread(cq_, events_, std::size(events_), nullptr, timeout_ms));
 }
 
 void OfiDomain::CmLoop() {
@@ -253,7 +184,7 @@ void OfiDomain::CmLoop() {
   alignas(fi_eq_cm_entry) uint8_t buf[sizeof(fi_eq_cm_entry) + 256];
   while (!stop_) {
     uint32_t event = 0;
-    ssize_t n = fi_eq_sread(eq_, &event, buf, sizeof(buf), kSleepMs, 0);
+    ssize_t n = fi_eq_sread(eq_, &event, buf, sizeof(buf), kCmSleepMs, 0);
     if (n == -FI_EAVAIL) {
       fi_eq_err_entry err{};
       if (fi_eq_readerr(eq_, &err, 0) <= 0) continue;

@@ -1,7 +1,7 @@
 // One libfabric fabric + domain of the ofi backend, with what its connections share: the event
 // queue for connection management (a CM thread reads it), one completion queue for every
-// endpoint (a progress thread reads it: it spins for a short budget after the last completion,
-// then sleeps in fi_cq_sread, so an idle domain costs no CPU), and the registration cache.
+// endpoint (the progress engine polls it and sleeps in fi_cq_sread), and the registration
+// cache.
 //
 // Thread-safety: Register, Post and the Add/Remove methods may be called from any thread.
 // Completions, posted tasks and message callbacks run on the progress thread; connection
@@ -27,22 +27,10 @@
 #include <vector>
 
 #include "proto/status.h"
+#include "transport/framed/progress_engine.h"
 #include "transport/rma.h"
 
 namespace pohmelfs::transport::ofi {
-
-class OfiConnection;
-
-// The provider's scratch space comes first (FI_CONTEXT / FI_CONTEXT2 modes), then what the
-// completion means to us.
-struct OfiOp {
-  fi_context2 ctx{};
-  enum class Kind : uint8_t { kRecv, kSend, kRma } kind = Kind::kRecv;
-  OfiConnection* conn = nullptr;
-  uint32_t slot = 0;     // kRecv, kSend: the buffer
-  RmaDone done;          // kRma
-  MemoryRegionPtr keep;  // kRma: the local region stays registered until completion
-};
 
 // "ofi+tcp://10.0.0.1:7000" for a socket address (IPv4 or IPv6).
 std::string SockaddrToUri(const std::string& provider, const void* addr);
@@ -61,6 +49,7 @@ class OfiMemoryRegion final : public MemoryRegion {
   uint64_t key() const override;
   uint64_t RemoteAddress(const void* p) const override;
   void* desc() const;
+  const OfiDomain* domain() const { return domain_.get(); }
 
  private:
   std::shared_ptr<OfiDomain> domain_;
@@ -69,12 +58,12 @@ class OfiMemoryRegion final : public MemoryRegion {
   size_t len_;
 };
 
-class OfiDomain : public std::enable_shared_from_this<OfiDomain> {
+class OfiDomain final : public ProgressEngine, public std::enable_shared_from_this<OfiDomain> {
  public:
   // Opens fabric, domain, EQ and CQ from info (not kept) and starts the two threads.
   static Result<std::shared_ptr<OfiDomain>> Open(const std::string& provider, const fi_info* info,
                                                  std::chrono::microseconds spin);
-  ~OfiDomain();
+  ~OfiDomain() override;
   OfiDomain(const OfiDomain&) = delete;
   OfiDomain& operator=(const OfiDomain&) = delete;
 
@@ -93,9 +82,6 @@ class OfiDomain : public std::enable_shared_from_this<OfiDomain> {
   // Largest single message or RMA the provider takes.
   size_t max_msg_size() const { return max_msg_size_; }
 
-  // Runs task on the progress thread.
-  void Post(std::function<void()> task);
-
   // CM events for fid (an endpoint or a passive endpoint) go to these.
   struct CmHandler {
     std::function<void(fi_info* info)> on_connreq;  // passive endpoints; owns info
@@ -105,29 +91,18 @@ class OfiDomain : public std::enable_shared_from_this<OfiDomain> {
   void AddCm(fid_t fid, CmHandler h);
   void RemoveCm(fid_t fid);
 
-  // A closed connection's memory must outlive completions the provider may still report for
-  // its operations: it is kept until they are all in, or for a bounded time.
-  void Retire(std::shared_ptr<OfiConnection> conn);
-  // Asks the progress thread to push conn's queued sends after the current completions.
-  void WantPump(std::shared_ptr<OfiConnection> conn);
-
   // Closes every connection of the domain (their on_shutdown handlers).
   void CloseAll(const Status& why);
-  // Called before posting an operation: orders the writes to its OfiOp before the progress
-  // thread's reading of its completion, in a way that tools (ThreadSanitizer) can see; the
-  // provider's own path from post to completion may go through the kernel.
-  void Publish() { published_.fetch_add(1, std::memory_order_release); }
-
   // Stops the threads, then runs what they left (the closes) on the caller's thread.
   void Stop();
 
  private:
-  OfiDomain() = default;
-  void ProgressLoop();
+  explicit OfiDomain(std::chrono::microseconds spin) : ProgressEngine(spin) {}
+  int PollCompletions() override;
+  int WaitForCompletions(int timeout_ms) override;
+  void Wake() override;
+  int Dispatch(ssize_t n);
   void CmLoop();
-  void Dispatch(OfiOp* op, size_t len, const Status& st);
-  void RunTasks();
-  void ReapRetired(bool all);
 
   std::string provider_;
   fid_fabric* fabric_ = nullptr;
@@ -138,21 +113,12 @@ class OfiDomain : public std::enable_shared_from_this<OfiDomain> {
   bool prov_key_ = true;
   size_t max_msg_size_ = 0;
   std::atomic<uint64_t> next_key_{1};
-  std::chrono::microseconds spin_{0};
-
   std::atomic<bool> stop_{false};
-  std::atomic<uint64_t> published_{0};
-  std::thread progress_, cm_;
+  std::thread cm_;
+  fi_cq_data_entry events_[32];  // progress thread only
 
   std::mutex mu_;
-  std::vector<std::function<void()>> tasks_;                           // GUARDED_BY(mu_)
-  std::vector<std::shared_ptr<OfiConnection>> pump_;                   // GUARDED_BY(mu_)
   std::unordered_map<fid_t, std::shared_ptr<CmHandler>> cm_handlers_;  // GUARDED_BY(mu_)
-  struct Retired {
-    std::shared_ptr<OfiConnection> conn;
-    std::chrono::steady_clock::time_point since;
-  };
-  std::vector<Retired> retired_;  // progress thread only
 
   std::mutex mr_mu_;
   std::map<std::pair<uintptr_t, size_t>, std::weak_ptr<MemoryRegion>> mrs_;  // GUARDED_BY(mr_mu_)

@@ -106,7 +106,7 @@ class OfiTransport final : public Transport {
       conn->Close(s);
       return s;
     }
-    Status s = conn->WaitConnected(timeout);
+    Status s = conn->WaitEstablished(timeout);
     if (!s.ok()) return Status::Error(s.code(), "connect to " + uri.ToString() + ": " + s.reason());
     return ConnectionPtr(conn);
   }
@@ -157,7 +157,7 @@ class OfiTransport final : public Transport {
     OfiDomain::CmHandler cm;
     cm.on_connected = [conn, on_accept] {
       if (on_accept) on_accept(conn);
-      if (conn->IsOpen()) conn->OnConnected();
+      if (conn->IsOpen()) conn->OnEstablished();
     };
     cm.on_shutdown = [conn](const Status& why) { conn->Close(why); };
     domain->AddCm(&conn->ep()->fid, std::move(cm));

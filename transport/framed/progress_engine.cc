@@ -1,0 +1,88 @@
+#include "transport/framed/progress_engine.h"
+
+#include "transport/framed/framed_connection.h"
+
+namespace pohmelfs::transport {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+// Sleeps are cut at this, so that a stop is seen without a wake-up.
+constexpr int kSleepMs = 100;
+// A retired connection whose operations never all complete is freed after this.
+constexpr auto kRetireBound = std::chrono::seconds(10);
+
+}  // namespace
+
+void ProgressEngine::StartProgress() {
+  thread_ = std::thread([this] { Loop(); });
+}
+
+void ProgressEngine::StopProgress() {
+  if (stop_.exchange(true)) return;
+  Wake();
+  if (thread_.joinable()) thread_.join();
+  for (;;) {
+    {
+      std::lock_guard lk(mu_);
+      if (tasks_.empty() && pump_.empty()) break;
+    }
+    RunTasks();
+  }
+  ReapRetired(true);
+}
+
+void ProgressEngine::Post(std::function<void()> task) {
+  {
+    std::lock_guard lk(mu_);
+    tasks_.push_back(std::move(task));
+  }
+  Wake();
+}
+
+void ProgressEngine::WantPump(std::shared_ptr<FramedConnection> conn) {
+  {
+    std::lock_guard lk(mu_);
+    pump_.push_back(std::move(conn));
+  }
+  Wake();
+}
+
+void ProgressEngine::Retire(std::shared_ptr<FramedConnection> conn) {
+  Post([this, conn = std::move(conn)]() mutable {
+    retired_.push_back({std::move(conn), Clock::now()});
+  });
+}
+
+void ProgressEngine::RunTasks() {
+  std::vector<std::function<void()>> tasks;
+  std::vector<std::shared_ptr<FramedConnection>> pump;
+  {
+    std::lock_guard lk(mu_);
+    tasks.swap(tasks_);
+    pump.swap(pump_);
+  }
+  for (auto& t : tasks) t();
+  for (auto& c : pump) c->Pump();
+}
+
+void ProgressEngine::ReapRetired(bool all) {
+  const auto now = Clock::now();
+  std::erase_if(retired_, [&](const Retired& r) {
+    return all || r.conn->outstanding() <= 0 || now - r.since > kRetireBound;
+  });
+}
+
+void ProgressEngine::Loop() {
+  auto last_busy = Clock::now();
+  while (!stop_) {
+    RunTasks();
+    int n = PollCompletions();
+    if (n == 0 && Clock::now() - last_busy >= spin_) {
+      ReapRetired(false);
+      n = WaitForCompletions(kSleepMs);
+    }
+    if (n > 0) last_busy = Clock::now();
+  }
+}
+
+}  // namespace pohmelfs::transport
