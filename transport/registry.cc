@@ -1,7 +1,8 @@
-// Backends by URI scheme, compiled in when their library was found.
+// Backends by URI scheme.
 #include "transport/ofi/ofi_transport.h"
 #include "transport/tcp/tcp_transport.h"
 #include "transport/transport.h"
+#include "transport/verbs/verbs_transport.h"
 
 namespace pohmelfs::transport {
 
@@ -10,8 +11,9 @@ Result<std::unique_ptr<Transport>> CreateTransport(const std::string& scheme,
   if (scheme == "tcp") return CreateTcpTransport(options);
   if (scheme.starts_with("ofi+") && scheme.size() > 4)
     return CreateOfiTransport(scheme.substr(4), options);
-  return Status::Error(ENOTSUP,
-                       "transport '" + scheme + "' is not available (known: tcp, ofi+PROVIDER)");
+  if (scheme == "verbs") return CreateVerbsTransport(options);
+  return Status::Error(
+      ENOTSUP, "transport '" + scheme + "' is not available (known: tcp, ofi+PROVIDER, verbs)");
 }
 
 }  // namespace pohmelfs::transport

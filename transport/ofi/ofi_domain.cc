@@ -121,19 +121,12 @@ Result<fid_mr*> OfiDomain::RegisterRaw(void* addr, size_t len, uint64_t access) 
 }
 
 Result<MemoryRegionPtr> OfiDomain::Register(void* addr, size_t len) {
-  const auto k = std::make_pair(reinterpret_cast<uintptr_t>(addr), len);
-  std::lock_guard lk(mr_mu_);
-  if (auto it = mrs_.find(k); it != mrs_.end()) {
-    if (auto live = it->second.lock()) return live;
-  }
-  auto mr = RegisterRaw(addr, len,
-                        FI_SEND | FI_RECV | FI_READ | FI_WRITE | FI_REMOTE_READ | FI_REMOTE_WRITE);
-  if (!mr.ok()) return mr.status();
-  MemoryRegionPtr region = std::make_shared<OfiMemoryRegion>(shared_from_this(), *mr, addr, len);
-  mrs_[k] = region;
-  // Forget expired entries now and then so the map does not grow with dead ranges.
-  if (mrs_.size() > 1024) std::erase_if(mrs_, [](const auto& e) { return e.second.expired(); });
-  return region;
+  return registrations_.Get(addr, len, [this](void* a, size_t n) -> Result<MemoryRegionPtr> {
+    auto mr = RegisterRaw(
+        a, n, FI_SEND | FI_RECV | FI_READ | FI_WRITE | FI_REMOTE_READ | FI_REMOTE_WRITE);
+    if (!mr.ok()) return mr.status();
+    return MemoryRegionPtr(std::make_shared<OfiMemoryRegion>(shared_from_this(), *mr, a, n));
+  });
 }
 
 void OfiDomain::AddCm(fid_t fid, CmHandler h) {

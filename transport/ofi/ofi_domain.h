@@ -28,6 +28,7 @@
 
 #include "proto/status.h"
 #include "transport/framed/progress_engine.h"
+#include "transport/framed/registration_cache.h"
 #include "transport/rma.h"
 
 namespace pohmelfs::transport::ofi {
@@ -120,8 +121,7 @@ class OfiDomain final : public ProgressEngine, public std::enable_shared_from_th
   std::mutex mu_;
   std::unordered_map<fid_t, std::shared_ptr<CmHandler>> cm_handlers_;  // GUARDED_BY(mu_)
 
-  std::mutex mr_mu_;
-  std::map<std::pair<uintptr_t, size_t>, std::weak_ptr<MemoryRegion>> mrs_;  // GUARDED_BY(mr_mu_)
+  RegistrationCache registrations_;
 };
 
 }  // namespace pohmelfs::transport::ofi
