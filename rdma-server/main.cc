@@ -23,6 +23,11 @@ int main(int argc, char** argv) try {
   app.add_option("--workers", o.workers, "threads doing file IO")->check(CLI::Range(1, 1024));
   app.add_option("--loop-threads", o.loop_threads, "network event-loop threads")
       ->check(CLI::Range(1, 64));
+  int spin_us = static_cast<int>(o.spin.count());
+  app.add_option("--spin-us", spin_us,
+                 "microseconds a network thread keeps polling after its last event before it "
+                 "sleeps (adaptive below that; 0: never poll)")
+      ->check(CLI::Range(0, 100000));
   app.add_option("--credits", o.credits, "requests one client may have in flight")
       ->check(CLI::Range(1, 65536));
   app.add_option("--session-timeout", session_timeout, "seconds an idle session is kept for resume")
@@ -44,6 +49,7 @@ int main(int argc, char** argv) try {
       ->check(CLI::Range(10, 60000));
   CLI11_PARSE(app, argc, argv);
   o.session_timeout = std::chrono::seconds(session_timeout);
+  o.spin = std::chrono::microseconds(spin_us);
   o.lease_break_timeout = std::chrono::milliseconds(break_ms);
   o.lease_grace = std::chrono::milliseconds(grace_ms);
   o.lock_wait = std::chrono::milliseconds(lock_wait_ms);

@@ -43,7 +43,8 @@ Result<std::unique_ptr<Server>> Server::Start(const ServerOptions& o) {
     if (!uri.ok()) return uri.status();
     transport::Transport* t = by_scheme[uri->scheme];
     if (!t) {
-      auto created = transport::CreateTransport(uri->scheme, {.loop_threads = o.loop_threads});
+      auto created =
+          transport::CreateTransport(uri->scheme, {.loop_threads = o.loop_threads, .spin = o.spin});
       if (!created.ok()) return created.status();
       t = created->get();
       s->transports_.push_back(std::move(*created));

@@ -25,6 +25,9 @@ struct ServerOptions {
   std::vector<std::string> listen;  // URIs
   int workers = 8;                  // threads doing file IO
   int loop_threads = 2;             // transport event loops
+  // Most time a network thread keeps polling after its last event before it sleeps (adaptive
+  // below that); an idle server sleeps. 0: never poll.
+  std::chrono::microseconds spin{50};
   // Requests a client may have in flight; past this the server stops reading from it.
   uint32_t credits = 256;
   std::chrono::seconds session_timeout{120};

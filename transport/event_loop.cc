@@ -8,9 +8,12 @@
 #include <cstdint>
 #include <cstring>
 
+#include "transport/adaptive_spin.h"
+
 namespace pohmelfs::transport {
 
-EventLoop::EventLoop(std::string name) : name_(std::move(name)) {
+EventLoop::EventLoop(std::string name, std::chrono::microseconds spin)
+    : name_(std::move(name)), spin_(spin) {
   epfd_ = epoll_create1(EPOLL_CLOEXEC);
   wakefd_ = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
   if (epfd_ < 0 || wakefd_ < 0) {
@@ -121,8 +124,20 @@ void EventLoop::ForEachAndWait(const std::function<void(const std::shared_ptr<Po
 void EventLoop::Run() {
   constexpr int kMaxEvents = 64;
   epoll_event events[kMaxEvents];
+  AdaptiveSpin spin(spin_);
+  auto last_busy = AdaptiveSpin::Clock::now();
+  bool spinning = false;
   while (!stop_) {
-    int n = epoll_wait(epfd_, events, kMaxEvents, -1);
+    // Poll without sleeping for the spin budget after the last event, then block.
+    const bool poll_only = spin.ShouldSpin(last_busy, AdaptiveSpin::Clock::now());
+    if (!poll_only && spinning) spin.RanOut();
+    int n = epoll_wait(epfd_, events, kMaxEvents, poll_only ? 0 : -1);
+    if (n > 0) {
+      if (poll_only && spinning) spin.FoundWhileSpinning();
+      if (!poll_only) spin.WokeUp();
+      last_busy = AdaptiveSpin::Clock::now();
+    }
+    spinning = poll_only && n <= 0;
     if (n < 0) {
       if (errno == EINTR) continue;
       spdlog::error("{}: epoll_wait: {}", name_, std::strerror(errno));

@@ -8,6 +8,7 @@
 #include <sys/epoll.h>
 
 #include <atomic>
+#include <chrono>
 #include <functional>
 #include <memory>
 #include <mutex>
@@ -27,7 +28,9 @@ class Pollable {
 
 class EventLoop {
  public:
-  explicit EventLoop(std::string name);
+  // spin: how long to keep polling (epoll_wait without sleeping) after the last event, at most
+  // (see AdaptiveSpin); 0 sleeps at once.
+  explicit EventLoop(std::string name, std::chrono::microseconds spin = {});
   ~EventLoop();  // stops and joins the thread; registered objects are dropped
   EventLoop(const EventLoop&) = delete;
   EventLoop& operator=(const EventLoop&) = delete;
@@ -47,6 +50,7 @@ class EventLoop {
   void Wake();
 
   std::string name_;
+  const std::chrono::microseconds spin_;
   int epfd_ = -1;
   int wakefd_ = -1;
   std::atomic<bool> stop_{false};

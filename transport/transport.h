@@ -77,9 +77,10 @@ struct TransportOptions {
   int loop_threads = 1;  // event-loop threads; connections are spread over them
   // Largest payload a new connection accepts until SetMaxPayload changes it.
   uint32_t max_payload = POHMELFS_PAYLOAD_MAX;
-  // Polling backends (ofi, verbs): how long a progress thread keeps polling its completion
-  // queue after the last completion before it sleeps (0: sleep at once).
-  std::chrono::microseconds spin{50};
+  // Most time a network thread (an event loop, a progress thread) keeps polling its sockets or
+  // completion queue after the last event before it sleeps; adaptive below that (see
+  // adaptive_spin.h). 0 sleeps at once. Servers poll (pohmelfs-server --spin-us).
+  std::chrono::microseconds spin{0};
 };
 
 class Transport {

@@ -10,6 +10,7 @@
 #include <gtest/gtest.h>
 #include <signal.h>
 #include <spawn.h>
+#include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -87,8 +88,11 @@ std::vector<std::string> ConformanceUris() {
   return out;
 }
 
-std::unique_ptr<Transport> MakeTransport(const Uri& uri, int threads) {
-  auto t = CreateTransport(uri.scheme, {.loop_threads = threads});
+constexpr std::chrono::microseconds kServerSpin{50};
+
+std::unique_ptr<Transport> MakeTransport(const Uri& uri, int threads,
+                                         std::chrono::microseconds spin = {}) {
+  auto t = CreateTransport(uri.scheme, {.loop_threads = threads, .spin = spin});
   if (!t.ok()) {
     ADD_FAILURE() << t.status().ToString();
     return nullptr;
@@ -101,7 +105,7 @@ class TransportTest : public ::testing::TestWithParam<std::string> {
   void SetUp() override {
     auto uri = ParseUri(GetParam());
     ASSERT_TRUE(uri.ok());
-    server_ = MakeTransport(*uri, 2);
+    server_ = MakeTransport(*uri, 2, kServerSpin);  // polling, as pohmelfs-server does
     client_ = MakeTransport(*uri, 1);
     ASSERT_TRUE(server_ && client_);
     auto bound = server_->Listen(*uri, server_inbox_.MakeHandler(true));
@@ -268,6 +272,26 @@ TEST_P(TransportTest, ConnectToAClosedPortFails) {
   closed.port = 1;
   auto c = client_->Connect(closed, Handler{}, 2s);
   EXPECT_FALSE(c.ok());
+}
+
+// CPU time this process has used (every thread), from getrusage.
+std::chrono::microseconds ProcessCpu() {
+  rusage ru{};
+  getrusage(RUSAGE_SELF, &ru);
+  auto us = [](const timeval& t) { return t.tv_sec * 1000000L + t.tv_usec; };
+  return std::chrono::microseconds(us(ru.ru_utime) + us(ru.ru_stime));
+}
+
+// The server side polls after traffic, then must go back to sleep: an idle process with a
+// connection open uses (almost) no CPU. Measured over one second after some traffic.
+TEST_P(TransportTest, IdleAfterTrafficUsesNoCpu) {
+  for (int i = 0; i < 200; i++) ASSERT_TRUE(conn_->Send(Req(i), "x", 1).ok());
+  ASSERT_TRUE(client_inbox_.WaitFor(200));
+  const auto before = ProcessCpu();
+  std::this_thread::sleep_for(1s);  // the measurement window, not a synchronisation
+  const auto used = ProcessCpu() - before;
+  EXPECT_LT(used, 100ms) << "an idle " << GetParam() << " connection used " << used.count()
+                         << " us of CPU in one second";
 }
 
 // Waits (bounded) for an RMA completion.

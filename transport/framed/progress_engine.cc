@@ -1,5 +1,6 @@
 #include "transport/framed/progress_engine.h"
 
+#include "transport/adaptive_spin.h"
 #include "transport/framed/framed_connection.h"
 
 namespace pohmelfs::transport {
@@ -73,15 +74,30 @@ void ProgressEngine::ReapRetired(bool all) {
 }
 
 void ProgressEngine::Loop() {
+  AdaptiveSpin spin(spin_);
   auto last_busy = Clock::now();
+  bool spinning = false;  // polled without finding anything since the last event
   while (!stop_) {
     RunTasks();
     int n = PollCompletions();
-    if (n == 0 && Clock::now() - last_busy >= spin_) {
-      ReapRetired(false);
-      n = WaitForCompletions(kSleepMs);
+    if (n > 0) {
+      if (spinning) spin.FoundWhileSpinning();
+      spinning = false;
+      last_busy = Clock::now();
+      continue;
     }
-    if (n > 0) last_busy = Clock::now();
+    if (spin.ShouldSpin(last_busy, Clock::now())) {
+      spinning = true;
+      continue;
+    }
+    if (spinning) spin.RanOut();
+    spinning = false;
+    ReapRetired(false);
+    n = WaitForCompletions(kSleepMs);
+    if (n > 0) {
+      spin.WokeUp();
+      last_busy = Clock::now();
+    }
   }
 }
 

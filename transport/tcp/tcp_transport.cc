@@ -385,7 +385,7 @@ class TcpTransport final : public Transport {
  public:
   explicit TcpTransport(const TransportOptions& o) : max_payload_(o.max_payload) {
     int n = std::max(1, o.loop_threads);
-    for (int i = 0; i < n; i++) loops_.push_back(std::make_unique<EventLoop>("tcp-loop"));
+    for (int i = 0; i < n; i++) loops_.push_back(std::make_unique<EventLoop>("tcp-loop", o.spin));
   }
   ~TcpTransport() override { Shutdown(); }
 
