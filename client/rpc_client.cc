@@ -71,6 +71,13 @@ proto::Oid RpcClient::server_id() {
   return server_id_;
 }
 
+transport::ConnectionPtr RpcClient::RmaConnection() {
+  std::lock_guard lk(mu_);
+  if (!(features_ & POHMELFS_FEAT_RMA) || !conn_ || !conn_->IsOpen() || !conn_->rma())
+    return nullptr;
+  return conn_;
+}
+
 uint64_t RpcClient::features() {
   std::lock_guard lk(mu_);
   return features_;
@@ -143,7 +150,9 @@ Status RpcClient::Handshake(const transport::ConnectionPtr& conn) {
   q.version_min = to_le(uint16_t{POHMELFS_PROTO_VERSION_MIN});
   q.version_max = to_le(uint16_t{POHMELFS_PROTO_VERSION_MAX});
   q.max_payload = to_le(uint32_t{POHMELFS_PAYLOAD_MAX});
-  q.features = to_le(uint64_t{POHMELFS_FEAT_ALL});
+  // RMA is asked for only where the transport has it (ofi, verbs); tcp keeps data in messages.
+  q.features = to_le(conn->rma() ? uint64_t{POHMELFS_FEAT_ALL}
+                                 : uint64_t{POHMELFS_FEAT_ALL & ~POHMELFS_FEAT_RMA});
   uint64_t resume;
   {
     std::lock_guard lk(mu_);

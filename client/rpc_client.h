@@ -103,6 +103,9 @@ class RpcClient {
   proto::Oid root();
   proto::Oid server_id();
   uint64_t features();
+  // The current connection when the server granted FEAT_RMA on it (bulk data may move by
+  // RMA), else null.
+  transport::ConnectionPtr RmaConnection();
   uint32_t max_payload();
   const std::string& server() const { return uri_text_; }
   const RpcCounters& counters() const { return counters_; }

@@ -7,7 +7,9 @@
 #include <sstream>
 
 #include "client/fs_client.h"
+#include "client/iov_util.h"
 #include "client/resync.h"
+#include "client/rma_rewrite.h"
 
 namespace pohmelfs::client {
 
@@ -48,6 +50,7 @@ struct ServerSet::Replica {
   std::set<Oid> redo;
   bool redo_all = false;
   std::atomic<uint64_t> reads{0}, writes{0}, errors{0};
+  std::atomic<uint64_t> rma_bytes{0};  // data moved by RMA instead of in messages
   std::atomic<bool> stop{false};
   bool tried = false;       // GUARDED_BY(mu_): the keeper's first connect attempt is over
   uint64_t epoch = 0;       // GUARDED_BY(mu_): state changes so far
@@ -102,24 +105,6 @@ void CommandOids(uint16_t opcode, std::span<const uint8_t> body, std::vector<Oid
   if (body.size() < 16) return;
   at(0);
   if ((opcode == POHMELFS_OP_RENAME || opcode == POHMELFS_OP_LINK) && body.size() >= 32) at(16);
-}
-
-// Copies up to n bytes of the payload starting at offset; returns how many there were.
-size_t CopyAt(std::span<const iovec> payload, size_t offset, void* dst, size_t n) {
-  size_t done = 0;
-  for (const auto& v : payload) {
-    if (done == n) break;
-    if (offset >= v.iov_len) {
-      offset -= v.iov_len;
-      continue;
-    }
-    size_t k = std::min(n - done, v.iov_len - offset);
-    std::memcpy(static_cast<uint8_t*>(dst) + done, static_cast<const uint8_t*>(v.iov_base) + offset,
-                k);
-    done += k;
-    offset = 0;
-  }
-  return done;
 }
 
 // The object ids a request changes; for a BATCH, those of each of its commands. Only the
@@ -736,10 +721,19 @@ Result<RpcReply> ServerSet::Read(uint16_t opcode, std::span<const iovec> payload
       continue;
     }
     const ReplicaPtr r = best[read_turn_++ % best.size()];
-    auto t = r->rpc->Begin(opcode, payload, CallOptions{.attempts = 1, .fail_fast = true});
-    auto reply = r->rpc->Wait(*t);
+    const CallOptions co{.attempts = 1, .fail_fast = true};
+    Result<RpcReply> reply = Status::Error(EIO, "not sent");
+    pohmelfs_read_req rq;
+    const bool by_rma = opcode == POHMELFS_OP_READ && r->rpc->RmaConnection() &&
+                        CopyAt(payload, 0, &rq, sizeof(rq)) == sizeof(rq) &&
+                        ReadByRma(*r->rpc, rq, RmaStaging(), co, &reply);
+    if (!by_rma) {
+      auto t = r->rpc->Begin(opcode, payload, co);
+      reply = r->rpc->Wait(*t);
+    }
     if (reply.ok()) {
       r->reads++;
+      if (by_rma) r->rma_bytes += reply->payload.size();
       return reply;
     }
     r->errors++;
@@ -788,12 +782,32 @@ Result<RpcReply> ServerSet::Write(uint16_t opcode, std::span<const iovec> payloa
   // with company, a server that fails is dropped at once and healed later.
   CallOptions co;
   co.fail_fast = targets.size() > 1;
+  // Bulk data by RMA to the replicas whose connections have it: staged once for all of them.
+  const bool any_rma = std::any_of(targets.begin(), targets.end(),
+                                   [](const ReplicaPtr& r) { return r->rpc->RmaConnection(); });
+  RmaWritePlan plan;
+  if (any_rma) plan = RmaWritePlan::Prepare(opcode, payload, RmaStaging());
   std::vector<std::unique_ptr<RpcClient::Transaction>> ts;
   ts.reserve(targets.size());
-  for (const auto& r : targets) ts.push_back(r->rpc->Begin(opcode, payload, co));
+  for (const auto& r : targets) {
+    RmaWritePlan::Request req{opcode, payload};
+    if (!plan.empty()) {
+      if (auto conn = r->rpc->RmaConnection()) {
+        auto rewritten = plan.For(*conn);
+        if (rewritten.ok()) {
+          req = *rewritten;
+          r->rma_bytes += plan.staged_bytes();
+        }
+      }
+    }
+    ts.push_back(r->rpc->Begin(req.opcode, req.payload, co));
+  }
   std::vector<Result<RpcReply>> rs;
   rs.reserve(targets.size());
   for (size_t i = 0; i < targets.size(); i++) rs.push_back(targets[i]->rpc->Wait(*ts[i]));
+  if (!plan.empty() &&
+      std::any_of(rs.begin(), rs.end(), [](const Result<RpcReply>& r) { return !r.ok(); }))
+    plan.HoldAfterFailure();
 
   int primary = -1;
   for (size_t i = 0; i < targets.size() && primary < 0; i++)
@@ -857,6 +871,13 @@ Result<RpcReply> ServerSet::Write(uint16_t opcode, std::span<const iovec> payloa
   if (holders.empty()) return Status::Error(EIO, "no server could record the write durably");
   for (const auto& h : holders) h->writes++;
   return std::move(rs[primary]);
+}
+
+transport::RmaPool& ServerSet::RmaStaging() {
+  // 16 buffers of IO_MAX: the write-back cache keeps 4 batches in flight, reads are one at a
+  // time per FUSE thread; when none is free a request simply carries its data.
+  std::call_once(rma_once_, [&] { rma_pool_ = transport::RmaPool::Create(16, POHMELFS_IO_MAX); });
+  return *rma_pool_;
 }
 
 ServerSet::ReplicaPtr ServerSet::Find(const std::string& uri) {
@@ -984,9 +1005,10 @@ Status ServerSet::Resolve(const std::string& uri) {
 
 std::string ServerSet::StatusTable() {
   std::ostringstream out;
-  out << fmt::format("{:<28} {:<11} {:>5} {:<4} {:>8} {:>10} {:>10} {:>12} {:>12} {:>7}  {}\n",
-                     "SERVER", "STATE", "PRIO", "PERM", "INFLIGHT", "READS", "WRITES", "BYTES_OUT",
-                     "BYTES_IN", "ERRORS", "NOTE");
+  out << fmt::format(
+      "{:<28} {:<11} {:>5} {:<4} {:>8} {:>10} {:>10} {:>12} {:>12} {:>12} {:>7}  {}\n", "SERVER",
+      "STATE", "PRIO", "PERM", "INFLIGHT", "READS", "WRITES", "BYTES_OUT", "BYTES_IN", "RMA_BYTES",
+      "ERRORS", "NOTE");
   for (const auto& r : Snapshot()) {
     std::string state, note, perm;
     int prio;
@@ -998,10 +1020,11 @@ std::string ServerSet::StatusTable() {
       prio = r->spec.priority;
     }
     const auto& c = r->rpc->counters();
-    out << fmt::format("{:<28} {:<11} {:>5} {:<4} {:>8} {:>10} {:>10} {:>12} {:>12} {:>7}  {}\n",
-                       r->spec.uri, state, prio, perm, r->rpc->inflight(), r->reads.load(),
-                       r->writes.load(), c.bytes_out.load(), c.bytes_in.load(),
-                       r->errors.load() + c.timeouts.load(), note);
+    out << fmt::format(
+        "{:<28} {:<11} {:>5} {:<4} {:>8} {:>10} {:>10} {:>12} {:>12} {:>12} {:>7}  {}\n",
+        r->spec.uri, state, prio, perm, r->rpc->inflight(), r->reads.load(), r->writes.load(),
+        c.bytes_out.load(), c.bytes_in.load(), r->rma_bytes.load(),
+        r->errors.load() + c.timeouts.load(), note);
   }
   return out.str();
 }

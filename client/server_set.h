@@ -32,6 +32,7 @@
 #include "client/caller.h"
 #include "client/object_locks.h"
 #include "client/replica_spec.h"
+#include "transport/rma_pool.h"
 
 namespace pohmelfs::client {
 
@@ -135,6 +136,10 @@ class ServerSet : public Caller, public std::enable_shared_from_this<ServerSet> 
   std::optional<std::chrono::steady_clock::time_point> no_reader_since_, no_writer_since_;
   std::mutex admit_mu_;              // one admission decision at a time
   std::unique_ptr<WriteGate> gate_;  // closed while states change between writes
+  // Staging buffers for bulk data by RMA (rma_rewrite.h); made at the first RMA-capable use.
+  transport::RmaPool& RmaStaging();
+  std::once_flag rma_once_;
+  std::shared_ptr<transport::RmaPool> rma_pool_;
   std::atomic<bool> cancel_resync_{false};
   std::thread resync_thread_;
   std::mutex listener_mu_;

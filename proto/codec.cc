@@ -158,6 +158,10 @@ const char* OpcodeName(uint16_t op) {
       return "lease_break";
     case POHMELFS_OP_LOCK:
       return "lock";
+    case POHMELFS_OP_READ_RMA:
+      return "read_rma";
+    case POHMELFS_OP_WRITE_RMA:
+      return "write_rma";
     default:
       return "unknown";
   }
@@ -172,6 +176,7 @@ bool IsMutating(uint16_t op) {
     case POHMELFS_OP_OPEN:     // O_TRUNC, and the open handle
     case POHMELFS_OP_RELEASE:  // drops a handle: must not run twice
     case POHMELFS_OP_WRITE:
+    case POHMELFS_OP_WRITE_RMA:
     case POHMELFS_OP_UNLINK:
     case POHMELFS_OP_RENAME:
     case POHMELFS_OP_LINK:

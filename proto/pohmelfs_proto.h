@@ -55,9 +55,11 @@
 #define POHMELFS_FEAT_FALLOCATE (1ull << 3)
 #define POHMELFS_FEAT_REPLICA (1ull << 4) /* versions, REPLICA markers */
 #define POHMELFS_FEAT_LEASE (1ull << 5)   /* LEASE, LEASE_BREAK, LOCK */
+/* READ_RMA, WRITE_RMA: granted only on connections whose transport has RMA (ofi, verbs). */
+#define POHMELFS_FEAT_RMA (1ull << 6)
 #define POHMELFS_FEAT_ALL                                                                         \
   (POHMELFS_FEAT_BATCH | POHMELFS_FEAT_TREE_OPS | POHMELFS_FEAT_XATTR | POHMELFS_FEAT_FALLOCATE | \
-   POHMELFS_FEAT_REPLICA | POHMELFS_FEAT_LEASE)
+   POHMELFS_FEAT_REPLICA | POHMELFS_FEAT_LEASE | POHMELFS_FEAT_RMA)
 
 /* Channel protection modes offered in HELLO (bit mask); only NONE exists in version 1. */
 #define POHMELFS_CRYPTO_NONE (1u << 0)
@@ -95,7 +97,9 @@ enum pohmelfs_opcode {
   POHMELFS_OP_LEASE = 36,       /* acquire, release or reclaim a lease (the authority only) */
   POHMELFS_OP_LEASE_BREAK = 37, /* server to client: give a lease back (a callback) */
   POHMELFS_OP_LOCK = 38,        /* POSIX byte-range lock or flock (the authority only) */
-  POHMELFS_OP_MAX = 39
+  POHMELFS_OP_READ_RMA = 39,    /* READ whose data the server RDMA-writes to the client */
+  POHMELFS_OP_WRITE_RMA = 40,   /* WRITE whose data the server RDMA-reads from the client */
+  POHMELFS_OP_MAX = 41
 };
 
 struct pohmelfs_hdr {
@@ -269,6 +273,39 @@ struct pohmelfs_write_req {
 struct pohmelfs_write_rep {
   __le64 written;
   __le64 size; /* file size after the write */
+};
+
+/* A client buffer registered for RMA: the server reads or writes len bytes at addr with key
+ * (FEAT_RMA). */
+struct pohmelfs_rma_buf {
+  __le64 addr;
+  __le64 key;
+  __le32 len;
+  __le32 pad;
+};
+
+/* READ_RMA: the server writes up to size bytes from offset into buf (size <= buf.len <=
+ * IO_MAX), then replies with pohmelfs_read_rma_rep (bytes placed; fewer at end of file). */
+struct pohmelfs_read_rma_req {
+  struct pohmelfs_oid oid;
+  __le64 offset;
+  __le32 size;
+  __le32 pad;
+  struct pohmelfs_rma_buf buf;
+};
+struct pohmelfs_read_rma_rep {
+  __le32 bytes;
+  __le32 pad;
+};
+
+/* WRITE_RMA: a WRITE whose size bytes the server reads from buf (size <= buf.len <= IO_MAX)
+ * instead of from the message. Reply: pohmelfs_write_rep. */
+struct pohmelfs_write_rma_req {
+  struct pohmelfs_oid oid;
+  __le64 offset;
+  __le32 size;
+  __le32 flags; /* POHMELFS_WRITE_APPEND */
+  struct pohmelfs_rma_buf buf;
 };
 
 struct pohmelfs_fsync_req {
@@ -507,6 +544,10 @@ POHMELFS_ASSERT_SIZE(pohmelfs_open_req, 24);
 POHMELFS_ASSERT_SIZE(pohmelfs_read_req, 32);
 POHMELFS_ASSERT_SIZE(pohmelfs_write_req, 32);
 POHMELFS_ASSERT_SIZE(pohmelfs_write_rep, 16);
+POHMELFS_ASSERT_SIZE(pohmelfs_rma_buf, 24);
+POHMELFS_ASSERT_SIZE(pohmelfs_read_rma_req, 56);
+POHMELFS_ASSERT_SIZE(pohmelfs_read_rma_rep, 8);
+POHMELFS_ASSERT_SIZE(pohmelfs_write_rma_req, 56);
 POHMELFS_ASSERT_SIZE(pohmelfs_fsync_req, 24);
 POHMELFS_ASSERT_SIZE(pohmelfs_rename_req, 48);
 POHMELFS_ASSERT_SIZE(pohmelfs_link_req, 40);

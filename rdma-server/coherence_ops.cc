@@ -21,6 +21,7 @@ constexpr uint64_t kToEnd = UINT64_MAX;
 std::optional<Oid> ChangedObject(uint16_t opcode, std::span<const uint8_t> payload) {
   switch (opcode) {
     case POHMELFS_OP_WRITE:
+    case POHMELFS_OP_WRITE_RMA:
     case POHMELFS_OP_SETATTR:
     case POHMELFS_OP_FALLOCATE:
       break;

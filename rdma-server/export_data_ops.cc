@@ -18,6 +18,10 @@ using proto::Writer;
 
 namespace {
 
+// How long READ_RMA and WRITE_RMA wait for a free staging buffer, and for their RMA.
+constexpr std::chrono::milliseconds kRmaBufferWait{5000};
+constexpr std::chrono::milliseconds kRmaBound{30000};
+
 bool IsPrivateXattr(const std::string& name) {
   return name.rfind(kPrivateXattrPrefix, 0) == 0;
 }
@@ -104,22 +108,20 @@ Status Read(const OpEnv& env, Reader* r, Writer* w) {
   return Status::Ok();
 }
 
-Status Write(const OpEnv& env, Reader* r, Writer* w) {
-  pohmelfs_write_req q;
-  if (!r->Get(&q)) return Short();
-  uint32_t size = from_le(q.size);
-  uint64_t offset = from_le(q.offset);
-  if (size > POHMELFS_IO_MAX) return Status::Error(EINVAL, "write larger than IO_MAX");
-  if (offset > static_cast<uint64_t>(INT64_MAX) - size) return Status::Error(EFBIG, "bad offset");
-  std::string_view data;
-  if (!r->Bytes(size, &data)) return Status::Error(EINVAL, "write data past end of message");
-  Oid oid = Oid::FromWire(q.oid);
+namespace {
+
+// Writes data at offset (or at the end, with POHMELFS_WRITE_APPEND) and replies with
+// pohmelfs_write_rep: WRITE and WRITE_RMA.
+Status WriteData(const OpEnv& env, const pohmelfs_oid& wire_oid, uint64_t offset, uint32_t flags,
+                 std::span<const uint8_t> data, Writer* w) {
+  const size_t size = data.size();
+  Oid oid = Oid::FromWire(wire_oid);
   auto fd = env.store->OpenFile(oid);
   if (!fd.ok()) return fd.status();
-  bool append = from_le(q.flags) & POHMELFS_WRITE_APPEND;
+  bool append = flags & POHMELFS_WRITE_APPEND;
   size_t done = 0;
   while (done < size) {
-    iovec v{const_cast<char*>(data.data() + done), size - done};
+    iovec v{const_cast<uint8_t*>(data.data() + done), size - done};
     ssize_t n =
         append ? pwritev2((*fd)->get(), &v, 1, -1, RWF_APPEND)
                : pwrite((*fd)->get(), v.iov_base, v.iov_len, static_cast<off_t>(offset + done));
@@ -137,6 +139,78 @@ Status Write(const OpEnv& env, Reader* r, Writer* w) {
   pohmelfs_write_rep rep{};
   rep.written = to_le(static_cast<uint64_t>(done));
   rep.size = to_le(static_cast<uint64_t>(st.st_size));
+  w->Put(rep);
+  return Status::Ok();
+}
+
+// The RMA side of READ_RMA and WRITE_RMA: the connection must have RMA, and the client's
+// buffer must hold the transfer.
+Status CheckRma(const OpEnv& env, const pohmelfs_rma_buf& buf, uint32_t size) {
+  if (!env.conn || !env.conn->rma() || !env.rma_pool)
+    return Status::Error(EOPNOTSUPP, "RMA is not available on this connection");
+  if (size > POHMELFS_IO_MAX) return Status::Error(EINVAL, "transfer larger than IO_MAX");
+  if (from_le(buf.len) < size) return Status::Error(EINVAL, "RMA buffer smaller than the transfer");
+  return Status::Ok();
+}
+
+}  // namespace
+
+Status Write(const OpEnv& env, Reader* r, Writer* w) {
+  pohmelfs_write_req q;
+  if (!r->Get(&q)) return Short();
+  uint32_t size = from_le(q.size);
+  uint64_t offset = from_le(q.offset);
+  if (size > POHMELFS_IO_MAX) return Status::Error(EINVAL, "write larger than IO_MAX");
+  if (offset > static_cast<uint64_t>(INT64_MAX) - size) return Status::Error(EFBIG, "bad offset");
+  std::string_view data;
+  if (!r->Bytes(size, &data)) return Status::Error(EINVAL, "write data past end of message");
+  return WriteData(env, q.oid, offset, from_le(q.flags),
+                   {reinterpret_cast<const uint8_t*>(data.data()), data.size()}, w);
+}
+
+Status WriteRma(const OpEnv& env, Reader* r, Writer* w) {
+  pohmelfs_write_rma_req q;
+  if (!r->Get(&q)) return Short();
+  const uint32_t size = from_le(q.size);
+  const uint64_t offset = from_le(q.offset);
+  POHMELFS_RETURN_IF_ERROR(CheckRma(env, q.buf, size));
+  if (offset > static_cast<uint64_t>(INT64_MAX) - size) return Status::Error(EFBIG, "bad offset");
+  auto lease = env.rma_pool->Acquire(kRmaBufferWait);
+  if (!lease) return Status::Error(ENOBUFS, "no RMA buffer free");
+  // Pull the data from the client's registered buffer, then write it as WRITE does.
+  POHMELFS_RETURN_IF_ERROR(transport::RmaAndWait(
+      *env.conn, false, lease, size, {from_le(q.buf.addr), from_le(q.buf.key)}, kRmaBound));
+  return WriteData(env, q.oid, offset, from_le(q.flags), {lease->data(), size}, w);
+}
+
+Status ReadRma(const OpEnv& env, Reader* r, Writer* w) {
+  pohmelfs_read_rma_req q;
+  if (!r->Get(&q)) return Short();
+  const uint32_t size = from_le(q.size);
+  const uint64_t offset = from_le(q.offset);
+  POHMELFS_RETURN_IF_ERROR(CheckRma(env, q.buf, size));
+  if (offset > static_cast<uint64_t>(INT64_MAX)) return Status::Error(EINVAL, "bad offset");
+  auto fd = env.store->OpenFile(Oid::FromWire(q.oid));
+  if (!fd.ok()) return fd.status();
+  auto lease = env.rma_pool->Acquire(kRmaBufferWait);
+  if (!lease) return Status::Error(ENOBUFS, "no RMA buffer free");
+  size_t done = 0;
+  while (done < size) {
+    ssize_t n =
+        pread((*fd)->get(), lease->data() + done, size - done, static_cast<off_t>(offset + done));
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return Status::FromErrno("read");
+    }
+    if (n == 0) break;
+    done += static_cast<size_t>(n);
+  }
+  // Place the data in the client's buffer; the reply (sent after this returns) says how much.
+  if (done > 0)
+    POHMELFS_RETURN_IF_ERROR(transport::RmaAndWait(
+        *env.conn, true, lease, done, {from_le(q.buf.addr), from_le(q.buf.key)}, kRmaBound));
+  pohmelfs_read_rma_rep rep{};
+  rep.bytes = to_le(static_cast<uint32_t>(done));
   w->Put(rep);
   return Status::Ok();
 }

@@ -12,6 +12,8 @@
 
 #include "proto/codec.h"
 #include "rdma-server/export_store.h"
+#include "transport/rma_pool.h"
+#include "transport/transport.h"
 
 namespace pohmelfs::server {
 
@@ -26,6 +28,10 @@ class OpenHandles {
 struct OpEnv {
   ExportStore* store;
   OpenHandles* handles;
+  // The request's connection and the server's RMA staging buffers (READ_RMA, WRITE_RMA);
+  // null where there are none (tests, connections without RMA).
+  transport::Connection* conn = nullptr;
+  transport::RmaPool* rma_pool = nullptr;
 };
 
 // Executes one command. REQUIRES: opcode is not HELLO, PING or BATCH.
@@ -56,6 +62,8 @@ Status MkPath(const OpEnv&, proto::Reader*, proto::Writer*);
 Status Open(const OpEnv&, proto::Reader*, proto::Writer*);
 Status Release(const OpEnv&, proto::Reader*, proto::Writer*);
 Status Read(const OpEnv&, proto::Reader*, proto::Writer*);
+Status ReadRma(const OpEnv&, proto::Reader*, proto::Writer*);
+Status WriteRma(const OpEnv&, proto::Reader*, proto::Writer*);
 Status Write(const OpEnv&, proto::Reader*, proto::Writer*);
 Status Fsync(const OpEnv&, proto::Reader*, proto::Writer*);
 Status StatFs(const OpEnv&, proto::Reader*, proto::Writer*);

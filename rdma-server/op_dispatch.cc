@@ -35,6 +35,10 @@ Handler HandlerFor(uint16_t opcode) {
       return ops::Read;
     case POHMELFS_OP_WRITE:
       return ops::Write;
+    case POHMELFS_OP_READ_RMA:
+      return ops::ReadRma;
+    case POHMELFS_OP_WRITE_RMA:
+      return ops::WriteRma;
     case POHMELFS_OP_FSYNC:
       return ops::Fsync;
     case POHMELFS_OP_UNLINK:
@@ -90,7 +94,7 @@ Status ExecuteBatch(const OpEnv& env, proto::Reader* r, std::vector<uint8_t>* re
     uint16_t op = from_le(cmd.opcode);
     // Batches carry metadata; bulk reads go alone (their replies are large and, inside a
     // mutating batch, would be kept in the resend record).
-    if (op == POHMELFS_OP_READ || op == POHMELFS_OP_READDIR)
+    if (op == POHMELFS_OP_READ || op == POHMELFS_OP_READDIR || op == POHMELFS_OP_READ_RMA)
       return Status::Error(EINVAL, "READ and READDIR are not allowed in a batch");
     size_t at = w.size();
     pohmelfs_cmd_rep cr{};

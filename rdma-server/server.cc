@@ -22,6 +22,7 @@ Result<std::unique_ptr<Server>> Server::Start(const ServerOptions& o) {
   s->store_ = std::move(*store);
   s->sessions_ = std::make_unique<SessionTable>(s->store_.get());
   s->work_ = std::make_unique<WorkQueue>(std::max(1, o.workers));
+  s->rma_pool_ = transport::RmaPool::Create(std::max(1, o.workers), POHMELFS_IO_MAX);
   {
     Server* self = s.get();
     s->leases_ = std::make_unique<LeaseTable>(
@@ -200,7 +201,9 @@ void Server::HandleHello(const ConnectionPtr& conn, ConnState* st, const Message
   pohmelfs_hello_rep rep{};
   rep.version = to_le(hi);
   rep.max_payload = to_le(uint32_t{POHMELFS_PAYLOAD_MAX});
-  rep.features = to_le(from_le(q.features) & POHMELFS_FEAT_ALL);
+  uint64_t features = from_le(q.features) & POHMELFS_FEAT_ALL;
+  if (!conn->rma()) features &= ~POHMELFS_FEAT_RMA;  // tcp: bulk data stays in messages
+  rep.features = to_le(features);
   rep.session = to_le(session->id());
   rep.credits = to_le(opts_.credits);
   rep.crypto_mode = to_le(uint32_t{POHMELFS_CRYPTO_NONE});
@@ -235,7 +238,7 @@ void Server::Execute(const ConnectionPtr& conn, const std::shared_ptr<ConnState>
   if (!answered) {
     std::vector<uint8_t> reply;
     proto::Reader r(m.payload);
-    OpEnv env{store_.get(), session};
+    OpEnv env{store_.get(), session, conn.get(), rma_pool_.get()};
     Status s = Fenced(session, h.opcode, m.payload)
                    ? Status::Error(EIO, "the session lost its lease on the object (evicted)")
                    : ExecuteRequest(env, h.opcode, &r, &reply);

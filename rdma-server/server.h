@@ -89,6 +89,9 @@ class Server {
   ServerOptions opts_;
   std::atomic<uint32_t> drop_replies_;  // left of opts_.test_drop_replies
   std::unique_ptr<ExportStore> store_;
+  // Staging buffers of READ_RMA and WRITE_RMA, one per worker (a worker runs one command at a
+  // time).
+  std::shared_ptr<transport::RmaPool> rma_pool_;
   std::unique_ptr<SessionTable> sessions_;
   std::unique_ptr<WorkQueue> work_;
   std::unique_ptr<LeaseTable> leases_;

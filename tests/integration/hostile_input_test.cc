@@ -202,6 +202,18 @@ TEST_F(HostileInputTest, BulkReadsAreRefusedInsideABatch) {
   EXPECT_EQ(StatusOf(POHMELFS_OP_BATCH, batch), static_cast<uint32_t>(EINVAL));
 }
 
+// READ_RMA and WRITE_RMA name client memory: on a connection without RMA (tcp) they are
+// refused, whatever they say, and a short one is malformed.
+TEST_F(HostileInputTest, RmaRequestsWithoutRmaAreRefused) {
+  pohmelfs_rma_buf buf{to_le(uint64_t{0x1000}), to_le(uint64_t{42}), to_le(uint32_t{4096}), 0};
+  pohmelfs_read_rma_req rd{Oid::Root().ToWire(), 0, to_le(uint32_t{4096}), 0, buf};
+  pohmelfs_write_rma_req wr{Oid::Root().ToWire(), 0, to_le(uint32_t{4096}), 0, buf};
+  EXPECT_EQ(StatusOf(POHMELFS_OP_READ_RMA, RawPeer::Bytes(rd)), static_cast<uint32_t>(EOPNOTSUPP));
+  EXPECT_EQ(StatusOf(POHMELFS_OP_WRITE_RMA, RawPeer::Bytes(wr)), static_cast<uint32_t>(EOPNOTSUPP));
+  EXPECT_EQ(StatusOf(POHMELFS_OP_WRITE_RMA, {1, 2, 3}), static_cast<uint32_t>(EINVAL));
+  ExpectServerHealthy();
+}
+
 TEST_F(HostileInputTest, DeviceNodesAreNeverOpenedForIo) {
   auto p = Peer();
   pohmelfs_create_req q{};
