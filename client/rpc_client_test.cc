@@ -73,7 +73,9 @@ TEST_F(RpcClientTest, HandshakeGivesRootAndFeatures) {
   auto c = RpcClient::Connect(uri_, Fast());
   ASSERT_TRUE(c.ok()) << c.status().ToString();
   EXPECT_EQ((*c)->root(), proto::Oid::Root());
-  EXPECT_EQ((*c)->features(), uint64_t{POHMELFS_FEAT_ALL});
+  // Everything but RMA, which a tcp connection does not have.
+  EXPECT_EQ((*c)->features(), uint64_t{POHMELFS_FEAT_ALL & ~POHMELFS_FEAT_RMA});
+  EXPECT_EQ((*c)->RmaConnection(), nullptr);
   auto r = GetAttrRoot(c->get());
   ASSERT_TRUE(r.ok());
   EXPECT_EQ(r->status, 0u);
