@@ -31,7 +31,7 @@ RmaPool::LeasePtr RmaPool::Acquire(std::chrono::milliseconds wait) {
   return LeasePtr(new Lease(shared_from_this(), slot));
 }
 
-void RmaPool::Hold(LeasePtr lease, std::chrono::seconds duration) {
+void RmaPool::Hold(const LeasePtr& lease, std::chrono::seconds duration) {
   std::lock_guard lk(mu_);
   if (lease->held_) return;
   lease->held_ = true;

@@ -30,7 +30,7 @@ class RmaPool : public std::enable_shared_from_this<RmaPool> {
   // A free buffer, waiting at most `wait` for one; null when none came free in time.
   LeasePtr Acquire(std::chrono::milliseconds wait);
   // Keeps lease out of use for `duration` (a peer may still move data in or out of it).
-  void Hold(LeasePtr lease, std::chrono::seconds duration);
+  void Hold(const LeasePtr& lease, std::chrono::seconds duration);
   size_t buffer_bytes() const { return bytes_; }
 
   class Lease {

@@ -425,7 +425,7 @@ TEST_P(TransportTest, PeerKilledMidTransferIsReported) {
   if (!got) kill_child();
   ASSERT_TRUE(got) << "echo server did not start";
   std::string addr(line);
-  addr.erase(addr.find_last_not_of("\n") + 1);
+  addr.erase(addr.find_last_not_of('\n') + 1);
   Inbox inbox;
   auto c = client_->Connect(*ParseUri(addr), inbox.MakeHandler(false), 5s);
   if (!c.ok()) kill_child();

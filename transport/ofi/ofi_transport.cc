@@ -153,7 +153,7 @@ class OfiTransport final : public Transport {
   // Routes the endpoint's CM events to conn; the handler holds conn until it is finished.
   // on_accept (listeners) runs on the CM thread before any message is delivered.
   void Track(const std::shared_ptr<OfiDomain>& domain, const std::shared_ptr<OfiConnection>& conn,
-             std::function<void(const ConnectionPtr&)> on_accept) {
+             const std::function<void(const ConnectionPtr&)>& on_accept) {
     OfiDomain::CmHandler cm;
     cm.on_connected = [conn, on_accept] {
       if (on_accept) on_accept(conn);

@@ -139,7 +139,7 @@ class VerbsTransport final : public Transport {
         conn->Close(Status::Error(ECONNRESET, std::string("peer: ") + EventName(ev.type)));
     });
     const int ms = static_cast<int>(std::max<int64_t>(1, timeout.count()));
-    auto fail = [&](Status s) -> Status {
+    auto fail = [&](const Status& s) -> Status {
       std::shared_ptr<VerbsConnection> conn;
       {
         std::lock_guard lk(wait->mu);
