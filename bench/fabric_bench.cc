@@ -1,8 +1,8 @@
 // fabric benchmark: an echo server and a client that measures the raw transport (no handshake):
-// round-trip latency of small messages, message rate with a window of outstanding messages and
-// bandwidth against message size. Bench messages are PING requests numbered by hdr.trans; the
-// server answers each with FLAG_REPLY and the same trans, echoing the payload or, when the
-// request asks for it, with an empty ack.
+// round-trip latency of small messages, message rate with a window of outstanding messages,
+// bandwidth against message size and, where the connection has rma(), RMA write and read
+// bandwidth against size (fabric_rma.cc). The echo protocol is described in fabric.h.
+// Thread-safety: see fabric.h; the server's handlers run on its transport's loop threads.
 #include <fmt/format.h>
 #include <pthread.h>
 #include <signal.h>
@@ -13,37 +13,41 @@
 #include <condition_variable>
 #include <cstdio>
 #include <cstring>
-#include <fstream>
 #include <memory>
 #include <mutex>
 #include <string>
 #include <vector>
 
 #include "bench/bench.h"
+#include "bench/fabric.h"
 #include "proto/pohmelfs_proto.h"
 #include "transport/transport.h"
 #include "transport/uri.h"
 
-namespace pohmelfs::bench {
+namespace pohmelfs::bench::fabric {
 namespace {
 
 using transport::Connection;
 using transport::ConnectionPtr;
 using transport::Message;
 using transport::Transport;
+using transport::TransportOptions;
 using transport::Uri;
 
-// Request flag private to the bench's echo protocol: reply with an empty payload.
-constexpr uint32_t kFlagAckOnly = 1u << 31;
-// Both ends accept 4 MiB messages (above POHMELFS_PAYLOAD_MAX).
-constexpr uint32_t kMaxPayload = (4u << 20) + 4096;
-constexpr auto kReplyTimeout = std::chrono::seconds(10);
 constexpr auto kConnectTimeout = std::chrono::seconds(10);
-constexpr size_t kSmall = 64;
 constexpr uint64_t kWarmupIters = 200;
+// Messages in flight for the rate and bandwidth tests, fixed so that runs and backends compare
+// (8 large messages are 32 MiB in flight at 4 MiB).
 constexpr uint64_t kRateWindow = 64;
 constexpr uint64_t kBandwidthWindow = 8;
-constexpr double kMiB = 1024.0 * 1024.0;
+
+TransportOptions MakeTransportOptions(const FabricOptions& o, bool server) {
+  TransportOptions t;
+  t.loop_threads = 1;
+  t.max_payload = kMaxPayload;
+  t.spin = std::chrono::microseconds(server ? o.server_spin_us.value_or(o.spin_us) : o.spin_us);
+  return t;
+}
 
 // ---- Echo server -----------------------------------------------------------------------------
 
@@ -56,22 +60,32 @@ void Echo(const ConnectionPtr& conn, Message&& m) {
   h.opcode = m.hdr.opcode;
   h.flags = POHMELFS_FLAG_REPLY;
   h.trans = m.hdr.trans;
-  bool echo = m.hdr.opcode == POHMELFS_OP_PING && !(m.hdr.flags & kFlagAckOnly);
-  if (m.hdr.opcode != POHMELFS_OP_PING) h.status = EOPNOTSUPP;
-  Status s = conn->Send(h, m.payload.data(), echo ? m.payload.size() : 0);
+  Status s;
+  if (m.hdr.opcode != POHMELFS_OP_PING) {
+    h.status = EOPNOTSUPP;
+    s = conn->Send(h, nullptr, 0);
+  } else if (m.hdr.flags & (kFlagRmaSetup | kFlagRmaCrc)) {
+    std::vector<uint8_t> out;
+    h.status = ServeRma(conn, m, &out);
+    s = conn->Send(h, out.data(), out.size());
+  } else {
+    bool echo = !(m.hdr.flags & kFlagAckOnly);
+    s = conn->Send(h, m.payload.data(), echo ? m.payload.size() : 0);
+  }
   if (!s.ok() && s.code() != ENOTCONN) spdlog::error("{}: reply: {}", conn->Peer(), s.ToString());
 }
 
 // The echo server's context: its transport, which owns the listener and the connections.
 class EchoServer {
  public:
-  static Result<std::unique_ptr<EchoServer>> Start(const Uri& uri) {
-    auto t =
-        transport::CreateTransport(uri.scheme, {.loop_threads = 1, .max_payload = kMaxPayload});
+  static Result<std::unique_ptr<EchoServer>> Start(const Uri& uri, const TransportOptions& topts) {
+    auto t = transport::CreateTransport(uri.scheme, topts);
     if (!t.ok()) return t.status();
     transport::Handler h;
     h.on_accept = [](const ConnectionPtr& c) { c->SetMaxPayload(kMaxPayload); };
     h.on_message = Echo;
+    // The RMA buffer (context) goes with the connection, not when the transport is freed.
+    h.on_close = [](const ConnectionPtr& c, const Status&) { c->context.reset(); };
     auto bound = (*t)->Listen(uri, std::move(h));
     if (!bound.ok()) return bound.status();
     return std::make_unique<EchoServer>(std::move(*t), *bound);
@@ -86,22 +100,9 @@ class EchoServer {
   Uri bound_;
 };
 
+}  // namespace
+
 // ---- Client ----------------------------------------------------------------------------------
-
-struct RunParams {
-  size_t size = kSmall;
-  uint64_t window = 1;
-  bool ack = false;  // the server replies with an empty payload
-  bool record_latency = false;
-  std::chrono::milliseconds duration{200};  // no new message after this
-  uint64_t max_iters = 0;                   // 0: bounded by time only
-};
-
-struct RunResult {
-  uint64_t iters = 0;
-  double seconds = 0;
-  std::vector<uint64_t> latency_ns;  // when recorded, one per message
-};
 
 // The state of one client connection. Replies are handled on the transport's loop thread, which
 // sends the next message at once, so the window stays full without waking the measuring thread.
@@ -120,7 +121,11 @@ struct ClientCtx {
   Clock::time_point start, deadline, last_reply;
   std::vector<Clock::time_point> sent_at;  // indexed by message number % window
   std::vector<uint64_t> latency_ns;
+  uint64_t call_trans = 0;  // the Call waiting for its reply; 0: none
+  std::optional<Message> call_reply;
 };
+
+namespace {
 
 // REQUIRES: c.mu held.
 void FailLocked(ClientCtx& c, Status s) {
@@ -162,11 +167,16 @@ Status CheckReply(const ClientCtx& c, const Message& m) {
   return Status::Ok();
 }
 
-void OnReply(ClientCtx& c, Connection& conn, const Message& m) {
+void OnReply(ClientCtx& c, Connection& conn, Message&& m) {
   auto now = Clock::now();
   std::lock_guard lk(c.mu);
   if (!c.active) {
-    if (c.error.ok()) c.error = Status::Error(EPROTO, "reply outside of a run");
+    if (c.call_trans != 0 && m.hdr.trans == c.call_trans && m.hdr.is_reply()) {
+      c.call_reply = std::move(m);
+      c.cv.notify_all();
+    } else if (c.error.ok()) {
+      c.error = Status::Error(EPROTO, "reply outside of a run");
+    }
     return;
   }
   if (c.done) return;  // the run failed; late replies do not matter
@@ -191,143 +201,177 @@ void OnClose(ClientCtx& c, const Status& why) {
       c, Status::Error(why.ok() ? ECONNRESET : why.code(), "connection closed: " + why.ToString()));
 }
 
-// One connection to an echo server, with its own transport.
-class FabricClient {
- public:
-  static Result<std::unique_ptr<FabricClient>> Connect(const Uri& uri) {
-    auto t =
-        transport::CreateTransport(uri.scheme, {.loop_threads = 1, .max_payload = kMaxPayload});
-    if (!t.ok()) return t.status();
-    auto ctx = std::make_shared<ClientCtx>();
-    transport::Handler h;
-    h.on_message = [ctx](const ConnectionPtr& conn, Message&& m) { OnReply(*ctx, *conn, m); };
-    h.on_close = [ctx](const ConnectionPtr&, const Status& why) { OnClose(*ctx, why); };
-    auto conn = (*t)->Connect(uri, std::move(h), kConnectTimeout);
-    if (!conn.ok()) return conn.status();
-    (*conn)->SetMaxPayload(kMaxPayload);
-    return std::make_unique<FabricClient>(std::move(*t), *conn, ctx);
-  }
-  FabricClient(std::unique_ptr<Transport> t, ConnectionPtr conn, std::shared_ptr<ClientCtx> ctx)
-      : transport_(std::move(t)), conn_(std::move(conn)), ctx_(std::move(ctx)) {}
-  ~FabricClient() { transport_->Shutdown(); }
+}  // namespace
 
-  // Sends p.window messages of data[0, p.size), then one more per reply until the time or
-  // iteration bound is reached, and waits for the last reply.
-  Result<RunResult> Run(const RunParams& p, const uint8_t* data) {
-    ClientCtx& c = *ctx_;
-    std::unique_lock lk(c.mu);
-    if (!c.error.ok()) return c.error;
-    StartLocked(p, data);
-    uint64_t first = p.max_iters ? std::min(p.window, p.max_iters) : p.window;
-    for (uint64_t i = 0; i < first && !c.done; i++) {
-      if (Status s = SendNextLocked(c, *conn_); !s.ok()) FailLocked(c, std::move(s));
+Result<std::unique_ptr<FabricClient>> FabricClient::Connect(const Uri& uri,
+                                                            const TransportOptions& topts) {
+  auto t = transport::CreateTransport(uri.scheme, topts);
+  if (!t.ok()) return t.status();
+  auto ctx = std::make_shared<ClientCtx>();
+  transport::Handler h;
+  h.on_message = [ctx](const ConnectionPtr& conn, Message&& m) {
+    OnReply(*ctx, *conn, std::move(m));
+  };
+  h.on_close = [ctx](const ConnectionPtr&, const Status& why) { OnClose(*ctx, why); };
+  auto conn = (*t)->Connect(uri, std::move(h), kConnectTimeout);
+  if (!conn.ok()) return conn.status();
+  (*conn)->SetMaxPayload(kMaxPayload);
+  return std::make_unique<FabricClient>(std::move(*t), *conn, ctx);
+}
+
+FabricClient::FabricClient(std::unique_ptr<Transport> t, ConnectionPtr conn,
+                           std::shared_ptr<ClientCtx> ctx)
+    : transport_(std::move(t)), conn_(std::move(conn)), ctx_(std::move(ctx)) {}
+
+FabricClient::~FabricClient() {
+  transport_->Shutdown();
+}
+
+Result<RunResult> FabricClient::Run(const RunParams& p, const uint8_t* data) {
+  ClientCtx& c = *ctx_;
+  std::unique_lock lk(c.mu);
+  if (!c.error.ok()) return c.error;
+  StartLocked(p, data);
+  uint64_t first = p.max_iters ? std::min(p.window, p.max_iters) : p.window;
+  for (uint64_t i = 0; i < first && !c.done; i++) {
+    if (Status s = SendNextLocked(c, *conn_); !s.ok()) FailLocked(c, std::move(s));
+  }
+  Status s = WaitLocked(lk);
+  c.active = false;
+  c.next_trans = c.base_trans + c.sent;
+  if (!s.ok()) return s;
+  return RunResult{c.received, Seconds(c.start, c.last_reply), std::move(c.latency_ns)};
+}
+
+Result<Message> FabricClient::Call(uint32_t flags, const void* payload, size_t len) {
+  ClientCtx& c = *ctx_;
+  std::unique_lock lk(c.mu);
+  if (!c.error.ok()) return c.error;
+  proto::Header h;
+  h.opcode = POHMELFS_OP_PING;
+  h.flags = flags;
+  h.trans = c.next_trans++;
+  c.call_trans = h.trans;
+  c.call_reply.reset();
+  if (Status s = conn_->Send(h, payload, len); !s.ok()) return s;
+  bool got = c.cv.wait_for(lk, kReplyTimeout, [&] { return c.call_reply || !c.error.ok(); });
+  c.call_trans = 0;
+  if (!c.error.ok()) return c.error;
+  if (!got) return Status::Error(ETIMEDOUT, "no reply to a bench request");
+  Message m = std::move(*c.call_reply);
+  c.call_reply.reset();
+  return m;
+}
+
+// REQUIRES: ctx_->mu held.
+void FabricClient::StartLocked(const RunParams& p, const uint8_t* data) {
+  ClientCtx& c = *ctx_;
+  c.p = p;
+  c.data = data;
+  c.base_trans = c.next_trans;
+  c.sent = c.received = 0;
+  c.start = c.last_reply = Clock::now();
+  c.deadline = c.start + p.duration;
+  c.sent_at.assign(p.window, c.start);
+  c.latency_ns.clear();
+  c.active = true;
+  c.done = false;
+}
+
+// Waits for the run to end; fails when no reply came for kReplyTimeout.
+Status FabricClient::WaitLocked(std::unique_lock<std::mutex>& lk) {
+  ClientCtx& c = *ctx_;
+  while (!c.done) {
+    if (c.cv.wait_until(lk, c.last_reply + kReplyTimeout, [&] { return c.done; })) break;
+    if (Clock::now() >= c.last_reply + kReplyTimeout) {
+      return Status::Error(ETIMEDOUT, fmt::format("no reply within {} s ({} of {} answered)",
+                                                  kReplyTimeout.count(), c.received, c.sent));
     }
-    Status s = WaitLocked(lk);
-    c.active = false;
-    c.next_trans = c.base_trans + c.sent;
-    if (!s.ok()) return s;
-    return RunResult{c.received, Seconds(c.start, c.last_reply), std::move(c.latency_ns)};
   }
-
- private:
-  // REQUIRES: ctx_->mu held.
-  void StartLocked(const RunParams& p, const uint8_t* data) {
-    ClientCtx& c = *ctx_;
-    c.p = p;
-    c.data = data;
-    c.base_trans = c.next_trans;
-    c.sent = c.received = 0;
-    c.start = c.last_reply = Clock::now();
-    c.deadline = c.start + p.duration;
-    c.sent_at.assign(p.window, c.start);
-    c.latency_ns.clear();
-    c.active = true;
-    c.done = false;
-  }
-
-  // Waits for the run to end; fails when no reply came for kReplyTimeout.
-  Status WaitLocked(std::unique_lock<std::mutex>& lk) {
-    ClientCtx& c = *ctx_;
-    while (!c.done) {
-      if (c.cv.wait_until(lk, c.last_reply + kReplyTimeout, [&] { return c.done; })) break;
-      if (Clock::now() >= c.last_reply + kReplyTimeout) {
-        return Status::Error(ETIMEDOUT, fmt::format("no reply within {} s ({} of {} answered)",
-                                                    kReplyTimeout.count(), c.received, c.sent));
-      }
-    }
-    return c.error;
-  }
-
-  std::unique_ptr<Transport> transport_;
-  ConnectionPtr conn_;
-  std::shared_ptr<ClientCtx> ctx_;
-};
+  return c.error;
+}
 
 // ---- Measurements and output -----------------------------------------------------------------
 
-struct BandwidthRow {
-  uint64_t bytes = 0;
-  uint64_t iters = 0;
-  double seconds = 0;
-  double mib_per_s() const { return static_cast<double>(bytes * iters) / kMiB / seconds; }
-  double usec_per_xfer() const { return seconds * 1e6 / static_cast<double>(iters); }
-  double mxfers_per_s() const { return static_cast<double>(iters) / seconds / 1e6; }
-};
-
-struct LatencyRow {
-  uint64_t iters = 0;
-  double seconds = 0;
-  double p50_us = 0;
-  double p99_us = 0;
-};
-
-std::vector<uint8_t> MakePayload(size_t size) {
-  std::vector<uint8_t> data(size);
-  for (size_t i = 0; i < size; i++) data[i] = static_cast<uint8_t>(i * 131 + (i >> 12));
-  return data;
+void FillPattern(uint8_t* p, size_t len, uint64_t seed) {
+  const auto s = static_cast<uint8_t>(seed * 37 + 1);
+  for (size_t i = 0; i < len; i++) p[i] = static_cast<uint8_t>(i * 131 + (i >> 12) + s) | 1;
 }
 
-// The context of one client run: options, payload buffer and the results so far.
-struct FabricRun {
-  FabricRun(const FabricOptions& options, const Uri& server)
-      : o(options),
-        backend(server.scheme),
-        uri(server.ToString()),
-        data(MakePayload(std::max<size_t>(options.max_size, kSmall))) {}
+FabricRun::FabricRun(const FabricOptions& options, const Uri& server)
+    : o(options),
+      backend(server.scheme),
+      label(options.label.empty() ? server.scheme : options.label),
+      uri(server.ToString()),
+      data(std::max<size_t>(options.max_size, kSmall)) {
+  FillPattern(data.data(), data.size(), 0);
+}
 
-  const FabricOptions& o;
-  std::string backend;
-  std::string uri;
-  std::vector<uint8_t> data;
-  LatencyRow latency;
-  std::vector<BandwidthRow> bandwidth;
+JsonLine FabricRun::Json(std::string_view test) const {
+  JsonLine j;
+  j.Str("cmd", o.cmd).Str("backend", backend).Str("label", label).Str("uri", uri);
+  j.U64("spin_us", o.spin_us);
+  if (o.server_spin_us) j.U64("server_spin_us", *o.server_spin_us);
+  j.Str("test", test);
+  return j;
+}
 
-  JsonLine Json(std::string_view test) const {
-    JsonLine j;
-    j.Str("cmd", o.cmd).Str("backend", backend).Str("uri", uri).Str("test", test);
-    return j;
-  }
-  RunParams Params(size_t size, uint64_t window) const {
-    RunParams p;
-    p.size = size;
-    p.window = window;
-    p.duration = std::chrono::milliseconds(o.duration_ms);
-    p.max_iters = o.iters;
-    return p;
-  }
-};
+RunParams FabricRun::Params(size_t size, uint64_t window) const {
+  RunParams p;
+  p.size = size;
+  p.window = window;
+  p.duration = std::chrono::milliseconds(o.duration_ms);
+  p.max_iters = o.iters;
+  return p;
+}
+
+CsvRow FabricRun::Row(std::string_view test, uint64_t bytes, uint64_t window) const {
+  CsvRow row;
+  row.label = label;
+  row.backend = backend;
+  row.spin_us = o.spin_us;
+  row.test = std::string(test);
+  row.bytes = bytes;
+  row.window = window;
+  return row;
+}
 
 void Emit(const std::string& line) {
   fmt::print("{}\n", line);
   std::fflush(stdout);
 }
 
-// Nearest-rank percentile of sorted samples, in microseconds.
-double PercentileUs(const std::vector<uint64_t>& sorted, double pct) {
-  if (sorted.empty()) return 0;
-  auto rank = static_cast<size_t>(std::ceil(pct / 100.0 * static_cast<double>(sorted.size())));
-  return static_cast<double>(sorted[std::clamp<size_t>(rank, 1, sorted.size()) - 1]) / 1e3;
+void PrintBandwidthHeader(const FabricRun& r, std::string_view test, uint64_t window) {
+  if (r.o.json) return;
+  Emit(fmt::format("# {}, window {}", test, window));
+  Emit(fmt::format("{:>9} {:>9} {:>9} {:>10} {:>10} {:>9}", "bytes", "iters", "seconds", "MiB/s",
+                   "usec/xfer", "Mxfers/s"));
 }
+
+void AddBandwidth(FabricRun& r, std::string_view test, uint64_t window, const BandwidthRow& b) {
+  CsvRow row = r.Row(test, b.bytes, window);
+  row.iters = b.iters;
+  row.seconds = b.seconds;
+  row.mib_per_s = b.mib_per_s();
+  row.usec_per_xfer = b.usec_per_xfer();
+  r.rows.push_back(row);
+  if (r.o.json) {
+    Emit(r.Json(test)
+             .U64("bytes", b.bytes)
+             .U64("window", window)
+             .U64("iters", b.iters)
+             .F64("seconds", b.seconds)
+             .F64("mib_per_s", b.mib_per_s())
+             .F64("usec_per_xfer", b.usec_per_xfer())
+             .F64("mxfers_per_s", b.mxfers_per_s())
+             .str());
+  } else {
+    Emit(fmt::format("{:>9} {:>9} {:>9.3f} {:>10.1f} {:>10.2f} {:>9.4f}", b.bytes, b.iters,
+                     b.seconds, b.mib_per_s(), b.usec_per_xfer(), b.mxfers_per_s()));
+  }
+}
+
+namespace {
 
 Status MeasureLatency(FabricRun& r, FabricClient& client) {
   RunParams warm = r.Params(kSmall, 1);
@@ -339,20 +383,24 @@ Status MeasureLatency(FabricRun& r, FabricClient& client) {
   auto res = client.Run(p, r.data.data());
   if (!res.ok()) return res.status();
   std::sort(res->latency_ns.begin(), res->latency_ns.end());
-  r.latency = LatencyRow{res->iters, res->seconds, PercentileUs(res->latency_ns, 50),
-                         PercentileUs(res->latency_ns, 99)};
-  const LatencyRow& l = r.latency;
+  CsvRow row = r.Row("latency", kSmall, 1);
+  row.iters = res->iters;
+  row.seconds = res->seconds;
+  row.usec_per_xfer = res->seconds * 1e6 / static_cast<double>(std::max<uint64_t>(res->iters, 1));
+  row.p50_us = PercentileUs(res->latency_ns, 50);
+  row.p99_us = PercentileUs(res->latency_ns, 99);
+  r.rows.push_back(row);
   if (r.o.json) {
     Emit(r.Json("latency")
              .U64("bytes", kSmall)
-             .U64("iters", l.iters)
-             .F64("seconds", l.seconds)
-             .F64("p50_us", l.p50_us)
-             .F64("p99_us", l.p99_us)
+             .U64("iters", row.iters)
+             .F64("seconds", row.seconds)
+             .F64("p50_us", row.p50_us)
+             .F64("p99_us", row.p99_us)
              .str());
   } else {
-    Emit(fmt::format("latency   {} B  iters {}  p50 {:.1f} us  p99 {:.1f} us", kSmall, l.iters,
-                     l.p50_us, l.p99_us));
+    Emit(fmt::format("latency   {} B  iters {}  p50 {:.1f} us  p99 {:.1f} us", kSmall, row.iters,
+                     row.p50_us, row.p99_us));
   }
   return Status::Ok();
 }
@@ -361,6 +409,12 @@ Status MeasureRate(FabricRun& r, FabricClient& client) {
   auto res = client.Run(r.Params(kSmall, kRateWindow), r.data.data());
   if (!res.ok()) return res.status();
   double rate = static_cast<double>(res->iters) / res->seconds;
+  CsvRow row = r.Row("msg-rate", kSmall, kRateWindow);
+  row.iters = res->iters;
+  row.seconds = res->seconds;
+  row.msgs_per_s = rate;
+  row.usec_per_xfer = 1e6 / rate;
+  r.rows.push_back(row);
   if (r.o.json) {
     Emit(r.Json("msg-rate")
              .U64("bytes", kSmall)
@@ -376,66 +430,43 @@ Status MeasureRate(FabricRun& r, FabricClient& client) {
   return Status::Ok();
 }
 
-void PrintBandwidth(const FabricRun& r, const BandwidthRow& b) {
-  if (r.o.json) {
-    Emit(r.Json("bandwidth")
-             .U64("bytes", b.bytes)
-             .U64("window", kBandwidthWindow)
-             .U64("iters", b.iters)
-             .F64("seconds", b.seconds)
-             .F64("mib_per_s", b.mib_per_s())
-             .F64("usec_per_xfer", b.usec_per_xfer())
-             .F64("mxfers_per_s", b.mxfers_per_s())
-             .str());
-  } else {
-    Emit(fmt::format("{:>9} {:>9} {:>9.3f} {:>10.1f} {:>10.2f} {:>9.4f}", b.bytes, b.iters,
-                     b.seconds, b.mib_per_s(), b.usec_per_xfer(), b.mxfers_per_s()));
-  }
-}
-
+// Message bandwidth: the server acknowledges each message with an empty reply.
 Status MeasureBandwidth(FabricRun& r, FabricClient& client) {
-  if (!r.o.json)
-    Emit(fmt::format("{:>9} {:>9} {:>9} {:>10} {:>10} {:>9}", "bytes", "iters", "seconds", "MiB/s",
-                     "usec/xfer", "Mxfers/s"));
+  PrintBandwidthHeader(r, "msg-bw", kBandwidthWindow);
   for (uint64_t size = r.o.min_size; size <= r.o.max_size; size *= 2) {
     RunParams p = r.Params(size, kBandwidthWindow);
     p.ack = true;
     auto res = client.Run(p, r.data.data());
     if (!res.ok()) return res.status();
-    r.bandwidth.push_back(BandwidthRow{size, res->iters, res->seconds});
-    PrintBandwidth(r, r.bandwidth.back());
+    AddBandwidth(r, "msg-bw", kBandwidthWindow, BandwidthRow{size, res->iters, res->seconds});
   }
-  return Status::Ok();
-}
-
-Status WriteCsv(const FabricRun& r) {
-  std::ofstream out(r.o.csv, std::ios::trunc);
-  out << "backend,bytes,iters,seconds,mib_per_s,usec_per_xfer\n";
-  for (const auto& b : r.bandwidth) {
-    out << fmt::format("{},{},{},{:.6f},{:.3f},{:.3f}\n", r.backend, b.bytes, b.iters, b.seconds,
-                       b.mib_per_s(), b.usec_per_xfer());
-  }
-  // Latency rows: backend "<backend>-latency-p50|p99"; usec_per_xfer holds the percentile.
-  const LatencyRow& l = r.latency;
-  double mibps = static_cast<double>(kSmall * l.iters) / kMiB / l.seconds;
-  for (auto [name, us] : {std::pair{"p50", l.p50_us}, std::pair{"p99", l.p99_us}}) {
-    out << fmt::format("{}-latency-{},{},{},{:.6f},{:.3f},{:.3f}\n", r.backend, name, kSmall,
-                       l.iters, l.seconds, mibps, us);
-  }
-  out.close();
-  if (!out) return Status::Error(EIO, "write " + r.o.csv);
   return Status::Ok();
 }
 
 Status RunClient(const FabricOptions& o, const Uri& uri) {
-  auto client = FabricClient::Connect(uri);
+  auto client = FabricClient::Connect(uri, MakeTransportOptions(o, false));
   if (!client.ok()) return client.status();
   FabricRun r(o, uri);
-  if (!o.json) Emit(fmt::format("# backend {}, server {}", r.backend, r.uri));
+  if (!o.json)
+    Emit(fmt::format("# backend {}, server {}, spin {} us{}", r.backend, r.uri, o.spin_us,
+                     // A remote server's spin is its own.
+                     o.connect.empty()
+                         ? fmt::format(" (server {} us)", o.server_spin_us.value_or(o.spin_us))
+                         : ""));
   for (auto step : {MeasureLatency, MeasureRate, MeasureBandwidth}) {
     if (Status s = step(r, **client); !s.ok()) return s;
   }
-  return o.csv.empty() ? Status::Ok() : WriteCsv(r);
+  if (!o.no_rma) POHMELFS_RETURN_IF_ERROR(MeasureRma(r, **client));
+  if (o.csv.empty()) return Status::Ok();
+  POHMELFS_RETURN_IF_ERROR(WriteCsv(o.csv, r.rows));
+  if (o.png.empty()) return Status::Ok();
+  Status s = PlotCsv(o.csv, o.png, fmt::format("pohmelfs-bench fabric: {}", r.label));
+  if (s.code() == ENOENT) {
+    // Not a failure of the benchmark: the numbers are in the CSV.
+    fmt::print(stderr, "fabric: {}; no PNG\n", s.reason());
+    return Status::Ok();
+  }
+  return s;
 }
 
 Result<Uri> ParseOrComplain(const std::string& text) {
@@ -451,7 +482,7 @@ int Finish(const Status& s) {
 }
 
 // Serves until SIGINT or SIGTERM.
-int RunServer(const Uri& uri) {
+int RunServer(const Uri& uri, const TransportOptions& topts) {
   sigset_t stop;
   sigemptyset(&stop);
   sigaddset(&stop, SIGINT);
@@ -462,7 +493,7 @@ int RunServer(const Uri& uri) {
   ::signal(SIGINT, SIG_DFL);
   ::signal(SIGTERM, SIG_DFL);
   pthread_sigmask(SIG_BLOCK, &stop, nullptr);
-  auto server = EchoServer::Start(uri);
+  auto server = EchoServer::Start(uri, topts);
   if (!server.ok()) return Finish(server.status());
   fmt::print("listening {}\n", (*server)->bound().ToString());
   std::fflush(stdout);
@@ -472,16 +503,21 @@ int RunServer(const Uri& uri) {
 }
 
 }  // namespace
+}  // namespace pohmelfs::bench::fabric
+
+namespace pohmelfs::bench {
 
 int RunFabric(const FabricOptions& o) {
+  using namespace fabric;
   const std::string& text = !o.listen.empty()    ? o.listen
                             : !o.connect.empty() ? o.connect
                                                  : o.loopback;
   auto uri = ParseOrComplain(text);
   if (!uri.ok()) return kExitUsage;
-  if (!o.listen.empty()) return RunServer(*uri);
+  const TransportOptions server_options = MakeTransportOptions(o, true);
+  if (!o.listen.empty()) return RunServer(*uri, server_options);
   if (!o.connect.empty()) return Finish(RunClient(o, *uri));
-  auto server = EchoServer::Start(*uri);
+  auto server = EchoServer::Start(*uri, server_options);
   if (!server.ok()) return Finish(server.status());
   return Finish(RunClient(o, (*server)->bound()));
 }

@@ -1,13 +1,14 @@
 # Shell helpers shared by the bench scripts and ci/bench-smoke (source it from the repository
 # root).
 
-# start_server EXPORT LOG: starts pohmelfs-server on a free loopback port, waits (bounded) until
-# it listens, sets $uri to its address and appends its pid to $pids.
+# start_server EXPORT LOG [LISTEN]: starts pohmelfs-server on a free loopback port (LISTEN,
+# tcp://127.0.0.1:0 by default), waits (bounded) until it listens, sets $uri to its address and
+# appends its pid to $pids.
 start_server() {
-  build/bin/pohmelfs-server --export "$1" --listen tcp://127.0.0.1:0 </dev/null >/dev/null 2>"$2" &
+  build/bin/pohmelfs-server --export "$1" --listen "${3:-tcp://127.0.0.1:0}" </dev/null >/dev/null 2>"$2" &
   pids="${pids:-} $!"
   for _ in $(seq 1 100); do grep -q "listening on" "$2" && break; sleep 0.1; done
-  uri=$(sed -n 's/.*listening on \(tcp:[^ ]*\).*/\1/p' "$2" | head -1)
+  uri=$(sed -n 's/.*listening on \([a-z+]*:[^ ]*\).*/\1/p' "$2" | head -1)
   [ -n "$uri" ] || { cat "$2" >&2; return 1; }
 }
 
