@@ -9,9 +9,13 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <climits>
 #include <csignal>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
+#include <fstream>
+#include <sstream>
 #include <string>
 
 #include "client/fuse_ops.h"
@@ -27,6 +31,39 @@ void Report(int fd, const std::string& msg) {
   ssize_t n = write(fd, msg.data(), msg.size());
   (void)n;
   close(fd);
+}
+
+// The device number ("MAJOR:MINOR") of the mount on mountpoint, from /proc/self/mountinfo:
+// a stat() would ask this very daemon, which is not serving requests yet.
+std::string MountDevice(const char* mountpoint) {
+  char real[PATH_MAX];
+  if (!realpath(mountpoint, real)) return "";
+  std::ifstream in("/proc/self/mountinfo");
+  std::string line, device;
+  // Fields: id, parent id, MAJOR:MINOR, root, mount point, ...; the last match is the newest.
+  while (std::getline(in, line)) {
+    std::istringstream f(line);
+    std::string id, parent, dev, root, point;
+    if (f >> id >> parent >> dev >> root >> point && point == real) device = dev;
+  }
+  return device;
+}
+
+// Sets the kernel readahead of the mount on mountpoint (its backing device info). Failing is
+// not fatal: the kernel default stays, and it is logged.
+void SetReadAhead(const char* mountpoint, unsigned kb) {
+  const std::string dev = MountDevice(mountpoint);
+  if (dev.empty()) {
+    spdlog::warn("cannot set readahead: {} not found in /proc/self/mountinfo", mountpoint);
+    return;
+  }
+  const std::string path = "/sys/class/bdi/" + dev + "/read_ahead_kb";
+  const std::string value = std::to_string(kb);
+  int fd = open(path.c_str(), O_WRONLY | O_CLOEXEC);
+  const bool ok =
+      fd >= 0 && write(fd, value.data(), value.size()) == static_cast<ssize_t>(value.size());
+  if (!ok) spdlog::warn("cannot set readahead ({}): {}", path, std::strerror(errno));
+  if (fd >= 0) close(fd);
 }
 
 int WaitForChild(int fd, pid_t child, int timeout_ms) {
@@ -162,6 +199,7 @@ int main(int argc, char** argv) {
     return 1;
   }
   spdlog::info("mounted {} on {}", o.source, co.mountpoint);
+  if (o.read_ahead_kb > 0) SetReadAhead(co.mountpoint, o.read_ahead_kb);
   if (report_fd >= 0) {
     Report(report_fd, "ok\n");
     int null = open("/dev/null", O_RDWR);

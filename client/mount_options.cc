@@ -22,6 +22,7 @@ struct RawOptions {
   double lease_timeout;
   unsigned writeback;
   unsigned trans_max_pages;
+  unsigned read_ahead_kb;
   char* cluster;
   char* log_level;
   int show_help;
@@ -42,7 +43,8 @@ const fuse_opt kSpec[] = {
     POHMELFS_OPT("keepalive_timeout=%u", keepalive_timeout), POHMELFS_OPT("cluster=%s", cluster),
     POHMELFS_OPT("leases=%u", leases), POHMELFS_OPT("lease_timeout=%lf", lease_timeout),
     POHMELFS_OPT("writeback=%u", writeback), POHMELFS_OPT("trans_max_pages=%u", trans_max_pages),
-    POHMELFS_OPT("-h", show_help), POHMELFS_OPT("--help", show_help),
+    POHMELFS_OPT("read_ahead_kb=%u", read_ahead_kb), POHMELFS_OPT("-h", show_help),
+    POHMELFS_OPT("--help", show_help),
     // Options mount(8) and fstab pass that mean nothing to a FUSE filesystem.
     FUSE_OPT_KEY("defaults", FUSE_OPT_KEY_DISCARD), FUSE_OPT_KEY("auto", FUSE_OPT_KEY_DISCARD),
     FUSE_OPT_KEY("noauto", FUSE_OPT_KEY_DISCARD), FUSE_OPT_KEY("user", FUSE_OPT_KEY_DISCARD),
@@ -84,6 +86,7 @@ void PrintMountUsage(const char* prog) {
       "                         is held (60); without one, attr_timeout and entry_timeout\n"
       "  writeback=0|1          delay writes under a write lease and send them in batches (1)\n"
       "  trans_max_pages=N      4 KiB pages of delayed writes per file before they are sent\n"
+      "  read_ahead_kb=N        kernel readahead of the mount, KiB (1024; 0: the kernel's)\n"
       "                         (2048)\n"
       "  threads=N              FUSE worker threads kept idle at most (16)\n"
       "  log_level=LEVEL        trace, debug, info, warn, error (warn)\n"
@@ -106,6 +109,7 @@ bool ParseMountOptions(int argc, char** argv, MountOptions* out, fuse_args* args
   raw.lease_timeout = out->lease_timeout;
   raw.writeback = out->writeback;
   raw.trans_max_pages = out->trans_max_pages;
+  raw.read_ahead_kb = out->read_ahead_kb;
   *args = FUSE_ARGS_INIT(argc, argv);
   if (fuse_opt_parse(args, &raw, kSpec, OptProc) != 0) return false;
   if (raw.show_help) {
@@ -133,7 +137,7 @@ bool ParseMountOptions(int argc, char** argv, MountOptions* out, fuse_args* args
       raw.keepalive_timeout < 10 || raw.max_write < 4096 || raw.max_write > (1u << 20) ||
       raw.threads == 0 || raw.attr_timeout < 0 || raw.entry_timeout < 0 || raw.leases > 1 ||
       raw.writeback > 1 || raw.lease_timeout < 0 || raw.trans_max_pages == 0 ||
-      raw.trans_max_pages > (1u << 20)) {
+      raw.trans_max_pages > (1u << 20) || raw.read_ahead_kb > (1u << 20)) {
     std::fprintf(stderr, "pohmelfs-mount: an option is out of range (see --help)\n");
     return false;
   }
@@ -150,6 +154,7 @@ bool ParseMountOptions(int argc, char** argv, MountOptions* out, fuse_args* args
   out->lease_timeout = raw.lease_timeout;
   out->writeback = raw.writeback != 0;
   out->trans_max_pages = raw.trans_max_pages;
+  out->read_ahead_kb = raw.read_ahead_kb;
   return true;
 }
 

@@ -27,6 +27,9 @@ struct MountOptions {
   bool writeback = true;
   unsigned trans_max_pages = 2048;
   unsigned threads = 16;  // FUSE worker threads (max idle)
+  // Kernel readahead of the mount (its bdi's read_ahead_kb): 1 MiB makes a sequential read one
+  // IO_MAX request per round trip instead of the kernel default 128 KiB. 0 keeps the default.
+  unsigned read_ahead_kb = 1024;
   std::string log_level = "warn";
   std::string source;      // the URI argument as given
   bool show_help = false;  // -h/--help was given: print usage and exit 0

@@ -205,10 +205,11 @@ Status ReadRma(const OpEnv& env, Reader* r, Writer* w) {
     if (n == 0) break;
     done += static_cast<size_t>(n);
   }
-  // Place the data in the client's buffer; the reply (sent after this returns) says how much.
+  // Place the data in the client's buffer; the reply, sent after this returns, reaches the
+  // client after the data and says how much there is.
   if (done > 0)
-    POHMELFS_RETURN_IF_ERROR(transport::RmaAndWait(
-        *env.conn, true, lease, done, {from_le(q.buf.addr), from_le(q.buf.key)}, kRmaBound));
+    POHMELFS_RETURN_IF_ERROR(transport::RmaWriteThenSend(
+        *env.conn, lease, done, {from_le(q.buf.addr), from_le(q.buf.key)}));
   pohmelfs_read_rma_rep rep{};
   rep.bytes = to_le(static_cast<uint32_t>(done));
   w->Put(rep);

@@ -37,6 +37,8 @@ struct RemoteBuffer {
 
 using RmaDone = std::function<void(const Status&)>;
 
+// Order: an RMA is posted before every message sent on the connection after the call that
+// queued it returned.
 class Rma {
  public:
   virtual ~Rma() = default;
@@ -48,6 +50,14 @@ class Rma {
   // the peer's memory, or with the error (the connection closes on errors).
   virtual Status Write(const MemoryRegionPtr& local, const void* src, size_t len,
                        RemoteBuffer remote, RmaDone done) = 0;
+  // A write whose done may run earlier: once any message sent on this connection after done
+  // is certain to reach the peer after the data is in its memory. Cheaper where the fabric
+  // orders sends after writes (libfabric's FI_ORDER_SAW, verbs RC): one acknowledgement less.
+  // The default is Write.
+  virtual Status WriteBeforeNextSend(const MemoryRegionPtr& local, const void* src, size_t len,
+                                     RemoteBuffer remote, RmaDone done) {
+    return Write(local, src, len, remote, std::move(done));
+  }
   // Reads len bytes from remote into dst (inside local).
   virtual Status Read(const MemoryRegionPtr& local, void* dst, size_t len, RemoteBuffer remote,
                       RmaDone done) = 0;

@@ -64,6 +64,16 @@ Result<MemoryRegionPtr> RmaPool::Lease::RegionFor(Rma& rma) {
   return region;
 }
 
+Status RmaWriteThenSend(Connection& conn, const RmaPool::LeasePtr& lease, size_t len,
+                        RemoteBuffer remote) {
+  Rma* rma = conn.rma();
+  if (!rma) return Status::Error(EOPNOTSUPP, "the connection has no RMA");
+  auto region = lease->RegionFor(*rma);
+  if (!region.ok()) return region.status();
+  return rma->WriteBeforeNextSend(*region, lease->data(), len, remote,
+                                  [lease](const Status&) {});  // holds the buffer until then
+}
+
 Status RmaAndWait(Connection& conn, bool write, const RmaPool::LeasePtr& lease, size_t len,
                   RemoteBuffer remote, std::chrono::milliseconds bound) {
   Rma* rma = conn.rma();
@@ -83,8 +93,10 @@ Status RmaAndWait(Connection& conn, bool write, const RmaPool::LeasePtr& lease, 
     w->status = s;
     w->cv.notify_all();
   };
-  Status posted = write ? rma->Write(*region, lease->data(), len, remote, std::move(done))
-                        : rma->Read(*region, lease->data(), len, remote, std::move(done));
+  // A write is followed by the reply that tells the peer about it: ordering is enough.
+  Status posted =
+      write ? rma->WriteBeforeNextSend(*region, lease->data(), len, remote, std::move(done))
+            : rma->Read(*region, lease->data(), len, remote, std::move(done));
   if (!posted.ok()) return posted;
   std::unique_lock lk(w->mu);
   if (!w->cv.wait_for(lk, bound, [&] { return w->done; })) {

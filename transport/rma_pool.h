@@ -70,9 +70,18 @@ class RmaPool : public std::enable_shared_from_this<RmaPool> {
 };
 
 // Runs one RMA (a write of len bytes from the lease's buffer, or a read into it) and waits
-// for its completion, at most `bound`; the lease is held until the completion even if the
-// wait gives up (ETIMEDOUT; the connection is then closed so the operation is flushed).
+// for its completion, at most `bound` (a write's completion means that a message sent next on
+// the connection reaches the peer after the data: Rma::WriteBeforeNextSend); the lease is held
+// until the completion even if the wait gives up (ETIMEDOUT; the connection is then closed so the
+// operation is flushed).
 Status RmaAndWait(Connection& conn, bool write, const RmaPool::LeasePtr& lease, size_t len,
                   RemoteBuffer remote, std::chrono::milliseconds bound);
+
+// Posts an RMA write of len bytes from the lease's buffer and returns without waiting: a
+// message sent next on the connection (the reply that announces the data) reaches the peer
+// after the data. The lease is held until the write completes; an error closes the
+// connection.
+Status RmaWriteThenSend(Connection& conn, const RmaPool::LeasePtr& lease, size_t len,
+                        RemoteBuffer remote);
 
 }  // namespace pohmelfs::transport

@@ -108,13 +108,18 @@ void FramedConnection::Pump() {
 
 void FramedConnection::PumpLocked() {
   if (closed_) return;
+  // RMA first: a message sent after an RMA was queued is posted after it (rma.h), so that a
+  // reply can follow the data it describes without waiting for the RMA's completion.
+  PumpRmaLocked();
+  if (closed_) return;
   // Data frames keep one credit back for a credit-only frame, so that two sides that both
   // wait for credits can always tell each other about freed buffers.
-  while (out_.size() > out_start_ && credits_ >= 2 && !free_send_.empty())
+  while (rma_queue_.empty() && out_.size() > out_start_ && credits_ >= 2 && !free_send_.empty())
     if (!SendFrameLocked(false)) return;
-  if (owed_ >= kRecvDepth / 2 && credits_ >= 1 && !free_send_.empty()) {
-    if (!SendFrameLocked(true)) return;
-  }
+  if (owed_ >= kRecvDepth / 2 && credits_ >= 1 && !free_send_.empty()) (void)SendFrameLocked(true);
+}
+
+void FramedConnection::PumpRmaLocked() {
   while (!rma_queue_.empty()) {
     TransferOp* op = rma_queue_.front().get();
     engine_->Publish();
@@ -354,6 +359,20 @@ Status FramedConnection::Write(const MemoryRegionPtr& local, const void* src, si
   op->remote = remote;
   op->local = local;
   op->done = std::move(done);
+  return QueueRma(std::move(op));
+}
+
+Status FramedConnection::WriteBeforeNextSend(const MemoryRegionPtr& local, const void* src,
+                                             size_t len, RemoteBuffer remote, RmaDone done) {
+  auto op = std::make_unique<TransferOp>();
+  op->kind = TransferOp::Kind::kWrite;
+  op->conn = this;
+  op->buf = const_cast<void*>(src);
+  op->len = len;
+  op->remote = remote;
+  op->local = local;
+  op->done = std::move(done);
+  op->before_next_send = true;
   return QueueRma(std::move(op));
 }
 

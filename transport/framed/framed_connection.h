@@ -41,6 +41,7 @@ struct TransferOp {
   RemoteBuffer remote;
   MemoryRegionPtr local;  // stays registered until the completion
   RmaDone done;
+  bool before_next_send = false;  // kWrite: done may run once later sends are ordered after it
 };
 
 class FramedConnection : public Connection,
@@ -69,6 +70,8 @@ class FramedConnection : public Connection,
                RmaDone done) final;
   Status Read(const MemoryRegionPtr& local, void* dst, size_t len, RemoteBuffer remote,
               RmaDone done) final;
+  Status WriteBeforeNextSend(const MemoryRegionPtr& local, const void* src, size_t len,
+                             RemoteBuffer remote, RmaDone done) final;
 
   // The connection is up (any thread): delivery may start.
   void OnEstablished();
@@ -118,6 +121,7 @@ class FramedConnection : public Connection,
   // REQUIRES: mu_ held.
   Status RepostLocked(uint32_t slot);
   void PumpLocked();
+  void PumpRmaLocked();
   bool SendFrameLocked(bool credit_only);
   bool RestartLocked();  // reposts held buffers once delivery may go on; returns whether it may
   void CloseLocked(const Status& why);

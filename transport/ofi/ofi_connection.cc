@@ -67,11 +67,14 @@ int OfiConnection::PostRma(TransferOp* op) {
   msg.rma_iov = &rma;
   msg.rma_iov_count = 1;
   msg.context = op->scratch;
+  if (op->kind == TransferOp::Kind::kRead) return PostResult(fi_readmsg(ep_, &msg, FI_COMPLETION));
   // A write completes when the data is in the peer's memory (a bad key is then reported
-  // here), not when it left this host.
-  return PostResult(op->kind == TransferOp::Kind::kWrite
-                        ? fi_writemsg(ep_, &msg, FI_COMPLETION | FI_DELIVERY_COMPLETE)
-                        : fi_readmsg(ep_, &msg, FI_COMPLETION));
+  // here), not when it left this host; unless later sends are all it must precede and the
+  // provider orders sends after writes.
+  const uint64_t when = op->before_next_send && domain_->orders_sends_after_writes()
+                            ? FI_TRANSMIT_COMPLETE
+                            : FI_DELIVERY_COMPLETE;
+  return PostResult(fi_writemsg(ep_, &msg, FI_COMPLETION | when));
 }
 
 void OfiConnection::BeginClose() {

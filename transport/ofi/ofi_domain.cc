@@ -68,6 +68,7 @@ Result<std::shared_ptr<OfiDomain>> OfiDomain::Open(const std::string& provider, 
   d->virt_addr_ = (info->domain_attr->mr_mode & FI_MR_VIRT_ADDR) != 0;
   d->prov_key_ = (info->domain_attr->mr_mode & FI_MR_PROV_KEY) != 0;
   d->max_msg_size_ = info->ep_attr->max_msg_size;
+  d->saw_ = (info->tx_attr->msg_order & FI_ORDER_SAW) != 0;
   int rc = fi_fabric(info->fabric_attr, &d->fabric_, nullptr);
   if (rc) return FiError("fi_fabric", rc);
   fi_eq_attr eq_attr{};

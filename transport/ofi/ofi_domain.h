@@ -82,6 +82,8 @@ class OfiDomain final : public ProgressEngine, public std::enable_shared_from_th
   Result<fid_mr*> RegisterRaw(void* addr, size_t len, uint64_t access);
   // Largest single message or RMA the provider takes.
   size_t max_msg_size() const { return max_msg_size_; }
+  // The provider delivers a send after the writes posted before it (FI_ORDER_SAW).
+  bool orders_sends_after_writes() const { return saw_; }
 
   // CM events for fid (an endpoint or a passive endpoint) go to these.
   struct CmHandler {
@@ -113,6 +115,7 @@ class OfiDomain final : public ProgressEngine, public std::enable_shared_from_th
   bool virt_addr_ = true;
   bool prov_key_ = true;
   size_t max_msg_size_ = 0;
+  bool saw_ = false;
   std::atomic<uint64_t> next_key_{1};
   std::atomic<bool> stop_{false};
   std::thread cm_;
