@@ -122,7 +122,6 @@ void FramedConnection::PumpLocked() {
 void FramedConnection::PumpRmaLocked() {
   while (!rma_queue_.empty()) {
     TransferOp* op = rma_queue_.front().get();
-    engine_->Publish();
     const int rc = PostRma(op);
     if (rc == EAGAIN) {
       engine_->WantPump(shared_from_this());

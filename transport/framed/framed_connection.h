@@ -94,6 +94,11 @@ class FramedConnection : public Connection,
   // Posts every receive buffer (before connect or accept).
   Status PostInitialReceives();
 
+  // Orders what this thread did before (writing an op, reading it) before the progress
+  // thread's handling of its completion (ProgressEngine::Publish). PostRma calls it after its
+  // last access to the op, just before posting; sends and receives are published for them.
+  void PublishOp() { engine_->Publish(); }
+
   // Backend hooks, called with the connection's lock held and never once it is closed:
   virtual Status PostRecv(TransferOp* op, void* buf, size_t len) = 0;
   // 0, EAGAIN (the queue is full: Pump is asked for) or an errno.

@@ -67,14 +67,16 @@ int OfiConnection::PostRma(TransferOp* op) {
   msg.rma_iov = &rma;
   msg.rma_iov_count = 1;
   msg.context = op->scratch;
-  if (op->kind == TransferOp::Kind::kRead) return PostResult(fi_readmsg(ep_, &msg, FI_COMPLETION));
+  const bool read = op->kind == TransferOp::Kind::kRead;
   // A write completes when the data is in the peer's memory (a bad key is then reported
   // here), not when it left this host; unless later sends are all it must precede and the
   // provider orders sends after writes.
   const uint64_t when = op->before_next_send && domain_->orders_sends_after_writes()
                             ? FI_TRANSMIT_COMPLETE
                             : FI_DELIVERY_COMPLETE;
-  return PostResult(fi_writemsg(ep_, &msg, FI_COMPLETION | when));
+  PublishOp();  // after the last read of op: the completion may free it at once
+  return PostResult(read ? fi_readmsg(ep_, &msg, FI_COMPLETION)
+                         : fi_writemsg(ep_, &msg, FI_COMPLETION | when));
 }
 
 void OfiConnection::BeginClose() {

@@ -93,6 +93,7 @@ int VerbsConnection::PostRma(TransferOp* op) {
   wr.wr.rdma.remote_addr = op->remote.addr;
   wr.wr.rdma.rkey = static_cast<uint32_t>(op->remote.key);
   ibv_send_wr* bad = nullptr;
+  PublishOp();  // after the last read of op: the completion may free it at once
   int rc = ibv_post_send(id_->qp, &wr, &bad);
   if (rc != 0) sq_used_--;
   return rc == ENOMEM ? EAGAIN : rc;
