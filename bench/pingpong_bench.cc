@@ -24,30 +24,16 @@
 namespace pohmelfs::bench {
 namespace {
 
+using transport::ResolveAddresses;
+using transport::SockaddrLen;
 using transport::Uri;
 
 constexpr uint64_t kWarmupIters = 200;
 constexpr size_t kEchoChunk = 64 * 1024;
 
-// Frees a getaddrinfo list when it goes out of scope.
-struct AddrInfoDeleter {
-  void operator()(addrinfo* a) const { freeaddrinfo(a); }
-};
-using AddrInfoPtr = std::unique_ptr<addrinfo, AddrInfoDeleter>;
-
-Result<AddrInfoPtr> Resolve(const Uri& uri, bool passive) {
-  if (uri.scheme != "tcp")
-    return Status::Error(EINVAL, "pingpong: only tcp://HOST:PORT addresses, not " + uri.scheme);
-  addrinfo hints{};
-  hints.ai_family = AF_UNSPEC;
-  hints.ai_socktype = SOCK_STREAM;
-  hints.ai_flags = AI_NUMERICSERV | (passive ? AI_PASSIVE : 0);
-  addrinfo* res = nullptr;
-  const std::string port = std::to_string(uri.port);
-  int rc = getaddrinfo(uri.host.c_str(), port.c_str(), &hints, &res);
-  if (rc != 0)
-    return Status::Error(EHOSTUNREACH, "getaddrinfo " + uri.host + ": " + gai_strerror(rc));
-  return AddrInfoPtr(res);
+Status TcpOnly(const Uri& uri) {
+  if (uri.scheme == "tcp") return Status::Ok();
+  return Status::Error(EINVAL, "pingpong: only tcp://HOST:PORT addresses, not " + uri.scheme);
 }
 
 Status NoDelay(int fd) {
@@ -59,14 +45,16 @@ Status NoDelay(int fd) {
 
 // Listens on uri; *port is the bound port.
 Result<UniqueFd> Listen(const Uri& uri, uint16_t* port) {
-  auto ai = Resolve(uri, true);
-  if (!ai.ok()) return ai.status();
-  const addrinfo* a = ai->get();
-  UniqueFd fd(::socket(a->ai_family, a->ai_socktype | SOCK_CLOEXEC, a->ai_protocol));
+  if (Status s = TcpOnly(uri); !s.ok()) return s;
+  auto addrs = ResolveAddresses(uri, true);
+  if (!addrs.ok()) return addrs.status();
+  const sockaddr_storage& a = addrs->front();
+  UniqueFd fd(::socket(a.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0));
   if (!fd.valid()) return Status::FromErrno("socket");
   int one = 1;
   setsockopt(fd.get(), SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-  if (::bind(fd.get(), a->ai_addr, a->ai_addrlen) != 0) return Status::FromErrno("bind");
+  if (::bind(fd.get(), reinterpret_cast<const sockaddr*>(&a), SockaddrLen(a)) != 0)
+    return Status::FromErrno("bind");
   if (::listen(fd.get(), 4) != 0) return Status::FromErrno("listen");
   sockaddr_storage ss{};
   socklen_t len = sizeof(ss);
@@ -78,12 +66,13 @@ Result<UniqueFd> Listen(const Uri& uri, uint16_t* port) {
 }
 
 Result<UniqueFd> Connect(const Uri& uri) {
-  auto ai = Resolve(uri, false);
-  if (!ai.ok()) return ai.status();
-  const addrinfo* a = ai->get();
-  UniqueFd fd(::socket(a->ai_family, a->ai_socktype | SOCK_CLOEXEC, a->ai_protocol));
+  if (Status s = TcpOnly(uri); !s.ok()) return s;
+  auto addrs = ResolveAddresses(uri, false);
+  if (!addrs.ok()) return addrs.status();
+  const sockaddr_storage& a = addrs->front();
+  UniqueFd fd(::socket(a.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0));
   if (!fd.valid()) return Status::FromErrno("socket");
-  if (::connect(fd.get(), a->ai_addr, a->ai_addrlen) != 0)
+  if (::connect(fd.get(), reinterpret_cast<const sockaddr*>(&a), SockaddrLen(a)) != 0)
     return Status::FromErrno(("connect " + uri.ToString()).c_str());
   if (Status s = NoDelay(fd.get()); !s.ok()) return s;
   return fd;

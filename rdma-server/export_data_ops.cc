@@ -22,6 +22,21 @@ namespace {
 constexpr std::chrono::milliseconds kRmaBufferWait{5000};
 constexpr std::chrono::milliseconds kRmaBound{30000};
 
+// Reads up to size bytes at offset (fewer only at end of file); EINTR is retried.
+Result<size_t> PreadFull(int fd, uint8_t* out, size_t size, uint64_t offset) {
+  size_t done = 0;
+  while (done < size) {
+    ssize_t n = pread(fd, out + done, size - done, static_cast<off_t>(offset + done));
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return Status::FromErrno("read");
+    }
+    if (n == 0) break;
+    done += static_cast<size_t>(n);
+  }
+  return done;
+}
+
 bool IsPrivateXattr(const std::string& name) {
   return name.rfind(kPrivateXattrPrefix, 0) == 0;
 }
@@ -93,18 +108,9 @@ Status Read(const OpEnv& env, Reader* r, Writer* w) {
   // Read straight into the reply buffer.
   size_t start = w->size();
   w->Grow(size);
-  uint8_t* out = w->At(start);
-  size_t done = 0;
-  while (done < size) {
-    ssize_t n = pread((*fd)->get(), out + done, size - done, static_cast<off_t>(offset + done));
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      return Status::FromErrno("read");
-    }
-    if (n == 0) break;
-    done += static_cast<size_t>(n);
-  }
-  w->Truncate(start + done);
+  auto done = PreadFull((*fd)->get(), w->At(start), size, offset);
+  if (!done.ok()) return done.status();
+  w->Truncate(start + *done);
   return Status::Ok();
 }
 
@@ -194,17 +200,9 @@ Status ReadRma(const OpEnv& env, Reader* r, Writer* w) {
   if (!fd.ok()) return fd.status();
   auto lease = env.rma_pool->Acquire(kRmaBufferWait);
   if (!lease) return Status::Error(ENOBUFS, "no RMA buffer free");
-  size_t done = 0;
-  while (done < size) {
-    ssize_t n =
-        pread((*fd)->get(), lease->data() + done, size - done, static_cast<off_t>(offset + done));
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      return Status::FromErrno("read");
-    }
-    if (n == 0) break;
-    done += static_cast<size_t>(n);
-  }
+  auto read = PreadFull((*fd)->get(), lease->data(), size, offset);
+  if (!read.ok()) return read.status();
+  const size_t done = *read;
   // Place the data in the client's buffer; the reply, sent after this returns, reaches the
   // client after the data and says how much there is.
   if (done > 0)

@@ -67,6 +67,19 @@ class Connection {
 
 using ConnectionPtr = std::shared_ptr<Connection>;
 
+// The wire header a backend sends before payload: hdr with its length set from the payload
+// (EMSGSIZE past 4 GiB).
+inline Status EncodeSendHeader(const proto::Header& hdr, std::span<const iovec> payload,
+                               pohmelfs_hdr* wire) {
+  size_t total = 0;
+  for (const auto& v : payload) total += v.iov_len;
+  if (total > UINT32_MAX) return Status::Error(EMSGSIZE, "payload too large");
+  proto::Header h = hdr;
+  h.length = static_cast<uint32_t>(total);
+  proto::EncodeHeader(h, wire);
+  return Status::Ok();
+}
+
 struct Handler {
   std::function<void(const ConnectionPtr&)> on_accept;  // listeners only; optional
   std::function<void(const ConnectionPtr&, Message&&)> on_message;

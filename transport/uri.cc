@@ -1,6 +1,10 @@
 #include "transport/uri.h"
 
+#include <netdb.h>
+#include <netinet/in.h>
+
 #include <charconv>
+#include <cstring>
 
 namespace pohmelfs::transport {
 
@@ -40,6 +44,29 @@ Result<Uri> ParseUri(std::string_view text) {
     return bad("bad port");
   u.port = static_cast<uint16_t>(value);
   return u;
+}
+
+Result<std::vector<sockaddr_storage>> ResolveAddresses(const Uri& uri, bool passive) {
+  addrinfo hints{};
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  hints.ai_flags = AI_NUMERICSERV | (passive ? AI_PASSIVE : 0);
+  addrinfo* res = nullptr;
+  const std::string port = std::to_string(uri.port);
+  int rc = getaddrinfo(uri.host.c_str(), port.c_str(), &hints, &res);
+  if (rc != 0) return Status::Error(EHOSTUNREACH, "resolve " + uri.host + ": " + gai_strerror(rc));
+  std::vector<sockaddr_storage> out;
+  for (auto* ai = res; ai; ai = ai->ai_next) {
+    sockaddr_storage ss{};
+    std::memcpy(&ss, ai->ai_addr, ai->ai_addrlen);
+    out.push_back(ss);
+  }
+  freeaddrinfo(res);
+  return out;
+}
+
+socklen_t SockaddrLen(const sockaddr_storage& ss) {
+  return ss.ss_family == AF_INET ? sizeof(sockaddr_in) : sizeof(sockaddr_in6);
 }
 
 }  // namespace pohmelfs::transport

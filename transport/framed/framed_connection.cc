@@ -76,13 +76,8 @@ Status FramedConnection::WaitEstablished(std::chrono::milliseconds timeout) {
 }
 
 Status FramedConnection::Send(const proto::Header& h, std::span<const iovec> payload) {
-  proto::Header hdr = h;
-  size_t total = 0;
-  for (const auto& v : payload) total += v.iov_len;
-  if (total > UINT32_MAX) return Status::Error(EMSGSIZE, "payload too large");
-  hdr.length = static_cast<uint32_t>(total);
   pohmelfs_hdr wire;
-  proto::EncodeHeader(hdr, &wire);
+  if (Status s = EncodeSendHeader(h, payload, &wire); !s.ok()) return s;
   std::lock_guard lk(mu_);
   if (closed_) return Status::Error(ENOTCONN, "connection closed");
   const auto* w = reinterpret_cast<const uint8_t*>(&wire);
@@ -348,44 +343,36 @@ Status FramedConnection::QueueRma(std::unique_ptr<TransferOp> op) {
   return Status::Ok();
 }
 
-Status FramedConnection::Write(const MemoryRegionPtr& local, const void* src, size_t len,
-                               RemoteBuffer remote, RmaDone done) {
+Status FramedConnection::QueueRma(TransferOp::Kind kind, const MemoryRegionPtr& local, void* buf,
+                                  size_t len, RemoteBuffer remote, RmaDone done,
+                                  bool before_next_send) {
   auto op = std::make_unique<TransferOp>();
-  op->kind = TransferOp::Kind::kWrite;
+  op->kind = kind;
   op->conn = this;
-  op->buf = const_cast<void*>(src);
+  op->buf = buf;
   op->len = len;
   op->remote = remote;
   op->local = local;
   op->done = std::move(done);
+  op->before_next_send = before_next_send;
   return QueueRma(std::move(op));
+}
+
+Status FramedConnection::Write(const MemoryRegionPtr& local, const void* src, size_t len,
+                               RemoteBuffer remote, RmaDone done) {
+  return QueueRma(TransferOp::Kind::kWrite, local, const_cast<void*>(src), len, remote,
+                  std::move(done), false);
 }
 
 Status FramedConnection::WriteBeforeNextSend(const MemoryRegionPtr& local, const void* src,
                                              size_t len, RemoteBuffer remote, RmaDone done) {
-  auto op = std::make_unique<TransferOp>();
-  op->kind = TransferOp::Kind::kWrite;
-  op->conn = this;
-  op->buf = const_cast<void*>(src);
-  op->len = len;
-  op->remote = remote;
-  op->local = local;
-  op->done = std::move(done);
-  op->before_next_send = true;
-  return QueueRma(std::move(op));
+  return QueueRma(TransferOp::Kind::kWrite, local, const_cast<void*>(src), len, remote,
+                  std::move(done), true);
 }
 
 Status FramedConnection::Read(const MemoryRegionPtr& local, void* dst, size_t len,
                               RemoteBuffer remote, RmaDone done) {
-  auto op = std::make_unique<TransferOp>();
-  op->kind = TransferOp::Kind::kRead;
-  op->conn = this;
-  op->buf = dst;
-  op->len = len;
-  op->remote = remote;
-  op->local = local;
-  op->done = std::move(done);
-  return QueueRma(std::move(op));
+  return QueueRma(TransferOp::Kind::kRead, local, dst, len, remote, std::move(done), false);
 }
 
 }  // namespace pohmelfs::transport

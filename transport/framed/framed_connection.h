@@ -132,6 +132,8 @@ class FramedConnection : public Connection,
   void CloseLocked(const Status& why);
   bool Stopped() const { return paused_ || send_full_ || !established_; }
   Status QueueRma(std::unique_ptr<TransferOp> op);
+  Status QueueRma(TransferOp::Kind kind, const MemoryRegionPtr& local, void* buf, size_t len,
+                  RemoteBuffer remote, RmaDone done, bool before_next_send);
   // Progress thread.
   void OnRecv(uint32_t slot, size_t len, const Status& st);
   void OnSendDone(uint32_t slot, const Status& st);

@@ -73,13 +73,9 @@ class TcpConnection final : public Connection,
   Status Register() { return loop_->Add(fd_, EPOLLIN | EPOLLRDHUP, shared_from_this()); }
 
   Status Send(const proto::Header& h, std::span<const iovec> payload) override {
-    proto::Header hdr = h;
-    size_t total = 0;
-    for (const auto& v : payload) total += v.iov_len;
-    if (total > UINT32_MAX) return Status::Error(EMSGSIZE, "payload too large");
-    hdr.length = static_cast<uint32_t>(total);
     pohmelfs_hdr wire;
-    proto::EncodeHeader(hdr, &wire);
+    if (Status s = EncodeSendHeader(h, payload, &wire); !s.ok()) return s;
+    const size_t total = proto::from_le(wire.length);
 
     std::lock_guard lk(send_mu_);
     if (closed_) return Status::Error(ENOTCONN, "connection closed");
@@ -358,29 +354,6 @@ class TcpListener final : public Pollable {
   std::function<void()> on_readable_;
 };
 
-Result<std::vector<sockaddr_storage>> Resolve(const Uri& uri, bool passive) {
-  addrinfo hints{};
-  hints.ai_family = AF_UNSPEC;
-  hints.ai_socktype = SOCK_STREAM;
-  hints.ai_flags = AI_NUMERICSERV | (passive ? AI_PASSIVE : 0);
-  addrinfo* res = nullptr;
-  std::string port = std::to_string(uri.port);
-  int rc = getaddrinfo(uri.host.c_str(), port.c_str(), &hints, &res);
-  if (rc != 0) return Status::Error(EHOSTUNREACH, "resolve " + uri.host + ": " + gai_strerror(rc));
-  std::vector<sockaddr_storage> out;
-  for (auto* ai = res; ai; ai = ai->ai_next) {
-    sockaddr_storage ss{};
-    std::memcpy(&ss, ai->ai_addr, ai->ai_addrlen);
-    out.push_back(ss);
-  }
-  freeaddrinfo(res);
-  return out;
-}
-
-socklen_t AddrLen(const sockaddr_storage& ss) {
-  return ss.ss_family == AF_INET ? sizeof(sockaddr_in) : sizeof(sockaddr_in6);
-}
-
 class TcpTransport final : public Transport {
  public:
   explicit TcpTransport(const TransportOptions& o) : max_payload_(o.max_payload) {
@@ -390,7 +363,7 @@ class TcpTransport final : public Transport {
   ~TcpTransport() override { Shutdown(); }
 
   Result<Uri> Listen(const Uri& uri, Handler handler) override {
-    auto addrs = Resolve(uri, true);
+    auto addrs = ResolveAddresses(uri, true);
     if (!addrs.ok()) return addrs.status();
     const sockaddr_storage& ss = addrs->front();
     int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
@@ -398,7 +371,7 @@ class TcpTransport final : public Transport {
     int one = 1;
     setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
     if (ss.ss_family == AF_INET6) setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
-    if (bind(fd, reinterpret_cast<const sockaddr*>(&ss), AddrLen(ss)) != 0 ||
+    if (bind(fd, reinterpret_cast<const sockaddr*>(&ss), SockaddrLen(ss)) != 0 ||
         listen(fd, 512) != 0) {
       Status s = Status::FromErrno(("listen on " + uri.ToString()).c_str());
       close(fd);
@@ -418,13 +391,13 @@ class TcpTransport final : public Transport {
 
   Result<ConnectionPtr> Connect(const Uri& uri, Handler handler,
                                 std::chrono::milliseconds timeout) override {
-    auto addrs = Resolve(uri, false);
+    auto addrs = ResolveAddresses(uri, false);
     if (!addrs.ok()) return addrs.status();
     Status last = Status::Error(EHOSTUNREACH, "no address for " + uri.host);
     for (const auto& ss : *addrs) {
       int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
       if (fd < 0) return Status::FromErrno("socket");
-      int rc = connect(fd, reinterpret_cast<const sockaddr*>(&ss), AddrLen(ss));
+      int rc = connect(fd, reinterpret_cast<const sockaddr*>(&ss), SockaddrLen(ss));
       if (rc != 0 && errno == EINPROGRESS) {
         pollfd p{fd, POLLOUT, 0};
         rc = poll(&p, 1, static_cast<int>(timeout.count()));

@@ -36,21 +36,6 @@ std::string AddrToUri(const sockaddr* sa) {
   return "verbs://?";
 }
 
-Result<sockaddr_storage> Resolve(const Uri& uri, bool passive) {
-  addrinfo hints{};
-  hints.ai_family = AF_UNSPEC;
-  hints.ai_socktype = SOCK_STREAM;
-  hints.ai_flags = AI_NUMERICSERV | (passive ? AI_PASSIVE : 0);
-  addrinfo* res = nullptr;
-  const std::string port = std::to_string(uri.port);
-  int rc = getaddrinfo(uri.host.c_str(), port.c_str(), &hints, &res);
-  if (rc != 0) return Status::Error(EHOSTUNREACH, "resolve " + uri.host + ": " + gai_strerror(rc));
-  sockaddr_storage ss{};
-  std::memcpy(&ss, res->ai_addr, res->ai_addrlen);
-  freeaddrinfo(res);
-  return ss;
-}
-
 const char* EventName(rdma_cm_event_type t) {
   return rdma_event_str(t);
 }
@@ -76,13 +61,13 @@ class VerbsTransport final : public Transport {
   ~VerbsTransport() override { Shutdown(); }
 
   Result<Uri> Listen(const Uri& uri, Handler handler) override {
-    auto addr = Resolve(uri, true);
-    if (!addr.ok()) return addr.status();
+    auto addrs = ResolveAddresses(uri, true);
+    if (!addrs.ok()) return addrs.status();
+    sockaddr_storage* addr = &addrs->front();
     rdma_cm_id* lid = nullptr;
     if (rdma_create_id(cm_->channel(), &lid, nullptr, RDMA_PS_TCP) != 0)
       return Status::FromErrno("rdma_create_id");
-    if (rdma_bind_addr(lid, reinterpret_cast<sockaddr*>(&*addr)) != 0 ||
-        rdma_listen(lid, 128) != 0) {
+    if (rdma_bind_addr(lid, reinterpret_cast<sockaddr*>(addr)) != 0 || rdma_listen(lid, 128) != 0) {
       Status s = Status::FromErrno(("listen on " + uri.ToString()).c_str());
       rdma_destroy_id(lid);
       return s;
@@ -104,8 +89,9 @@ class VerbsTransport final : public Transport {
   Result<ConnectionPtr> Connect(const Uri& uri, Handler handler,
                                 std::chrono::milliseconds timeout) override {
     const auto deadline = std::chrono::steady_clock::now() + timeout;
-    auto dst = Resolve(uri, false);
-    if (!dst.ok()) return dst.status();
+    auto dsts = ResolveAddresses(uri, false);
+    if (!dsts.ok()) return dsts.status();
+    sockaddr_storage* dst = &dsts->front();
     rdma_cm_id* id = nullptr;
     if (rdma_create_id(cm_->channel(), &id, nullptr, RDMA_PS_TCP) != 0)
       return Status::FromErrno("rdma_create_id");
@@ -153,7 +139,7 @@ class VerbsTransport final : public Transport {
       }
       return Status::Error(s.code(), "connect to " + uri.ToString() + ": " + s.reason());
     };
-    if (rdma_resolve_addr(id, nullptr, reinterpret_cast<sockaddr*>(&*dst), ms) != 0)
+    if (rdma_resolve_addr(id, nullptr, reinterpret_cast<sockaddr*>(dst), ms) != 0)
       return fail(Status::FromErrno("rdma_resolve_addr"));
     if (!wait->Wait(&ConnectWait::addr, deadline))
       return fail(wait->error.ok() ? Status::Error(ETIMEDOUT, "address resolution timed out")
