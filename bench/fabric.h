@@ -78,6 +78,10 @@ struct RunParams {
   uint64_t window = 1;
   bool ack = false;  // the server replies with an empty payload
   bool record_latency = false;
+  // Messages are sent by the thread calling Run, as an application (the mount) sends, rather
+  // than by the loop thread on each reply; used for bandwidth, where tcp then writes straight
+  // from the caller's buffer instead of queueing a copy.
+  bool send_from_caller = false;
   std::chrono::milliseconds duration{200};  // no new message after this
   uint64_t max_iters = 0;                   // 0: bounded by time only
 };
@@ -100,7 +104,8 @@ class FabricClient {
   ~FabricClient();
 
   // Sends p.window messages of data[0, p.size), then one more per reply until the time or
-  // iteration bound is reached, and waits for the last reply.
+  // iteration bound is reached (from the loop thread, or from this one with
+  // p.send_from_caller), and waits for the last reply.
   Result<RunResult> Run(const RunParams& p, const uint8_t* data);
   // One request outside of a run: PING with flags and payload; returns the reply (its status
   // is the caller's to check).
@@ -110,6 +115,7 @@ class FabricClient {
  private:
   void StartLocked(const RunParams& p, const uint8_t* data);
   Status WaitLocked(std::unique_lock<std::mutex>& lk);
+  void SendFromCallerLocked(std::unique_lock<std::mutex>& lk);
 
   std::unique_ptr<transport::Transport> transport_;
   transport::ConnectionPtr conn_;

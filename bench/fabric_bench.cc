@@ -118,6 +118,7 @@ struct ClientCtx {
   uint64_t next_trans = 1;
   uint64_t base_trans = 1;  // trans of the run's first message
   uint64_t sent = 0, received = 0;
+  bool sending_done = false;  // send_from_caller: the caller has sent its last message
   Clock::time_point start, deadline, last_reply;
   std::vector<Clock::time_point> sent_at;  // indexed by message number % window
   std::vector<uint64_t> latency_ns;
@@ -139,15 +140,20 @@ bool MayRefillLocked(const ClientCtx& c, Clock::time_point now) {
   return (c.p.max_iters == 0 || c.sent < c.p.max_iters) && now < c.deadline;
 }
 
-// REQUIRES: c.mu held.
-Status SendNextLocked(ClientCtx& c, Connection& conn) {
+// The header of the next message, counted as sent. REQUIRES: c.mu held.
+proto::Header NextMessageLocked(ClientCtx& c) {
   proto::Header h;
   h.opcode = POHMELFS_OP_PING;
   h.flags = c.p.ack ? kFlagAckOnly : 0;
   h.trans = c.base_trans + c.sent;
   c.sent_at[c.sent % c.p.window] = Clock::now();
   c.sent++;
-  return conn.Send(h, c.data, c.p.size);
+  return h;
+}
+
+// REQUIRES: c.mu held.
+Status SendNextLocked(ClientCtx& c, Connection& conn) {
+  return conn.Send(NextMessageLocked(c), c.data, c.p.size);
 }
 
 // Replies come back in order: one connection, and the server answers in arrival order.
@@ -187,7 +193,10 @@ void OnReply(ClientCtx& c, Connection& conn, Message&& m) {
   }
   c.received++;
   c.last_reply = now;
-  if (MayRefillLocked(c, now)) {
+  if (c.p.send_from_caller) {
+    if (c.sending_done && c.received == c.sent) c.done = true;
+    c.cv.notify_all();  // the sender waits for room in the window
+  } else if (MayRefillLocked(c, now)) {
     if (Status s = SendNextLocked(c, conn); !s.ok()) FailLocked(c, std::move(s));
   } else if (c.received == c.sent) {
     c.done = true;
@@ -232,9 +241,13 @@ Result<RunResult> FabricClient::Run(const RunParams& p, const uint8_t* data) {
   std::unique_lock lk(c.mu);
   if (!c.error.ok()) return c.error;
   StartLocked(p, data);
-  uint64_t first = p.max_iters ? std::min(p.window, p.max_iters) : p.window;
-  for (uint64_t i = 0; i < first && !c.done; i++) {
-    if (Status s = SendNextLocked(c, *conn_); !s.ok()) FailLocked(c, std::move(s));
+  if (p.send_from_caller) {
+    SendFromCallerLocked(lk);
+  } else {
+    uint64_t first = p.max_iters ? std::min(p.window, p.max_iters) : p.window;
+    for (uint64_t i = 0; i < first && !c.done; i++) {
+      if (Status s = SendNextLocked(c, *conn_); !s.ok()) FailLocked(c, std::move(s));
+    }
   }
   Status s = WaitLocked(lk);
   c.active = false;
@@ -276,6 +289,25 @@ void FabricClient::StartLocked(const RunParams& p, const uint8_t* data) {
   c.latency_ns.clear();
   c.active = true;
   c.done = false;
+  c.sending_done = false;
+}
+
+// Keeps the window full from this thread until the run's time or count is used up; sends
+// without the lock so that replies are taken in meanwhile.
+void FabricClient::SendFromCallerLocked(std::unique_lock<std::mutex>& lk) {
+  ClientCtx& c = *ctx_;
+  while (!c.done) {
+    bool room = c.cv.wait_until(lk, c.last_reply + kReplyTimeout,
+                                [&] { return c.done || c.sent - c.received < c.p.window; });
+    if (c.done || !room || !MayRefillLocked(c, Clock::now())) break;  // WaitLocked times out
+    proto::Header h = NextMessageLocked(c);
+    lk.unlock();
+    Status s = conn_->Send(h, c.data, c.p.size);
+    lk.lock();
+    if (!s.ok()) FailLocked(c, std::move(s));
+  }
+  c.sending_done = true;
+  if (c.received == c.sent) c.done = true;
 }
 
 // Waits for the run to end; fails when no reply came for kReplyTimeout.
@@ -436,6 +468,7 @@ Status MeasureBandwidth(FabricRun& r, FabricClient& client) {
   for (uint64_t size = r.o.min_size; size <= r.o.max_size; size *= 2) {
     RunParams p = r.Params(size, kBandwidthWindow);
     p.ack = true;
+    p.send_from_caller = true;
     auto res = client.Run(p, r.data.data());
     if (!res.ok()) return res.status();
     AddBandwidth(r, "msg-bw", kBandwidthWindow, BandwidthRow{size, res->iters, res->seconds});

@@ -199,6 +199,45 @@ TEST_P(TransportTest, ConcurrentSendersLoseNothing) {
   }
 }
 
+TEST_P(TransportTest, LargeAndSmallSendersKeepMessagesWhole) {
+  // One thread sends 1 MiB messages (tcp streams them from the caller's buffer while the peer
+  // drains it) while others send small ones: every message arrives whole and each sender's
+  // messages stay in order.
+  constexpr int kLarge = 24, kSmallThreads = 2, kSmall = 400;
+  std::vector<std::thread> ts;
+  ts.emplace_back([&] {
+    std::vector<uint8_t> big(1 << 20);
+    for (int i = 0; i < kLarge; i++) {
+      std::fill(big.begin(), big.end(), static_cast<uint8_t>(i));
+      big[i] = 0xee;  // a marker whose position differs per message
+      ASSERT_TRUE(conn_->Send(Req(i), big.data(), big.size()).ok());
+    }
+  });
+  for (int t = 1; t <= kSmallThreads; t++) {
+    ts.emplace_back([&, t] {
+      std::vector<uint8_t> small(100 * t, static_cast<uint8_t>(t));
+      for (int i = 0; i < kSmall; i++)
+        ASSERT_TRUE(conn_->Send(Req(t * 1000 + i), small.data(), small.size()).ok());
+    });
+  }
+  for (auto& t : ts) t.join();
+  ASSERT_TRUE(client_inbox_.WaitFor(kLarge + kSmallThreads * kSmall, 30s));
+  std::vector<int> last(kSmallThreads + 1, -1);
+  for (const auto& m : client_inbox_.msgs) {
+    int t = static_cast<int>(m.hdr.trans / 1000), i = static_cast<int>(m.hdr.trans % 1000);
+    EXPECT_GT(i, last[t]);
+    last[t] = i;
+    if (t == 0) {
+      ASSERT_EQ(m.payload.size(), size_t{1} << 20);
+      std::vector<uint8_t> want(1 << 20, static_cast<uint8_t>(i));
+      want[i] = 0xee;
+      EXPECT_TRUE(m.payload == want) << "large message " << i;
+    } else {
+      EXPECT_EQ(m.payload, std::vector<uint8_t>(100 * t, static_cast<uint8_t>(t)));
+    }
+  }
+}
+
 TEST_P(TransportTest, PausedReceiverHoldsMessagesUntilResumed) {
   conn_->PauseReceive();
   for (int i = 0; i < 10; i++) ASSERT_TRUE(conn_->Send(Req(i), "x", 1).ok());

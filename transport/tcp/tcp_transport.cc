@@ -11,9 +11,11 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <chrono>
 #include <cstring>
 #include <deque>
 #include <mutex>
+#include <optional>
 
 #include "proto/unique_fd.h"
 #include "transport/event_loop.h"
@@ -28,6 +30,15 @@ constexpr size_t kSendHighWater = 32 * size_t{POHMELFS_PAYLOAD_MAX};
 constexpr size_t kSendLowWater = 8 * size_t{POHMELFS_PAYLOAD_MAX};
 // Sends gather at most this many iovecs per syscall (well under IOV_MAX).
 constexpr int kMaxIov = 64;
+// Messages with at least this much left after the first write are streamed from the caller's
+// buffers (SendInline) instead of being copied into the queue; the copy cost a 4 MiB message
+// as much as the socket did. Below it, copying is cheaper than waiting for the peer.
+constexpr size_t kInlineSendMin = 256 * 1024;
+constexpr int kInlinePollMs = 10;
+constexpr std::chrono::milliseconds kInlineStall{50};
+// Messages at least this large are received straight into their Message (ReceiveLarge)
+// rather than through the read buffer and a copy.
+constexpr size_t kDirectReceiveMin = 256 * 1024;
 
 std::string SockaddrToUri(const sockaddr_storage& ss) {
   char host[INET6_ADDRSTRLEN] = "?";
@@ -77,10 +88,10 @@ class TcpConnection final : public Connection,
     if (Status s = EncodeSendHeader(h, payload, &wire); !s.ok()) return s;
     const size_t total = proto::from_le(wire.length);
 
-    std::lock_guard lk(send_mu_);
+    std::unique_lock lk(send_mu_);
     if (closed_) return Status::Error(ENOTCONN, "connection closed");
     size_t sent = 0;
-    if (out_.empty()) {
+    if (out_.empty() && !inline_sending_) {
       // Fast path: straight from the caller's buffers.
       iovec iov[kMaxIov];
       int n = 0;
@@ -100,6 +111,9 @@ class TcpConnection final : public Connection,
       }
       if (r > 0) sent = static_cast<size_t>(r);
       if (sent == sizeof(wire) + total) return Status::Ok();
+      if (sizeof(wire) + total - sent >= kInlineSendMin && !loop_->InLoopThread()) {
+        return SendInline(lk, wire, payload, sent);
+      }
     }
     // Queue what is left; append to the last chunk so a backlog of small messages is
     // flushed with few iovecs.
@@ -114,8 +128,9 @@ class TcpConnection final : public Connection,
     };
     append(&wire, sizeof(wire));
     for (const auto& v : payload) append(v.iov_base, v.iov_len);
-    bool update = !want_write_;
-    want_write_ = true;
+    // While a sender streams inline it owns the socket; it asks for EPOLLOUT when it is done.
+    bool update = !want_write_ && !inline_sending_;
+    if (!inline_sending_) want_write_ = true;
     if (accepted_ && !send_full_ && queued_ > kSendHighWater) {
       // The peer does not read what it asked for: stop reading its requests until it does.
       send_full_ = true;
@@ -192,8 +207,87 @@ class TcpConnection final : public Connection,
     handler_ = Handler{};  // drop references the layer above may hold to us
   }
 
+  // A large message the socket did not take at once: rather than copy the rest into the queue,
+  // the sending thread (never the loop thread) keeps writing from the caller's buffers as the
+  // peer drains them. Other senders queue behind it meanwhile (inline_sending_). A peer that
+  // stops reading for kInlineStall gets the rest copied into the queue, as any other message.
+  // REQUIRES: lk holds send_mu_, out_ is empty; `sent` bytes of wire+payload are on the socket.
+  Status SendInline(std::unique_lock<std::mutex>& lk, const pohmelfs_hdr& wire,
+                    std::span<const iovec> payload, size_t sent) {
+    inline_sending_ = true;
+    lk.unlock();
+    std::vector<iovec> rest;
+    rest.reserve(payload.size() + 1);
+    auto keep = [&](const void* p, size_t len) {
+      size_t skip = std::min(sent, len);
+      sent -= skip;
+      if (len > skip)
+        rest.push_back(iovec{static_cast<uint8_t*>(const_cast<void*>(p)) + skip, len - skip});
+    };
+    keep(&wire, sizeof(wire));
+    for (const auto& v : payload) keep(v.iov_base, v.iov_len);
+    Status error;
+    size_t first = 0;  // rest[first..] is unsent
+    auto last_progress = std::chrono::steady_clock::now();
+    while (first < rest.size() && !closed_) {
+      pollfd pfd{fd_, POLLOUT, 0};
+      int pr = poll(&pfd, 1, kInlinePollMs);
+      if (pr < 0 && errno != EINTR) {
+        error = Status::FromErrno("poll");
+        break;
+      }
+      if (pr <= 0) {
+        if (std::chrono::steady_clock::now() - last_progress > kInlineStall) break;
+        continue;
+      }
+      msghdr mh{};
+      mh.msg_iov = rest.data() + first;
+      mh.msg_iovlen = std::min<size_t>(rest.size() - first, kMaxIov);
+      ssize_t r = sendmsg(fd_, &mh, MSG_NOSIGNAL | MSG_DONTWAIT);
+      if (r < 0) {
+        if (errno == EAGAIN || errno == EINTR) continue;
+        error = Status::FromErrno("send");
+        break;
+      }
+      last_progress = std::chrono::steady_clock::now();
+      auto left = static_cast<size_t>(r);
+      while (left > 0) {
+        iovec& v = rest[first];
+        size_t take = std::min(left, v.iov_len);
+        v.iov_base = static_cast<uint8_t*>(v.iov_base) + take;
+        v.iov_len -= take;
+        left -= take;
+        if (v.iov_len == 0) ++first;
+      }
+    }
+    lk.lock();
+    inline_sending_ = false;
+    if (!error.ok()) {
+      CloseLocked(error);
+      return error;
+    }
+    if (closed_) return Status::Error(ENOTCONN, "connection closed");
+    if (first < rest.size()) {
+      // Stalled: the unsent rest goes first in the queue, ahead of what others queued.
+      Chunk c;
+      for (size_t i = first; i < rest.size(); ++i) {
+        auto* b = static_cast<const uint8_t*>(rest[i].iov_base);
+        c.data.insert(c.data.end(), b, b + rest[i].iov_len);
+      }
+      queued_ += c.data.size();
+      out_.push_front(std::move(c));
+    }
+    if (!out_.empty() && !want_write_) {
+      want_write_ = true;
+      if (accepted_ && !send_full_ && queued_ > kSendHighWater) send_full_ = true;
+      UpdateEventsLocked();
+    }
+    return Status::Ok();
+  }
+
   void Flush() {
     std::lock_guard lk(send_mu_);
+    if (inline_sending_) return;  // it asks for EPOLLOUT again when it is done
     while (!out_.empty() && !closed_) {
       iovec iov[kMaxIov];
       int n = 0;
@@ -240,6 +334,10 @@ class TcpConnection final : public Connection,
   void ReadAvailable() {
     while (!closed_) {
       if (paused_ || send_full_) break;  // stopped: leave the bytes in the socket
+      if (large_) {
+        if (!ReceiveLarge()) break;
+        continue;
+      }
       if (rend_ == rbuf_.size()) {
         // Compact, or grow to hold one whole message.
         if (rstart_ > 0) {
@@ -273,6 +371,28 @@ class TcpConnection final : public Connection,
     }
   }
 
+  // Reads into the large message in progress and delivers it once whole. Returns false when
+  // the socket has nothing more for now (or closed).
+  bool ReceiveLarge() {
+    auto& payload = large_->payload;
+    ssize_t r = recv(fd_, payload.data() + large_got_, payload.size() - large_got_, MSG_DONTWAIT);
+    if (r == 0) {
+      Close(Status::Error(ECONNRESET, "peer closed the connection"));
+      return false;
+    }
+    if (r < 0) {
+      if (errno == EINTR) return true;
+      if (errno != EAGAIN) Close(Status::FromErrno("recv"));
+      return false;
+    }
+    large_got_ += static_cast<size_t>(r);
+    if (large_got_ < payload.size()) return true;
+    Message m = std::move(*large_);
+    large_.reset();
+    if (handler_.on_message) handler_.on_message(shared_from_this(), std::move(m));
+    return true;
+  }
+
   // Delivers every whole message in the buffer. Returns false when paused or closed.
   bool DeliverBuffered() {
     while (!closed_) {
@@ -288,6 +408,17 @@ class TcpConnection final : public Connection,
         return false;
       }
       size_t need = sizeof(wire) + hdr->length;
+      if (have < need && hdr->length >= kDirectReceiveMin) {
+        // Receive the rest straight into the message (ReceiveLarge).
+        large_.emplace();
+        large_->hdr = *hdr;
+        large_->payload.resize(hdr->length);
+        const uint8_t* p = rbuf_.data() + rstart_ + sizeof(wire);
+        large_got_ = have - sizeof(wire);
+        std::memcpy(large_->payload.data(), p, large_got_);
+        rstart_ = rend_ = 0;
+        break;
+      }
       if (have < need) {
         if (rbuf_.size() - rstart_ < need) {
           std::memmove(rbuf_.data(), rbuf_.data() + rstart_, have);
@@ -329,8 +460,10 @@ class TcpConnection final : public Connection,
   std::atomic<bool> paused_{false};
   Status close_reason_;      // GUARDED_BY(send_mu_), set once by CloseLocked
   bool want_write_ = false;  // GUARDED_BY(send_mu_)
-  std::deque<Chunk> out_;    // GUARDED_BY(send_mu_)
-  size_t queued_ = 0;        // GUARDED_BY(send_mu_): bytes in out_ not yet sent
+  // GUARDED_BY(send_mu_): a thread is in SendInline, writing to the socket without the lock.
+  bool inline_sending_ = false;
+  std::deque<Chunk> out_;  // GUARDED_BY(send_mu_)
+  size_t queued_ = 0;      // GUARDED_BY(send_mu_): bytes in out_ not yet sent
   // Written under send_mu_; read without it on the loop thread: reading stopped until out_
   // drains.
   std::atomic<bool> send_full_{false};
@@ -338,6 +471,8 @@ class TcpConnection final : public Connection,
   // Receive state: loop thread only.
   std::vector<uint8_t> rbuf_;
   size_t rstart_ = 0, rend_ = 0;
+  std::optional<Message> large_;  // a large message being received in place
+  size_t large_got_ = 0;          // its payload bytes received so far
   bool finished_ = false;
 };
 
