@@ -3,9 +3,10 @@
 
 # start_server EXPORT LOG [LISTEN]: starts pohmelfs-server on a free loopback port (LISTEN,
 # tcp://127.0.0.1:0 by default), waits (bounded) until it listens, sets $uri to its address and
-# appends its pid to $pids.
+# appends its pid to $pids. It serves loopback peers only; $SERVER_ARGS adds options (--key...).
 start_server() {
-  build/bin/pohmelfs-server --export "$1" --listen "${3:-tcp://127.0.0.1:0}" </dev/null >/dev/null 2>"$2" &
+  build/bin/pohmelfs-server --export "$1" --listen "${3:-tcp://127.0.0.1:0}" \
+    --allow 127.0.0.0/8=rw ${SERVER_ARGS:-} </dev/null >/dev/null 2>"$2" &
   pids="${pids:-} $!"
   for _ in $(seq 1 100); do grep -q "listening on" "$2" && break; sleep 0.1; done
   uri=$(sed -n 's/.*listening on \([a-z+]*:[^ ]*\).*/\1/p' "$2" | head -1)

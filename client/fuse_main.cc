@@ -145,7 +145,22 @@ int main(int argc, char** argv) {
   ro.trans_retries = static_cast<int>(o.trans_retries);
   char host[256] = "client";
   gethostname(host, sizeof(host) - 1);
-  ro.client_name = std::string(host) + ":" + std::to_string(getpid());
+  // NAME:pid; servers with --client-keys look up NAME.key.
+  ro.client_name = (o.name.empty() ? std::string(host) : o.name) + ":" + std::to_string(getpid());
+  if (!o.key_file.empty()) {
+    auto key = crypto::LoadKeyFile(o.key_file);
+    if (!key.ok()) {
+      std::string msg = "cannot mount " + o.source + ": " + key.status().reason();
+      spdlog::error("{}", msg);
+      Report(report_fd, msg);
+      return 1;
+    }
+    ro.key = std::make_shared<const crypto::Key>(std::move(*key));
+  }
+  ro.crypto_mode = o.crypto_mode;
+  ro.crypto_fail_unsupported = o.crypto_fail_unsupported;
+  crypto::CryptoPool crypto_pool(static_cast<int>(o.crypto_thread_num));
+  ro.crypto_pool = &crypto_pool;
   ServerSetOptions so;
   so.rpc = ro;
   so.keepalive_interval = std::chrono::milliseconds(o.keepalive_interval_ms);
@@ -187,6 +202,11 @@ int main(int argc, char** argv) {
     ctx.leases = leases.get();
   }
 
+  if ((*set)->AnyWriterReadOnly()) {
+    spdlog::warn("{}: a server lets this client only read (its allow list): mounting read-only",
+                 o.source);
+    fuse_opt_add_arg(&args, "-oro");
+  }
   fuse_session* se = fuse_session_new(&args, PohmelfsFuseOps(), sizeof(fuse_lowlevel_ops), &ctx);
   ctx.se = se;
   if (!se) {

@@ -5,6 +5,8 @@
 #include <cstdlib>
 #include <cstring>
 
+#include "crypto/keys.h"
+
 namespace pohmelfs::client {
 namespace {
 
@@ -25,6 +27,11 @@ struct RawOptions {
   unsigned read_ahead_kb;
   char* cluster;
   char* log_level;
+  char* key;
+  char* crypto;
+  char* name;
+  int crypto_fail_unsupported;
+  unsigned crypto_thread_num;
   int show_help;
   int nonopt_seen;
   char* source;
@@ -43,7 +50,10 @@ const fuse_opt kSpec[] = {
     POHMELFS_OPT("keepalive_timeout=%u", keepalive_timeout), POHMELFS_OPT("cluster=%s", cluster),
     POHMELFS_OPT("leases=%u", leases), POHMELFS_OPT("lease_timeout=%lf", lease_timeout),
     POHMELFS_OPT("writeback=%u", writeback), POHMELFS_OPT("trans_max_pages=%u", trans_max_pages),
-    POHMELFS_OPT("read_ahead_kb=%u", read_ahead_kb), POHMELFS_OPT("-h", show_help),
+    POHMELFS_OPT("read_ahead_kb=%u", read_ahead_kb), POHMELFS_OPT("key=%s", key),
+    POHMELFS_OPT("crypto=%s", crypto), POHMELFS_OPT("name=%s", name),
+    POHMELFS_OPT("crypto_fail_unsupported", crypto_fail_unsupported),
+    POHMELFS_OPT("crypto_thread_num=%u", crypto_thread_num), POHMELFS_OPT("-h", show_help),
     POHMELFS_OPT("--help", show_help),
     // Options mount(8) and fstab pass that mean nothing to a FUSE filesystem.
     FUSE_OPT_KEY("defaults", FUSE_OPT_KEY_DISCARD), FUSE_OPT_KEY("auto", FUSE_OPT_KEY_DISCARD),
@@ -89,6 +99,15 @@ void PrintMountUsage(const char* prog) {
       "  read_ahead_kb=N        kernel readahead of the mount, KiB (1024; 0: the kernel's)\n"
       "                         (2048)\n"
       "  threads=N              FUSE worker threads kept idle at most (16)\n"
+      "  key=FILE               cluster key (pohmelfsctl keygen): prove it to the servers and\n"
+      "                         make them prove it back\n"
+      "  crypto=MODE            channel protection: none, crc32c, hmac-sha256, aes-256-gcm,\n"
+      "                         chacha20-poly1305 (none); the last three need key=FILE\n"
+      "  crypto_fail_unsupported  fail the mount when a server cannot do crypto=MODE (else it\n"
+      "                         falls back to none with a warning)\n"
+      "  crypto_thread_num=N    threads sealing and opening large payloads in parallel (0)\n"
+      "  name=NAME              this client's name in the servers' logs, and the name of its\n"
+      "                         own key on servers with --client-keys (the host name)\n"
       "  log_level=LEVEL        trace, debug, info, warn, error (warn)\n"
       "  and the usual FUSE mount options (ro, allow_other, ...)\n",
       prog);
@@ -155,6 +174,32 @@ bool ParseMountOptions(int argc, char** argv, MountOptions* out, fuse_args* args
   out->writeback = raw.writeback != 0;
   out->trans_max_pages = raw.trans_max_pages;
   out->read_ahead_kb = raw.read_ahead_kb;
+  out->crypto_fail_unsupported = raw.crypto_fail_unsupported != 0;
+  out->crypto_thread_num = raw.crypto_thread_num;
+  auto take = [](char* p, std::string* to) {
+    if (!p) return;
+    *to = p;
+    std::free(p);
+  };
+  take(raw.key, &out->key_file);
+  take(raw.name, &out->name);
+  std::string crypto = "none";
+  take(raw.crypto, &crypto);
+  auto mode = crypto::ParseCryptoMode(crypto);
+  if (!mode.ok()) {
+    std::fprintf(stderr, "pohmelfs-mount: crypto=%s: %s\n", crypto.c_str(),
+                 mode.status().reason().c_str());
+    return false;
+  }
+  out->crypto_mode = *mode;
+  if (crypto::ModeNeedsKey(*mode) && out->key_file.empty()) {
+    std::fprintf(stderr, "pohmelfs-mount: crypto=%s needs key=FILE\n", crypto.c_str());
+    return false;
+  }
+  if (out->crypto_thread_num > 256 || out->name.find_first_of(":/,") != std::string::npos) {
+    std::fprintf(stderr, "pohmelfs-mount: an option is out of range (see --help)\n");
+    return false;
+  }
   return true;
 }
 

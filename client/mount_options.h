@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "client/replica_spec.h"
+#include "proto/pohmelfs_proto.h"
 
 namespace pohmelfs::client {
 
@@ -30,6 +31,12 @@ struct MountOptions {
   // Kernel readahead of the mount (its bdi's read_ahead_kb): 1 MiB makes a sequential read one
   // IO_MAX request per round trip instead of the kernel default 128 KiB. 0 keeps the default.
   unsigned read_ahead_kb = 1024;
+  // Security (docs/security.md).
+  std::string key_file;
+  uint32_t crypto_mode = POHMELFS_CRYPTO_NONE;
+  bool crypto_fail_unsupported = false;
+  unsigned crypto_thread_num = 0;
+  std::string name;  // empty: the host name
   std::string log_level = "warn";
   std::string source;      // the URI argument as given
   bool show_help = false;  // -h/--help was given: print usage and exit 0

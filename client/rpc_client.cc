@@ -2,6 +2,11 @@
 
 #include <spdlog/spdlog.h>
 
+#include <cstring>
+
+#include "crypto/handshake_auth.h"
+#include "crypto/secure_transport.h"
+
 namespace pohmelfs::client {
 
 using proto::from_le;
@@ -14,7 +19,10 @@ RpcClient::RpcClient(transport::Uri uri, std::string text, const RpcOptions& o)
 Result<std::unique_ptr<RpcClient>> RpcClient::Create(const std::string& text, const RpcOptions& o) {
   auto uri = transport::ParseUri(text);
   if (!uri.ok()) return uri.status();
-  auto t = transport::CreateTransport(uri->scheme, {.loop_threads = 1});
+  if (o.crypto_mode != POHMELFS_CRYPTO_NONE && crypto::ModeNeedsKey(o.crypto_mode) && !o.key)
+    return Status::Error(EINVAL, std::string("crypto=") + crypto::CryptoModeName(o.crypto_mode) +
+                                     " needs a key (-o key=FILE)");
+  auto t = crypto::CreateSecureTransport(uri->scheme, {.loop_threads = 1}, o.crypto_pool);
   if (!t.ok()) return t.status();
   std::unique_ptr<RpcClient> c(new RpcClient(*uri, text, o));
   c->transport_ = std::move(*t);
@@ -145,7 +153,65 @@ Status RpcClient::Reconnect() {
   return Status::Ok();
 }
 
+Result<RpcReply> RpcClient::HandshakeCall(const transport::ConnectionPtr& conn, uint16_t opcode,
+                                          std::span<const iovec> payload) {
+  uint64_t trans = next_trans_++;
+  auto p = std::make_shared<Pending>();
+  p->sent_on = conn.get();
+  {
+    std::lock_guard lk(mu_);
+    pending_[trans] = p;
+  }
+  proto::Header h;
+  h.opcode = opcode;
+  h.trans = trans;
+  Status s = conn->Send(h, payload);
+  std::unique_lock lk(mu_);
+  if (s.ok())
+    cv_.wait_for(lk, opts_.connect_timeout, [&] { return p->done || p->sent_on == nullptr; });
+  pending_.erase(trans);
+  if (!s.ok()) return s;
+  if (!p->done) {
+    if (p->sent_on == nullptr)
+      return Status::Error(ECONNRESET, uri_text_ + " closed the connection in the handshake");
+    return Status::Error(ETIMEDOUT, "no handshake reply from " + uri_text_);
+  }
+  return std::move(p->reply);
+}
+
+namespace {
+
+// A clear message for a refused handshake.
+Status HandshakeRefused(const std::string& server, uint32_t code, bool have_key) {
+  std::string why;
+  switch (code) {
+    case EACCES:
+      why = have_key ? "refused our key (not the server's key for this client?)"
+                     : "requires a key (mount with -o key=FILE)";
+      break;
+    case EPERM:
+      why = "refused this client (not in its allow list)";
+      break;
+    case EPROTONOSUPPORT:
+      why = "has no protocol version or channel mode in common with this client";
+      break;
+    default:
+      why = "refused the handshake: " + std::string(std::strerror(static_cast<int>(code)));
+  }
+  return Status::Error(static_cast<int>(code), server + " " + why);
+}
+
+}  // namespace
+
 Status RpcClient::Handshake(const transport::ConnectionPtr& conn) {
+  const uint32_t offered =
+      opts_.crypto_mode | (opts_.crypto_fail_unsupported ? 0u : uint32_t{POHMELFS_CRYPTO_NONE});
+  crypto::AuthTranscript t;
+  if (opts_.key) {
+    auto nonce = crypto::RandomNonce();
+    if (!nonce.ok()) return nonce.status();
+    t.client_nonce = *nonce;
+  }
   pohmelfs_hello_req q{};
   q.version_min = to_le(uint16_t{POHMELFS_PROTO_VERSION_MIN});
   q.version_max = to_le(uint16_t{POHMELFS_PROTO_VERSION_MAX});
@@ -160,11 +226,76 @@ Status RpcClient::Handshake(const transport::ConnectionPtr& conn) {
   }
   q.resume_session = to_le(resume);
   q.credits = to_le(uint32_t{1024});
-  q.crypto_modes = to_le(uint32_t{POHMELFS_CRYPTO_NONE});
+  q.crypto_modes = to_le(offered);
+  const size_t auth_len = opts_.key ? t.client_nonce.size() : 0;
+  q.auth_len = to_le(static_cast<uint32_t>(auth_len));
   q.name_len = to_le(static_cast<uint32_t>(opts_.client_name.size()));
-  iovec iov[2] = {{&q, sizeof(q)},
+  iovec iov[3] = {{&q, sizeof(q)},
+                  {t.client_nonce.data(), auth_len},
                   {const_cast<char*>(opts_.client_name.data()), opts_.client_name.size()}};
+  auto hello = HandshakeCall(conn, POHMELFS_OP_HELLO, std::span<const iovec>(iov, 3));
+  if (!hello.ok()) return hello.status();
+  if (hello->status != 0) return HandshakeRefused(uri_text_, hello->status, opts_.key != nullptr);
+  proto::Reader r(hello->payload);
+  pohmelfs_hello_rep rep;
+  std::string_view auth;
+  if (!r.Get(&rep) || !r.Bytes(from_le(rep.auth_len), &auth))
+    return Status::Error(EPROTO, "short handshake reply from " + uri_text_);
+  const uint32_t mode = from_le(rep.crypto_mode);
+  if (mode == 0 || (mode & (mode - 1)) != 0 || !(mode & offered))
+    return Status::Error(EPROTO, uri_text_ + " chose a channel mode this client did not offer");
+  if (mode != opts_.crypto_mode)
+    spdlog::warn("{}: the server does not support channel mode {}; using {}", uri_text_,
+                 crypto::CryptoModeName(opts_.crypto_mode), crypto::CryptoModeName(mode));
+  if (!(from_le(rep.flags) & POHMELFS_HELLO_AUTH)) {
+    if (opts_.key)
+      return Status::Error(EACCES, uri_text_ +
+                                       " did not prove the key (it runs without --key?); "
+                                       "refusing it");
+    return ApplyHelloReply(rep);
+  }
 
+  // Mutual authentication and the channel's keys (docs/security.md).
+  auto* secure = crypto::AsSecure(conn);
+  pohmelfs_hello_rep_auth ra{};
+  if (auth.size() != sizeof(ra.nonce) && auth.size() != sizeof(ra))
+    return Status::Error(EPROTO, "malformed authentication data from " + uri_text_);
+  std::memcpy(&ra, auth.data(), auth.size());
+  std::memcpy(t.server_nonce.data(), ra.nonce, t.server_nonce.size());
+  t.version = from_le(rep.version);
+  t.features = from_le(rep.features);
+  t.offered_modes = offered;
+  t.chosen_mode = mode;
+  t.session = resume;
+  t.client_name = opts_.client_name;
+  crypto::Proof proof{};
+  crypto::SessionKeys keys;  // crc32c without a key: unkeyed
+  if (opts_.key) {
+    if (auth.size() != sizeof(ra) ||
+        !crypto::VerifyProof(crypto::ServerProof(*opts_.key, t), std::span(ra.proof)))
+      return Status::Error(EACCES, uri_text_ +
+                                       " failed to prove the key (a different key, or the "
+                                       "handshake was changed on the way)");
+    proof = crypto::ClientProof(*opts_.key, t);
+    auto derived = crypto::DeriveSessionKeys(*opts_.key, t);
+    if (!derived.ok()) return derived.status();
+    keys = *derived;
+  } else if (auth.size() != sizeof(ra.nonce) || crypto::ModeNeedsKey(mode)) {
+    return Status::Error(EPROTO, uri_text_ + " asked for a key proof this client cannot give");
+  }
+  std::optional<crypto::ChannelCipher> send;
+  if (mode != POHMELFS_CRYPTO_NONE) {
+    auto recv = crypto::ChannelCipher::Create(mode, keys.server_to_client);
+    if (!recv.ok()) return recv.status();
+    auto s = crypto::ChannelCipher::Create(mode, keys.client_to_server);
+    if (!s.ok()) return s.status();
+    secure->ArmReceive(std::move(*recv));  // before AUTH: the reply to it comes sealed
+    send.emplace(std::move(*s));
+  }
+  iovec piov{proof.data(), opts_.key ? proof.size() : 0};
+  // AUTH goes in the clear; everything after it is sealed. Sending it and switching must not
+  // be split by another send: nothing else uses this connection before the handshake is done.
+  proto::Header h;
   uint64_t trans = next_trans_++;
   auto p = std::make_shared<Pending>();
   p->sent_on = conn.get();
@@ -172,21 +303,33 @@ Status RpcClient::Handshake(const transport::ConnectionPtr& conn) {
     std::lock_guard lk(mu_);
     pending_[trans] = p;
   }
-  proto::Header h;
-  h.opcode = POHMELFS_OP_HELLO;
+  h.opcode = POHMELFS_OP_AUTH;
   h.trans = trans;
-  Status s = conn->Send(h, std::span<const iovec>(iov, 2));
-  std::unique_lock lk(mu_);
-  if (s.ok())
-    cv_.wait_for(lk, opts_.connect_timeout, [&] { return p->done || p->sent_on == nullptr; });
-  pending_.erase(trans);
-  if (!s.ok()) return s;
-  if (!p->done) return Status::Error(ETIMEDOUT, "no handshake reply from " + uri_text_);
+  Status sent = conn->Send(h, std::span<const iovec>(&piov, piov.iov_len ? 1 : 0));
+  if (sent.ok() && send) secure->StartSending(std::move(*send));
+  {
+    std::unique_lock lk(mu_);
+    if (sent.ok())
+      cv_.wait_for(lk, opts_.connect_timeout, [&] { return p->done || p->sent_on == nullptr; });
+    pending_.erase(trans);
+  }
+  if (!sent.ok()) return sent;
+  if (!p->done)
+    return Status::Error(p->sent_on ? ETIMEDOUT : ECONNRESET,
+                         uri_text_ + " did not answer the handshake's AUTH");
   if (p->reply.status != 0)
-    return Status::Error(static_cast<int>(p->reply.status), "handshake refused by " + uri_text_);
-  proto::Reader r(p->reply.payload);
-  pohmelfs_hello_rep rep;
-  if (!r.Get(&rep)) return Status::Error(EPROTO, "short handshake reply");
+    return HandshakeRefused(uri_text_, p->reply.status, opts_.key != nullptr);
+  if (mode != POHMELFS_CRYPTO_NONE && !secure->sealed_seen())
+    return Status::Error(EPROTO, uri_text_ + " answered AUTH in the clear on a protected channel");
+  proto::Reader fr(p->reply.payload);
+  pohmelfs_hello_rep final_rep;
+  if (!fr.Get(&final_rep)) return Status::Error(EPROTO, "short AUTH reply from " + uri_text_);
+  if (from_le(final_rep.crypto_mode) != mode || from_le(final_rep.features) != t.features)
+    return Status::Error(EPROTO, uri_text_ + " changed the agreed parameters in its AUTH reply");
+  return ApplyHelloReply(final_rep);
+}
+
+Status RpcClient::ApplyHelloReply(const pohmelfs_hello_rep& rep) {
   uint64_t session = from_le(rep.session);
   if (session_ != 0 && session != session_)
     spdlog::warn("{}: server did not resume session {:016x} (restarted?); new session {:016x}",
@@ -199,6 +342,8 @@ Status RpcClient::Handshake(const transport::ConnectionPtr& conn) {
   max_payload_ = std::min<uint32_t>(from_le(rep.max_payload), POHMELFS_PAYLOAD_MAX);
   root_ = proto::Oid::FromWire(rep.root);
   server_id_ = proto::Oid::FromWire(rep.server_id);
+  read_only_ = (from_le(rep.flags) & POHMELFS_HELLO_READONLY) != 0;
+  crypto_mode_ = from_le(rep.crypto_mode);
   return Status::Ok();
 }
 

@@ -20,6 +20,8 @@
 #include <string>
 #include <unordered_map>
 
+#include "crypto/crypto_pool.h"
+#include "crypto/keys.h"
 #include "proto/codec.h"
 #include "transport/transport.h"
 
@@ -30,6 +32,14 @@ struct RpcOptions {
   std::chrono::milliseconds trans_scan_timeout{5000};  // wait per attempt
   int trans_retries = 3;                               // resends after the first attempt
   std::string client_name = "pohmelfs";
+  // Security (docs/security.md). key: proven in the handshake, and the server must prove it
+  // back. crypto_mode: the channel mode asked for (one POHMELFS_CRYPTO_* bit); the server may
+  // fall back to none (with a warning) unless crypto_fail_unsupported. crypto_pool: seals and
+  // opens large payloads in parallel (borrowed; may be null).
+  std::shared_ptr<const crypto::Key> key;
+  uint32_t crypto_mode = POHMELFS_CRYPTO_NONE;
+  bool crypto_fail_unsupported = false;
+  crypto::CryptoPool* crypto_pool = nullptr;
 };
 
 // Per-call overrides of RpcOptions.
@@ -103,6 +113,10 @@ class RpcClient {
   proto::Oid root();
   proto::Oid server_id();
   uint64_t features();
+  // The server lets this client only read (its allow list says ro).
+  bool read_only() const { return read_only_.load(); }
+  // The channel mode of the last handshake (POHMELFS_CRYPTO_*).
+  uint32_t crypto_mode() const { return crypto_mode_.load(); }
   // The current connection when the server granted FEAT_RMA on it (bulk data may move by
   // RMA), else null.
   transport::ConnectionPtr RmaConnection();
@@ -125,6 +139,11 @@ class RpcClient {
   // Connects and runs the handshake. REQUIRES: conn_mu_ held.
   Status Reconnect();
   Status Handshake(const transport::ConnectionPtr& conn);
+  // One handshake request (HELLO, AUTH) on conn, waited for within connect_timeout.
+  Result<RpcReply> HandshakeCall(const transport::ConnectionPtr& conn, uint16_t opcode,
+                                 std::span<const iovec> payload);
+  // Checks and applies a complete HELLO (or AUTH) reply.
+  Status ApplyHelloReply(const pohmelfs_hello_rep& rep);
   void OnMessage(transport::Message&& m);
   void OnClose(const transport::Connection* conn);
   bool AcquireCredit(std::chrono::steady_clock::time_point deadline);
@@ -137,6 +156,8 @@ class RpcClient {
   proto::Oid root_;        // GUARDED_BY(mu_)
   proto::Oid server_id_;   // GUARDED_BY(mu_)
   uint64_t features_ = 0;  // GUARDED_BY(mu_)
+  std::atomic<bool> read_only_{false};
+  std::atomic<uint32_t> crypto_mode_{POHMELFS_CRYPTO_NONE};
   std::atomic<int64_t> last_receive_{0};
   std::function<void()> on_disconnect_;  // set before the first connect
   std::function<void(uint16_t, std::vector<uint8_t>&&)> on_callback_;  // likewise

@@ -28,6 +28,7 @@ class RpcClientTest : public ::testing::Test {
   }
   void StartServer(const std::string& uri) {
     server::ServerOptions o;
+    o.allow_any = true;
     o.export_dir = dir_.string();
     o.listen = {uri};
     o.workers = 2;
@@ -109,6 +110,7 @@ TEST_F(RpcClientTest, ServerGoneThenBackOnTheSameAddress) {
 TEST_F(RpcClientTest, OneCreditStillServesConcurrentCallers) {
   server_.reset();
   server::ServerOptions o;
+  o.allow_any = true;
   o.export_dir = dir_.string();
   o.listen = {"tcp://127.0.0.1:0"};
   o.credits = 1;  // the server pauses reading after every request and must resume

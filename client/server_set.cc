@@ -666,6 +666,18 @@ void ServerSet::EnsureMarked(std::vector<ReplicaPtr>* holders,
   }
 }
 
+bool ServerSet::AnyWriterReadOnly() {
+  for (const auto& r : Snapshot()) {
+    bool writer;
+    {
+      std::lock_guard lk(mu_);
+      writer = r->spec.write;
+    }
+    if (writer && r->rpc && r->rpc->session() != 0 && r->rpc->read_only()) return true;
+  }
+  return false;
+}
+
 std::vector<ServerSet::ReplicaPtr> ServerSet::Snapshot() {
   std::lock_guard lk(mu_);
   return replicas_;

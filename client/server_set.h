@@ -77,6 +77,8 @@ class ServerSet : public Caller, public std::enable_shared_from_this<ServerSet> 
   std::string StatusTable();
   // Blocks until every server is up, or the timeout passes. Returns whether all are up.
   bool WaitAllUp(std::chrono::milliseconds timeout);
+  // Whether a connected server that receives writes lets this client only read (allow list).
+  bool AnyWriterReadOnly();
 
   // Coherence (client/lease_manager.h). The lease authority is the highest-priority up
   // writable server; null when there is none.

@@ -162,6 +162,8 @@ const char* OpcodeName(uint16_t op) {
       return "read_rma";
     case POHMELFS_OP_WRITE_RMA:
       return "write_rma";
+    case POHMELFS_OP_AUTH:
+      return "auth";
     default:
       return "unknown";
   }

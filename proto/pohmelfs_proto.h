@@ -18,6 +18,8 @@
  *      SETATTR_VERSION, the REPLICA command (stale-replica markers).
  *   3: coherence: LEASE (acquire, release, reclaim), the server-to-client LEASE_BREAK
  *      callback, LOCK (POSIX byte-range locks and flock).
+ *   4: security: authentication data in HELLO, hello_rep.flags, the AUTH command, sealed
+ *      messages (FLAG_SEALED) under a negotiated channel mode (docs/security.md).
  */
 #ifndef POHMELFS_PROTO_H
 #define POHMELFS_PROTO_H
@@ -25,8 +27,8 @@
 #include <linux/types.h> /* __u8, __le16, __le32, __le64: in the kernel and in userspace */
 
 #define POHMELFS_MAGIC 0x4d484f50u /* "POHM" read as little-endian bytes */
-#define POHMELFS_PROTO_VERSION_MIN 3
-#define POHMELFS_PROTO_VERSION_MAX 3
+#define POHMELFS_PROTO_VERSION_MIN 4
+#define POHMELFS_PROTO_VERSION_MAX 4
 
 /* Hard limits. A peer that exceeds one gets an error reply (EINVAL, ENAMETOOLONG, E2BIG) or,
  * when the framing itself is broken, a closed connection. */
@@ -47,6 +49,9 @@
 /* A message from the server that is not a reply (LEASE_BREAK): hdr.trans is the server's own
  * counter and nothing answers it directly. */
 #define POHMELFS_FLAG_CALLBACK (1u << 2)
+/* The payload is body || tags, protected with the session's channel mode (docs/security.md);
+ * the header itself is authenticated, not encrypted. */
+#define POHMELFS_FLAG_SEALED (1u << 3)
 
 /* Feature bits negotiated in HELLO: the result is the AND of both sides' masks. */
 #define POHMELFS_FEAT_BATCH (1ull << 0)
@@ -61,8 +66,18 @@
   (POHMELFS_FEAT_BATCH | POHMELFS_FEAT_TREE_OPS | POHMELFS_FEAT_XATTR | POHMELFS_FEAT_FALLOCATE | \
    POHMELFS_FEAT_REPLICA | POHMELFS_FEAT_LEASE | POHMELFS_FEAT_RMA)
 
-/* Channel protection modes offered in HELLO (bit mask); only NONE exists in version 1. */
+/*
+ * Channel protection modes. The client offers the modes it accepts in HELLO as a bit mask
+ * (pohmelfs_hello.crypto_modes); the server picks exactly one of them and returns that single
+ * bit (pohmelfs_hello_reply.crypto_mode). NONE and CRC32C need no key (CRC32C detects accidental
+ * corruption only); the others need the cluster key and a mutual proof in the handshake.
+ * HMAC_SHA256 authenticates without encrypting; the two AEAD modes authenticate and encrypt.
+ */
 #define POHMELFS_CRYPTO_NONE (1u << 0)
+#define POHMELFS_CRYPTO_CRC32C (1u << 1)
+#define POHMELFS_CRYPTO_HMAC_SHA256 (1u << 2)
+#define POHMELFS_CRYPTO_AES_256_GCM (1u << 3)
+#define POHMELFS_CRYPTO_CHACHA20_POLY1305 (1u << 4)
 
 enum pohmelfs_opcode {
   POHMELFS_OP_HELLO = 1,
@@ -99,7 +114,8 @@ enum pohmelfs_opcode {
   POHMELFS_OP_LOCK = 38,        /* POSIX byte-range lock or flock (the authority only) */
   POHMELFS_OP_READ_RMA = 39,    /* READ whose data the server RDMA-writes to the client */
   POHMELFS_OP_WRITE_RMA = 40,   /* WRITE whose data the server RDMA-reads from the client */
-  POHMELFS_OP_MAX = 41
+  POHMELFS_OP_AUTH = 41,        /* the handshake's last step (after a HELLO_AUTH reply) */
+  POHMELFS_OP_MAX = 42
 };
 
 struct pohmelfs_hdr {
@@ -155,7 +171,7 @@ struct pohmelfs_hello_req {
 
 struct pohmelfs_hello_rep {
   __le16 version;
-  __le16 pad0;
+  __le16 flags; /* POHMELFS_HELLO_* */
   __le32 max_payload; /* largest payload the server accepts */
   __le64 features;
   __le64 session;
@@ -165,6 +181,29 @@ struct pohmelfs_hello_rep {
   __le32 auth_len; /* bytes of authentication data after this struct */
   __le32 pad1;
   struct pohmelfs_oid server_id; /* this export's identity, stable across restarts */
+};
+
+#define POHMELFS_HELLO_AUTH 1     /* finish with AUTH; session, root and server_id are 0 */
+#define POHMELFS_HELLO_READONLY 2 /* this client may not change the export (EROFS) */
+
+/* Authentication data (auth_len bytes) of a HELLO request: empty, or the client's nonce. */
+struct pohmelfs_hello_auth {
+  __u8 nonce[32];
+};
+
+/* Of a HELLO reply with POHMELFS_HELLO_AUTH: the server's nonce, and its proof of the key
+ * (HMAC-SHA256 over the transcript, docs/security.md) when it has one (auth_len 64), else
+ * auth_len 32. */
+struct pohmelfs_hello_rep_auth {
+  __u8 nonce[32];
+  __u8 proof[32];
+};
+
+/* AUTH: the client's proof (32 bytes) when the server sent one, else an empty payload. The
+ * reply (sealed when a channel mode other than none was chosen) is a pohmelfs_hello_rep with
+ * the session, root and server_id filled in, and no auth data. EACCES: wrong or missing key. */
+struct pohmelfs_auth_req {
+  __u8 proof[32];
 };
 
 /* Requests that name one object. GETATTR, READLINK, RELEASE: no reply body other than the
@@ -533,6 +572,9 @@ POHMELFS_ASSERT_SIZE(pohmelfs_oid, 16);
 POHMELFS_ASSERT_SIZE(pohmelfs_attr, 104);
 POHMELFS_ASSERT_SIZE(pohmelfs_hello_req, 40);
 POHMELFS_ASSERT_SIZE(pohmelfs_hello_rep, 72);
+POHMELFS_ASSERT_SIZE(pohmelfs_hello_auth, 32);
+POHMELFS_ASSERT_SIZE(pohmelfs_hello_rep_auth, 64);
+POHMELFS_ASSERT_SIZE(pohmelfs_auth_req, 32);
 POHMELFS_ASSERT_SIZE(pohmelfs_obj_req, 16);
 POHMELFS_ASSERT_SIZE(pohmelfs_name_req, 24);
 POHMELFS_ASSERT_SIZE(pohmelfs_setattr_req, 72);

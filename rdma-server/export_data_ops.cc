@@ -69,6 +69,8 @@ Status Open(const OpEnv& env, Reader* r, Writer* w) {
   if (!r->Get(&q)) return Short();
   Oid oid = Oid::FromWire(q.oid);
   uint32_t flags = from_le(q.flags);
+  if (env.handles->OpenCount() >= env.max_open_handles)
+    return Status::Error(EMFILE, "too many open files in this session");
   // Checked and recorded as open together, so the last-name detach cannot fall in between.
   std::lock_guard object(env.store->ObjectLock(oid));
   auto st = env.store->StatById(oid);

@@ -160,7 +160,7 @@ Status BeginCreate(const OpEnv& env, Reader* r, NewEntry* e) {
 // Gives a just-created dirfd/name its owner and id; removes it again if that fails.
 Status FinishCreate(const OpEnv& env, int dirfd, const std::string& name, bool is_dir,
                     const Oid& oid, const Oid& parent, uint32_t uid, uint32_t gid) {
-  Status s = ChownNew(dirfd, name, uid, gid);
+  Status s = ChownNew(dirfd, name, SquashId(env, uid), SquashId(env, gid));
   if (s.ok()) s = env.store->Attach(dirfd, name, is_dir, oid, parent);
   if (!s.ok()) unlinkat(dirfd, name.c_str(), is_dir ? AT_REMOVEDIR : 0);
   return s;
@@ -249,8 +249,10 @@ Status SetAttr(const OpEnv& env, Reader* r, Writer* w) {
     }
   }
   if (valid & (POHMELFS_SETATTR_UID | POHMELFS_SETATTR_GID)) {
-    uid_t uid = (valid & POHMELFS_SETATTR_UID) ? from_le(q.uid) : static_cast<uid_t>(-1);
-    gid_t gid = (valid & POHMELFS_SETATTR_GID) ? from_le(q.gid) : static_cast<gid_t>(-1);
+    uid_t uid =
+        (valid & POHMELFS_SETATTR_UID) ? SquashId(env, from_le(q.uid)) : static_cast<uid_t>(-1);
+    gid_t gid =
+        (valid & POHMELFS_SETATTR_GID) ? SquashId(env, from_le(q.gid)) : static_cast<gid_t>(-1);
     if (fchownat(at_fd, at_name.c_str(), uid, gid, at_flags) != 0)
       return Status::FromErrno("chown");
   }
@@ -356,6 +358,9 @@ Status MkDir(const OpEnv& env, Reader* r, Writer* w) {
 Status MkNod(const OpEnv& env, Reader* r, Writer* w) {
   NewEntry e;
   POHMELFS_RETURN_IF_ERROR(BeginCreate(env, r, &e));
+  if ((from_le(e.q.flags) & POHMELFS_CREATE_OPEN) &&
+      env.handles->OpenCount() >= env.max_open_handles)
+    return Status::Error(EMFILE, "too many open files in this session");
   int fd = e.dir->get();
   mode_t mode = from_le(e.q.mode);
   UniqueFd created;  // regular files: the new file itself

@@ -23,6 +23,8 @@ class OpenHandles {
   virtual ~OpenHandles() = default;
   virtual void Opened(const Oid& oid) = 0;
   virtual void Released(const Oid& oid) = 0;
+  // Handles open now (Opened minus Released).
+  virtual size_t OpenCount() const = 0;
 };
 
 struct OpEnv {
@@ -32,7 +34,17 @@ struct OpEnv {
   // null where there are none (tests, connections without RMA).
   transport::Connection* conn = nullptr;
   transport::RmaPool* rma_pool = nullptr;
+  // Root squash (pohmelfs-server --root-squash): uid and gid 0 given to new objects or by
+  // SETATTR become 65534 (nobody, nogroup).
+  bool root_squash = false;
+  // Files the session may have open at once; OPEN past it fails with EMFILE.
+  uint32_t max_open_handles = UINT32_MAX;
 };
+
+// The owner an object gets for the uid or gid a client asked for.
+inline uint32_t SquashId(const OpEnv& env, uint32_t id) {
+  return env.root_squash && id == 0 ? 65534u : id;
+}
 
 // Executes one command. REQUIRES: opcode is not HELLO, PING or BATCH.
 Status ExecuteOp(const OpEnv& env, uint16_t opcode, proto::Reader* req,

@@ -24,6 +24,7 @@ using proto::to_le;
 class NoHandles : public OpenHandles {
  public:
   void Opened(const Oid&) override {}
+  size_t OpenCount() const override { return 0; }
   void Released(const Oid&) override {}
 };
 

@@ -1,4 +1,5 @@
-// pohmelfs-server --export DIR --listen URI [--listen URI ...]
+// pohmelfs-server --export DIR --listen URI [--listen URI ...] (--allow CIDR=rw|ro ... |
+//                 --allow-any) [--key FILE]
 // Runs in the foreground, logs to stderr, exits cleanly on SIGTERM or SIGINT.
 #include <signal.h>
 #include <spdlog/sinks/stdout_color_sinks.h>
@@ -47,7 +48,72 @@ int main(int argc, char** argv) try {
                  "longest one blocking lock request waits on the server before the client asks "
                  "again")
       ->check(CLI::Range(10, 60000));
+  std::string key_file, crypto_modes;
+  std::vector<std::string> allow;
+  int handshake_ms = 10000;
+  app.add_option("--key", key_file,
+                 "cluster key file (pohmelfsctl keygen): clients must prove they hold it")
+      ->check(CLI::ExistingFile);
+  app.add_option("--client-keys", o.client_keys_dir,
+                 "directory of per-client keys: NAME.key is the key of the client named NAME "
+                 "(used instead of --key for that client)")
+      ->check(CLI::ExistingDirectory);
+  app.add_option("--crypto", crypto_modes,
+                 "channel modes this server agrees to, comma-separated (default: all of none, "
+                 "crc32c, hmac-sha256, aes-256-gcm, chacha20-poly1305; the keyed ones need "
+                 "--key)");
+  app.add_option("--crypto-threads", o.crypto_threads,
+                 "threads that seal and open large payloads in parallel (0: on the network "
+                 "thread)")
+      ->check(CLI::Range(0, 256));
+  app.add_option("--allow", allow,
+                 "client network and permission, CIDR=rw or CIDR=ro, IPv4 or IPv6 (repeatable; "
+                 "the most specific rule wins)");
+  app.add_flag("--allow-any", o.allow_any,
+               "serve every peer read-write (without it the server refuses to start with no "
+               "--allow)");
+  app.add_flag("--root-squash", o.root_squash,
+               "objects created or chowned as uid or gid 0 get 65534 (nobody) instead");
+  app.add_option("--handshake-timeout-ms", handshake_ms,
+                 "close a connection that has not finished its handshake after this long")
+      ->check(CLI::Range(100, 600000));
+  app.add_option("--max-open-files", o.max_open_handles,
+                 "files one client session may have open at once (EMFILE past it)")
+      ->check(CLI::Range(1, 1 << 24));
   CLI11_PARSE(app, argc, argv);
+  o.handshake_timeout = std::chrono::milliseconds(handshake_ms);
+  if (!key_file.empty()) {
+    auto key = pohmelfs::crypto::LoadKeyFile(key_file);
+    if (!key.ok()) {
+      std::fprintf(stderr, "%s: %s\n", argv[0], key.status().ToString().c_str());
+      return 1;
+    }
+    o.key = std::move(*key);
+  }
+  if (!crypto_modes.empty()) {
+    o.crypto_modes = 0;
+    std::string_view rest = crypto_modes;
+    while (!rest.empty()) {
+      auto comma = rest.find(',');
+      auto mode = pohmelfs::crypto::ParseCryptoMode(rest.substr(0, comma));
+      if (!mode.ok()) {
+        std::fprintf(stderr, "%s: --crypto: %s\n", argv[0], mode.status().ToString().c_str());
+        return 1;
+      }
+      o.crypto_modes |= *mode;
+      rest = comma == std::string_view::npos ? std::string_view() : rest.substr(comma + 1);
+    }
+  }
+  std::vector<pohmelfs::server::AllowRule> rules;
+  for (const auto& text : allow) {
+    auto rule = pohmelfs::server::AllowRule::Parse(text);
+    if (!rule.ok()) {
+      std::fprintf(stderr, "%s: %s\n", argv[0], rule.status().ToString().c_str());
+      return 1;
+    }
+    rules.push_back(std::move(*rule));
+  }
+  o.allow = pohmelfs::server::AllowList(std::move(rules));
   o.session_timeout = std::chrono::seconds(session_timeout);
   o.spin = std::chrono::microseconds(spin_us);
   o.lease_break_timeout = std::chrono::milliseconds(break_ms);

@@ -60,6 +60,7 @@ void Session::Opened(const Oid& oid) {
   {
     std::lock_guard lk(mu_);
     open_[oid]++;
+    open_total_++;
   }
   store_->Opened(oid);
 }
@@ -69,9 +70,15 @@ void Session::Released(const Oid& oid) {
     std::lock_guard lk(mu_);
     auto it = open_.find(oid);
     if (it == open_.end()) return;  // not opened in this session: ignore
+    open_total_--;
     if (--it->second == 0) open_.erase(it);
   }
   store_->Released(oid);
+}
+
+size_t Session::OpenCount() const {
+  std::lock_guard lk(mu_);
+  return open_total_;
 }
 
 void Session::ReleaseAll() {
@@ -79,6 +86,7 @@ void Session::ReleaseAll() {
   {
     std::lock_guard lk(mu_);
     open.swap(open_);
+    open_total_ = 0;
   }
   for (auto& [oid, n] : open)
     for (int i = 0; i < n; i++) store_->Released(oid);

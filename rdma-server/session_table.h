@@ -63,6 +63,7 @@ class Session final : public OpenHandles {
 
   void Opened(const Oid& oid) override;
   void Released(const Oid& oid) override;
+  size_t OpenCount() const override;
   void ReleaseAll();
 
  private:
@@ -76,11 +77,12 @@ class Session final : public OpenHandles {
   const uint64_t id_;
   ExportStore* const store_;
   const std::string client_;
-  std::mutex mu_;
+  mutable std::mutex mu_;
   std::unordered_map<uint64_t, Entry> trans_;           // GUARDED_BY(mu_)
   std::deque<uint64_t> order_;                          // GUARDED_BY(mu_)
   size_t recorded_bytes_ = 0;                           // GUARDED_BY(mu_)
   std::unordered_map<Oid, int, proto::OidHash> open_;   // GUARDED_BY(mu_)
+  size_t open_total_ = 0;                               // GUARDED_BY(mu_): sum of open_
   int connections_ = 0;                                 // GUARDED_BY(mu_)
   std::weak_ptr<transport::Connection> callback_conn_;  // GUARDED_BY(mu_)
   std::chrono::steady_clock::time_point idle_since_;    // GUARDED_BY(mu_)

@@ -5,6 +5,7 @@
 //       status (default) | add SERVER | remove URI | set SERVER | heal URI | resolve URI |
 //       wait SECONDS      (SERVER is URI[?prio=N][&perm=r|w|rw])
 //   pohmelfsctl treesum DIR [--list]  digest of an export tree, to compare replicas
+//   pohmelfsctl keygen FILE   write a new cluster key (mode 0600; never overwrites)
 // The mount commands act through an ioctl on a directory of a POHMELFS mount.
 #include <fcntl.h>
 #include <sys/ioctl.h>
@@ -19,6 +20,7 @@
 #include <vector>
 
 #include "client/pohmelfs_ioctl.h"
+#include "crypto/keys.h"
 #include "tools/treesum.h"
 
 namespace {
@@ -130,7 +132,18 @@ int main(int argc, char** argv) try {
   auto* treesum = app.add_subcommand("treesum", "digest of an export tree (compare replicas)");
   treesum->add_option("DIR", path, "an export directory on a server")->required();
   treesum->add_flag("--list", list, "print one line per entry before the digest");
+  auto* keygen = app.add_subcommand("keygen", "write a new cluster key (mode 0600)");
+  keygen->add_option("FILE", path, "where to write it (never overwritten)")->required();
   CLI11_PARSE(app, argc, argv);
+  if (keygen->parsed()) {
+    pohmelfs::Status s = pohmelfs::crypto::GenerateKeyFile(path);
+    if (!s.ok()) {
+      std::fprintf(stderr, "pohmelfsctl keygen: %s\n", s.ToString().c_str());
+      return 1;
+    }
+    std::printf("wrote a new cluster key to %s\n", path.c_str());
+    return 0;
+  }
   if (servers->parsed()) return ServersIoctl(path, words);
   if (treesum->parsed()) return TreeSumCommand(path, list);
   if (rmtree->parsed()) return TreeIoctl(POHMELFS_IOC_RMTREE, path, "rmtree");

@@ -76,6 +76,9 @@ class NsServer {
                                      uri(),
                                      "--log-level",
                                      "info"};
+    bool has_allow = false;
+    for (const auto& e : extra) has_allow |= e.rfind("--allow", 0) == 0;
+    if (!has_allow) extra.push_back("--allow-any");  // the namespaces' own private network
     argv.insert(argv.end(), extra.begin(), extra.end());
     const size_t before = ReadFile(log_).size();
     pid_ = Spawn(argv, log_);

@@ -101,6 +101,10 @@ class ServerProcess {
     std::vector<std::string> argv = {std::string(POHMELFS_BIN_DIR) + "/pohmelfs-server", "--export",
                                      export_dir, "--listen",
                                      listen && *listen ? listen : "tcp://127.0.0.1:0"};
+    // Tests serve everyone on loopback unless they bring their own allow list.
+    bool has_allow = false;
+    for (const auto& e : extra) has_allow |= e.rfind("--allow", 0) == 0;
+    if (!has_allow) extra.push_back("--allow-any");
     argv.insert(argv.end(), extra.begin(), extra.end());
     pid_ = Spawn(argv, log);
     size_t at = WaitForLog(log, "listening on ", 0, &pid_);

@@ -87,6 +87,7 @@ class RawPeer {
     q.version_min = proto::to_le(uint16_t{POHMELFS_PROTO_VERSION_MIN});
     q.version_max = proto::to_le(uint16_t{POHMELFS_PROTO_VERSION_MAX});
     q.max_payload = proto::to_le(uint32_t{POHMELFS_PAYLOAD_MAX});
+    q.crypto_modes = proto::to_le(uint32_t{POHMELFS_CRYPTO_NONE});
     Send(POHMELFS_OP_HELLO, Bytes(q), 1);
     return Recv();
   }
