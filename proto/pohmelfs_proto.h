@@ -171,7 +171,7 @@ struct pohmelfs_hello_req {
 
 struct pohmelfs_hello_rep {
   __le16 version;
-  __le16 flags; /* POHMELFS_HELLO_* */
+  __le16 flags;       /* POHMELFS_HELLO_* */
   __le32 max_payload; /* largest payload the server accepts */
   __le64 features;
   __le64 session;
