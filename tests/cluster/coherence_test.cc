@@ -103,7 +103,8 @@ class RootServer {
                                      "--lease-grace-ms",
                                      "1000",
                                      "--lock-wait-ms",
-                                     "200"};
+                                     "200",
+                                     "--allow-any"};
     pid_ = Spawn(argv, log_);
     return WaitForLog(log_, "listening on ", 0, &pid_) != std::string::npos;
   }
