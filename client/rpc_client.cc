@@ -236,11 +236,10 @@ Status RpcClient::Handshake(const transport::ConnectionPtr& conn) {
   auto hello = HandshakeCall(conn, POHMELFS_OP_HELLO, std::span<const iovec>(iov, 3));
   if (!hello.ok()) return hello.status();
   if (hello->status != 0) return HandshakeRefused(uri_text_, hello->status, opts_.key != nullptr);
-  proto::Reader r(hello->payload);
-  pohmelfs_hello_rep rep;
-  std::string_view auth;
-  if (!r.Get(&rep) || !r.Bytes(from_le(rep.auth_len), &auth))
-    return Status::Error(EPROTO, "short handshake reply from " + uri_text_);
+  auto decoded = proto::DecodeHelloReply(hello->payload);
+  if (!decoded.ok()) return Status::Error(EPROTO, decoded.status().reason() + " from " + uri_text_);
+  const pohmelfs_hello_rep& rep = decoded->rep;
+  const std::string_view auth = decoded->auth;
   const uint32_t mode = from_le(rep.crypto_mode);
   if (mode == 0 || (mode & (mode - 1)) != 0 || !(mode & offered))
     return Status::Error(EPROTO, uri_text_ + " chose a channel mode this client did not offer");
@@ -258,8 +257,7 @@ Status RpcClient::Handshake(const transport::ConnectionPtr& conn) {
   // Mutual authentication and the channel's keys (docs/security.md).
   auto* secure = crypto::AsSecure(conn);
   pohmelfs_hello_rep_auth ra{};
-  if (auth.size() != sizeof(ra.nonce) && auth.size() != sizeof(ra))
-    return Status::Error(EPROTO, "malformed authentication data from " + uri_text_);
+  if (auth.empty()) return Status::Error(EPROTO, "no authentication data from " + uri_text_);
   std::memcpy(&ra, auth.data(), auth.size());
   std::memcpy(t.server_nonce.data(), ra.nonce, t.server_nonce.size());
   t.version = from_le(rep.version);
@@ -321,9 +319,10 @@ Status RpcClient::Handshake(const transport::ConnectionPtr& conn) {
     return HandshakeRefused(uri_text_, p->reply.status, opts_.key != nullptr);
   if (mode != POHMELFS_CRYPTO_NONE && !secure->sealed_seen())
     return Status::Error(EPROTO, uri_text_ + " answered AUTH in the clear on a protected channel");
-  proto::Reader fr(p->reply.payload);
-  pohmelfs_hello_rep final_rep;
-  if (!fr.Get(&final_rep)) return Status::Error(EPROTO, "short AUTH reply from " + uri_text_);
+  auto final_decoded = proto::DecodeHelloReply(p->reply.payload);
+  if (!final_decoded.ok())
+    return Status::Error(EPROTO, final_decoded.status().reason() + " from " + uri_text_);
+  const pohmelfs_hello_rep& final_rep = final_decoded->rep;
   if (from_le(final_rep.crypto_mode) != mode || from_le(final_rep.features) != t.features)
     return Status::Error(EPROTO, uri_text_ + " changed the agreed parameters in its AUTH reply");
   return ApplyHelloReply(final_rep);

@@ -62,34 +62,61 @@ uint32_t SecureConnection::receive_mode() const {
   return recv_ ? recv_->mode() : uint32_t{POHMELFS_CRYPTO_NONE};
 }
 
-Status SecureConnection::Send(const proto::Header& hdr, std::span<const iovec> payload) {
-  if (!sealing_.load(std::memory_order_acquire)) return inner_->Send(hdr, payload);
+Result<SealedParts> SealMessage(const ChannelCipher& cipher, uint64_t seq, const proto::Header& hdr,
+                                std::span<const iovec> payload, CryptoPool* pool) {
   size_t plain_len = 0;
   for (const auto& v : payload) plain_len += v.iov_len;
-  std::lock_guard lk(send_mu_);
-  const size_t tags_len = send_->TagsSize(plain_len);
+  const size_t tags_len = cipher.TagsSize(plain_len);
   if (plain_len + tags_len > UINT32_MAX) return Status::Error(EMSGSIZE, "payload too large");
-  proto::Header h = hdr;
-  h.flags |= POHMELFS_FLAG_SEALED;
-  h.length = static_cast<uint32_t>(plain_len + tags_len);
+  SealedParts out;
+  out.hdr = hdr;
+  out.hdr.flags |= POHMELFS_FLAG_SEALED;
+  out.hdr.length = static_cast<uint32_t>(plain_len + tags_len);
   pohmelfs_hdr wire;
-  proto::EncodeHeader(h, &wire);
+  proto::EncodeHeader(out.hdr, &wire);
   std::span<const uint8_t> aad(reinterpret_cast<const uint8_t*>(&wire), sizeof(wire));
-  std::vector<uint8_t> tags(tags_len);
-  std::vector<uint8_t> body(send_->Encrypts() ? plain_len : 0);
-  if (Status s = send_->Seal(send_seq_, aad, payload, body, tags, pool_); !s.ok()) {
-    Close(s);
-    return s;
+  out.tags.resize(tags_len);
+  out.body.resize(cipher.Encrypts() ? plain_len : 0);
+  POHMELFS_RETURN_IF_ERROR(cipher.Seal(seq, aad, payload, out.body, out.tags, pool));
+  return out;
+}
+
+Status OpenSealed(const ChannelCipher& cipher, uint64_t seq, uint32_t max_payload,
+                  transport::Message* m, CryptoPool* pool) {
+  const size_t total = m->payload.size();
+  const size_t n = SegmentsOfSealed(total, cipher.TagBytes());
+  if (n == 0) return Status::Error(EBADMSG, "sealed message of an impossible length");
+  const size_t body_len = total - n * cipher.TagBytes();
+  if (body_len > max_payload) return Status::Error(EMSGSIZE, "sealed payload too large");
+  pohmelfs_hdr wire;
+  proto::EncodeHeader(m->hdr, &wire);
+  std::span<const uint8_t> aad(reinterpret_cast<const uint8_t*>(&wire), sizeof(wire));
+  std::span<uint8_t> body(m->payload.data(), body_len);
+  std::span<const uint8_t> tags(m->payload.data() + body_len, total - body_len);
+  POHMELFS_RETURN_IF_ERROR(cipher.Open(seq, aad, body, tags, pool));
+  m->payload.resize(body_len);
+  m->hdr.flags &= ~POHMELFS_FLAG_SEALED;
+  m->hdr.length = static_cast<uint32_t>(body_len);
+  return Status::Ok();
+}
+
+Status SecureConnection::Send(const proto::Header& hdr, std::span<const iovec> payload) {
+  if (!sealing_.load(std::memory_order_acquire)) return inner_->Send(hdr, payload);
+  std::lock_guard lk(send_mu_);
+  auto sealed = SealMessage(*send_, send_seq_, hdr, payload, pool_);
+  if (!sealed.ok()) {
+    Close(sealed.status());
+    return sealed.status();
   }
   send_seq_++;
   std::vector<iovec> out;
   if (send_->Encrypts()) {
-    out.push_back(iovec{body.data(), body.size()});
+    out.push_back(iovec{sealed->body.data(), sealed->body.size()});
   } else {
     out.assign(payload.begin(), payload.end());
   }
-  out.push_back(iovec{tags.data(), tags.size()});
-  return inner_->Send(h, out);
+  out.push_back(iovec{sealed->tags.data(), sealed->tags.size()});
+  return inner_->Send(sealed->hdr, out);
 }
 
 Status SecureConnection::Open(Message& m) {
@@ -99,22 +126,9 @@ Status SecureConnection::Open(Message& m) {
     return Status::Ok();
   }
   if (!recv_) return Status::Error(EBADMSG, "sealed message before the handshake");
-  const size_t total = m.payload.size();
-  const size_t n = SegmentsOfSealed(total, recv_->TagBytes());
-  if (n == 0) return Status::Error(EBADMSG, "sealed message of an impossible length");
-  const size_t body_len = total - n * recv_->TagBytes();
-  if (body_len > max_payload_) return Status::Error(EMSGSIZE, "sealed payload too large");
-  pohmelfs_hdr wire;
-  proto::EncodeHeader(m.hdr, &wire);
-  std::span<const uint8_t> aad(reinterpret_cast<const uint8_t*>(&wire), sizeof(wire));
-  std::span<uint8_t> body(m.payload.data(), body_len);
-  std::span<const uint8_t> tags(m.payload.data() + body_len, total - body_len);
-  if (Status s = recv_->Open(recv_seq_, aad, body, tags, pool_); !s.ok()) return s;
+  POHMELFS_RETURN_IF_ERROR(OpenSealed(*recv_, recv_seq_, max_payload_, &m, pool_));
   recv_seq_++;
   require_sealed_ = true;  // no way back to plain messages
-  m.payload.resize(body_len);
-  m.hdr.flags &= ~POHMELFS_FLAG_SEALED;
-  m.hdr.length = static_cast<uint32_t>(body_len);
   return Status::Ok();
 }
 

@@ -21,6 +21,7 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <vector>
 
 #include "crypto/channel_cipher.h"
 #include "crypto/crypto_pool.h"
@@ -75,6 +76,23 @@ class SecureConnection final : public transport::Connection {
   uint64_t recv_seq_ = 0;              // GUARDED_BY(recv_mu_)
   std::atomic<bool> require_sealed_{false};
 };
+
+// One message sealed for the wire: the header to send (SEALED set, length = body + tags), the
+// ciphertext (the AEAD modes; empty for the others, whose plaintext is sent as it is) and the
+// tags. The wire payload is body (or the plaintext) followed by tags.
+struct SealedParts {
+  proto::Header hdr;
+  std::vector<uint8_t> body;
+  std::vector<uint8_t> tags;
+};
+Result<SealedParts> SealMessage(const ChannelCipher& cipher, uint64_t seq, const proto::Header& hdr,
+                                std::span<const iovec> payload, CryptoPool* pool = nullptr);
+
+// Opens a received sealed message in place: its payload becomes the plaintext and SEALED is
+// cleared. EBADMSG when it fails its check (any changed byte, a wrong seq, an impossible
+// length), EMSGSIZE when the plaintext is larger than max_payload.
+Status OpenSealed(const ChannelCipher& cipher, uint64_t seq, uint32_t max_payload,
+                  transport::Message* m, CryptoPool* pool = nullptr);
 
 // Bytes a sealed payload of up to max_payload bytes adds (the tags of the widest mode).
 uint32_t SealOverhead(uint32_t max_payload);

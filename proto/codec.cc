@@ -169,6 +169,29 @@ const char* OpcodeName(uint16_t op) {
   }
 }
 
+Result<HelloRequest> DecodeHelloRequest(std::span<const uint8_t> payload) {
+  Reader r(payload);
+  HelloRequest h;
+  if (!r.Get(&h.q) || !r.Bytes(from_le(h.q.auth_len), &h.auth) ||
+      !r.Bytes(from_le(h.q.name_len), &h.name))
+    return Status::Error(EPROTO, "malformed HELLO: lengths past the end of the message");
+  if (h.name.size() > 256) return Status::Error(EPROTO, "malformed HELLO: client name too long");
+  if (!h.auth.empty() && h.auth.size() != sizeof(pohmelfs_hello_auth))
+    return Status::Error(EPROTO, "malformed HELLO: authentication data of a wrong size");
+  return h;
+}
+
+Result<HelloReply> DecodeHelloReply(std::span<const uint8_t> payload) {
+  Reader r(payload);
+  HelloReply h;
+  if (!r.Get(&h.rep) || !r.Bytes(from_le(h.rep.auth_len), &h.auth))
+    return Status::Error(EPROTO, "short handshake reply");
+  if (!h.auth.empty() && h.auth.size() != sizeof(pohmelfs_hello_rep_auth::nonce) &&
+      h.auth.size() != sizeof(pohmelfs_hello_rep_auth))
+    return Status::Error(EPROTO, "malformed authentication data in the handshake reply");
+  return h;
+}
+
 bool IsMutating(uint16_t op) {
   switch (op) {
     case POHMELFS_OP_SETATTR:

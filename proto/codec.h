@@ -168,6 +168,25 @@ Status GetName(Reader* r, uint32_t len, std::string* out);
 // Reads a relative path (MKPATH, symlink target): 1..POHMELFS_PATH_MAX bytes, no NUL.
 Status GetPath(Reader* r, uint32_t len, std::string* out);
 
+// HELLO as the server reads it: the struct, auth_len bytes of authentication data (empty or a
+// 32-byte pohmelfs_hello_auth) and name_len bytes of client name (at most 256). EPROTO when
+// malformed. auth and name point into the payload.
+struct HelloRequest {
+  pohmelfs_hello_req q;
+  std::string_view auth;
+  std::string_view name;
+};
+Result<HelloRequest> DecodeHelloRequest(std::span<const uint8_t> payload);
+
+// A HELLO (or AUTH) reply as the client reads it: the struct and auth_len bytes of
+// authentication data (empty, 32 or 64 bytes: pohmelfs_hello_rep_auth with or without the
+// proof). EPROTO when malformed.
+struct HelloReply {
+  pohmelfs_hello_rep rep;
+  std::string_view auth;
+};
+Result<HelloReply> DecodeHelloReply(std::span<const uint8_t> payload);
+
 void FillAttr(const struct stat& st, const Oid& oid, uint64_t version, pohmelfs_attr* out);
 void AttrToStat(const pohmelfs_attr& a, struct stat* st);
 

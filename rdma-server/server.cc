@@ -226,9 +226,11 @@ void Server::Refuse(const ConnectionPtr& conn, const proto::Header& req, int cod
 }
 
 std::optional<crypto::Key> Server::KeyFor(const std::string& client) {
-  if (!opts_.client_keys_dir.empty() && !client.empty() && client.find('/') == std::string::npos &&
-      client[0] != '.') {
-    std::string path = opts_.client_keys_dir + "/" + client + ".key";
+  // Mounts name themselves NAME:pid; the key is NAME's.
+  const std::string name = client.substr(0, client.find(':'));
+  if (!opts_.client_keys_dir.empty() && !name.empty() && name.find('/') == std::string::npos &&
+      name[0] != '.') {
+    std::string path = opts_.client_keys_dir + "/" + name + ".key";
     std::error_code ec;
     if (std::filesystem::exists(path, ec)) {
       auto k = crypto::LoadKeyFile(path);
@@ -279,14 +281,13 @@ std::string ModeNames(uint32_t mask) {
 }  // namespace
 
 void Server::HandleHello(const ConnectionPtr& conn, ConnState* st, const Message& m) {
-  proto::Reader r(m.payload);
-  pohmelfs_hello_req q;
-  std::string_view auth, name;
-  if (!r.Get(&q) || !r.Bytes(from_le(q.auth_len), &auth) || !r.Bytes(from_le(q.name_len), &name) ||
-      name.size() > 256 || (!auth.empty() && auth.size() != sizeof(pohmelfs_hello_auth))) {
-    Refuse(conn, m.hdr, EPROTO, "malformed HELLO");
+  auto hello = proto::DecodeHelloRequest(m.payload);
+  if (!hello.ok()) {
+    Refuse(conn, m.hdr, EPROTO, hello.status().reason());
     return;
   }
+  const pohmelfs_hello_req& q = hello->q;
+  const std::string_view auth = hello->auth, name = hello->name;
   std::string client(name);
   if (st->refused) {
     Refuse(conn, m.hdr, EPERM, "client '" + client + "' is not in the allow list");

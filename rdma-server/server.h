@@ -109,7 +109,8 @@ class Server {
   // Replies with an error and closes: the handshake failed.
   void Refuse(const transport::ConnectionPtr& conn, const proto::Header& req, int code,
               const std::string& why);
-  // The key client must prove: its own from client_keys_dir, else the cluster key.
+  // The key client must prove: NAME.key from client_keys_dir (client is NAME or NAME:pid),
+  // else the cluster key.
   std::optional<crypto::Key> KeyFor(const std::string& client);
   void CloseStalledHandshakes();
   void Execute(const transport::ConnectionPtr& conn, const std::shared_ptr<ConnState>& st,

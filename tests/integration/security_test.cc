@@ -197,6 +197,36 @@ TEST_F(SecurityTest, WrongKeyNoKeyAndKeylessServerAreRefusedOnBothSides) {
   EXPECT_NE(mount_log_.find("did not prove the key"), std::string::npos) << mount_log_;
 }
 
+TEST_F(SecurityTest, PerClientKeysAndRootSquash) {
+  fs::create_directories(Path("keys"));
+  ASSERT_EQ(RunCommand({Bin("pohmelfsctl"), "keygen", Path("keys/alice.key")}, Path("keygen.log")),
+            0);
+  ASSERT_TRUE(StartServer({"--key", key_, "--client-keys", Path("keys"), "--allow",
+                           "127.0.0.0/8=rw", "--root-squash", "--crypto-threads", "2"}))
+      << server_.Log();
+  // alice proves her own key (over a channel sealed by two crypto threads on each side)...
+  ASSERT_TRUE(MountWith(server_.uri(), "name=alice,key=" + Path("keys/alice.key") +
+                                           ",crypto=chacha20-poly1305,crypto_thread_num=2"))
+      << mount_log_;
+  std::string big(3 << 20, 'q');  // several 1 MiB messages of 16 segments each
+  std::ofstream(mnt() + "/by-root") << big;
+  ASSERT_EQ(mkdir((mnt() + "/dir-by-root").c_str(), 0755), 0);
+  EXPECT_EQ(ReadFile(mnt() + "/by-root"), big);
+  UnmountNow();
+  // ...and root's new objects belong to nobody on the server (root squash).
+  struct stat st {};
+  ASSERT_EQ(stat((exp() + "/by-root").c_str(), &st), 0);
+  EXPECT_EQ(st.st_uid, 65534u);
+  EXPECT_EQ(st.st_gid, 65534u);
+  ASSERT_EQ(stat((exp() + "/dir-by-root").c_str(), &st), 0);
+  EXPECT_EQ(st.st_uid, 65534u);
+  // The cluster key is not alice's key; a client without a key file of its own uses it.
+  EXPECT_FALSE(MountWith(server_.uri(), "name=alice,key=" + key_));
+  EXPECT_NE(mount_log_.find("failed to prove the key"), std::string::npos) << mount_log_;
+  ASSERT_TRUE(MountWith(server_.uri(), "name=bob,key=" + key_)) << mount_log_;
+  UnmountNow();
+}
+
 TEST_F(SecurityTest, AnUnsupportedModeFallsBackOrFailsTheMount) {
   ASSERT_TRUE(StartServer({"--allow", "127.0.0.0/8=rw", "--crypto", "none,crc32c"}))
       << server_.Log();

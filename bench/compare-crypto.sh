@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# Sequential 1 MiB write and read through a mount on each channel mode, in one run, against one
+# server with a cluster key: `pohmelfs-bench fs` (seq-write, then seq-read with the page cache
+# dropped) on none, crc32c, hmac-sha256, aes-256-gcm and chacha20-poly1305. Every round runs
+# all modes back to back; each mode's ratio to none is taken within its round, and the median
+# over ROUNDS rounds is printed (the machine is shared and noisy). JSON lines go to
+# $OUT/results.jsonl. Needs root.
+# Usage: [ROUNDS=3] [THREADS=1] bench/compare-crypto.sh [SIZE_MIB]
+#   THREADS: crypto threads of the server (--crypto-threads) and the mount (crypto_thread_num).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. bench/lib.sh
+ci/build >/dev/null
+size=${1:-512}
+rounds=${ROUNDS:-3}
+threads=${THREADS:-1}
+OUT=${OUT:-/tmp/pohmelfs-crypto}
+base=${BASE:-/var/tmp/pohmelfs-crypto}
+trap cleanup_bench EXIT
+cleanup_bench
+rm -rf "$base"
+mkdir -p "$OUT" "$base/export" "$base/mnt-x"
+: >"$OUT/results.jsonl"
+tar -cf "$base/tiny.tar" -C /etc hostname
+build/bin/pohmelfsctl keygen "$base/cluster.key" >/dev/null
+SERVER_ARGS="--key $base/cluster.key --crypto-threads $threads" \
+  start_server "$base/export" "$OUT/server.log"
+modes="none crc32c hmac-sha256 aes-256-gcm chacha20-poly1305"
+for round in $(seq 1 "$rounds"); do
+  for mode in $modes; do
+    build/bin/pohmelfs-mount "$uri" "$base/mnt-x" \
+      -o "key=$base/cluster.key,crypto=$mode,crypto_fail_unsupported,crypto_thread_num=$threads"
+    bench_fs "$mode" "$base/mnt-x" "$OUT/round$round.jsonl" --size-mib "$size" --files 10 \
+      --rand-reads 100 --untar "$base/tiny.tar"
+    fusermount3 -u "$base/mnt-x"
+  done
+  sed "s/^{/{\"round\":$round,/" "$OUT/round$round.jsonl" >>"$OUT/results.jsonl"
+done
+
+python3 - "$OUT/results.jsonl" "$modes" <<'PY'
+import json, statistics, sys
+rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+modes = sys.argv[2].split()
+rate = {(r["round"], r["target"], r["test"]): r["rate"] for r in rows}
+rounds = sorted({r["round"] for r in rows})
+print(f'{"test":<10}{"mode":<19}{"MiB/s (median)":>15}{"/ none (median)":>17}   per round')
+for test in ("seq-write", "seq-read"):
+    for m in modes:
+        vals = [rate.get((n, m, test)) for n in rounds]
+        ratios = [rate[(n, m, test)] / rate[(n, "none", test)] for n in rounds
+                  if rate.get((n, m, test)) and rate.get((n, "none", test))]
+        med = statistics.median(v for v in vals if v)
+        rmed = statistics.median(ratios) if ratios else float("nan")
+        print(f'{test:<10}{m:<19}{med:>15.1f}{rmed:>17.2f}   ' + " ".join(f"{x:.2f}" for x in ratios))
+PY
