@@ -3,6 +3,7 @@
 // (every command's decoder, and the command itself) against a scratch export. The export is
 // $POHMELFS_FUZZ_EXPORT (ci/fuzz mounts a small tmpfs there, so that writes and fallocate stay
 // bounded), else a directory under /tmp.
+#include <spdlog/spdlog.h>
 #include <stdlib.h>
 #include <unistd.h>
 
@@ -34,6 +35,7 @@ class CountingHandles final : public pohmelfs::server::OpenHandles {
 
 ExportStore* Store() {
   static std::unique_ptr<ExportStore> store = [] {
+    spdlog::set_level(spdlog::level::off);  // the commands' log lines are noise here
     const char* dir = getenv("POHMELFS_FUZZ_EXPORT");
     std::string path = dir && *dir ? dir : "/tmp/pohmelfs-fuzz-export-" + std::to_string(getpid());
     std::filesystem::create_directories(path);
