@@ -3,6 +3,7 @@
 #include <cstring>
 
 #include "client/iov_util.h"
+#include "crypto/rma_seal.h"
 
 namespace pohmelfs::client {
 
@@ -31,7 +32,8 @@ void Append(std::vector<uint8_t>* out, const void* p, size_t n) {
 }  // namespace
 
 RmaWritePlan RmaWritePlan::Prepare(uint16_t opcode, std::span<const iovec> payload,
-                                   transport::RmaPool& pool) {
+                                   transport::RmaPool& pool, uint32_t seal_mode,
+                                   crypto::CryptoPool* crypto_pool) {
   RmaWritePlan plan;
   plan.opcode_ = opcode;
   plan.original_ = payload;
@@ -60,7 +62,15 @@ RmaWritePlan RmaWritePlan::Prepare(uint16_t opcode, std::span<const iovec> paylo
     auto lease = pool.Acquire(std::chrono::milliseconds(0));
     if (!lease) return RmaWritePlan();  // not enough buffers: send it as it is
     if (CopyAt(payload, at + sizeof(q), lease->data(), size) != size) return RmaWritePlan();
-    plan.staged_.push_back({index, q, std::move(lease)});
+    std::vector<uint8_t> seal;
+    if (seal_mode != POHMELFS_CRYPTO_NONE) {
+      auto sealed =
+          crypto::SealRma(seal_mode, {q.oid, from_le(q.offset), static_cast<uint32_t>(size)},
+                          {lease->data(), size}, crypto_pool);
+      if (!sealed.ok()) return RmaWritePlan();
+      seal = std::move(*sealed);
+    }
+    plan.staged_.push_back({index, q, std::move(lease), std::move(seal)});
   }
   return plan;
 }
@@ -78,6 +88,7 @@ Result<RmaWritePlan::Request> RmaWritePlan::For(transport::Connection& conn) {
     r.size = s.req.size;
     r.flags = s.req.flags;
     r.buf = RmaBuf(**region, s.lease->data(), from_le(s.req.size));
+    if (!s.seal.empty()) r.flags = to_le(from_le(r.flags) | POHMELFS_RMA_SEALED);
     return r;
   };
   auto out = std::make_unique<std::vector<uint8_t>>();
@@ -86,6 +97,7 @@ Result<RmaWritePlan::Request> RmaWritePlan::For(transport::Connection& conn) {
     auto r = rma_req(staged_.front());
     if (!r.ok()) return r.status();
     Append(out.get(), &*r, sizeof(*r));
+    Append(out.get(), staged_.front().seal.data(), staged_.front().seal.size());
   } else {
     opcode = POHMELFS_OP_BATCH;
     pohmelfs_batch_req b;
@@ -97,12 +109,16 @@ Result<RmaWritePlan::Request> RmaWritePlan::For(transport::Connection& conn) {
       CopyAt(original_, off, &c, sizeof(c));
       const size_t body = POHMELFS_PAD8(from_le(c.length));
       if (next < staged_.size() && staged_[next].cmd_index == i) {
-        auto r = rma_req(staged_[next++]);
+        const Staged& s = staged_[next++];
+        auto r = rma_req(s);
         if (!r.ok()) return r.status();
+        const size_t len = sizeof(*r) + s.seal.size();
         pohmelfs_cmd rc{to_le(uint16_t{POHMELFS_OP_WRITE_RMA}), 0,
-                        to_le(static_cast<uint32_t>(sizeof(*r)))};
+                        to_le(static_cast<uint32_t>(len))};
         Append(out.get(), &rc, sizeof(rc));
-        Append(out.get(), &*r, sizeof(*r));  // 56 bytes: already a multiple of 8
+        Append(out.get(), &*r, sizeof(*r));
+        Append(out.get(), s.seal.data(), s.seal.size());
+        out->resize(out->size() + (POHMELFS_PAD8(len) - len));  // zero padding
       } else {
         const size_t at = out->size();
         out->resize(at + sizeof(c) + body);
@@ -138,10 +154,12 @@ bool ReadByRma(RpcClient& rpc, const pohmelfs_read_req& q, transport::RmaPool& p
   if (!lease) return false;
   auto region = lease->RegionFor(*conn->rma());
   if (!region.ok()) return false;
+  const uint32_t mode = rpc.crypto_mode();
   pohmelfs_read_rma_req r{};
   r.oid = q.oid;
   r.offset = q.offset;
   r.size = q.size;
+  r.flags = to_le(mode != POHMELFS_CRYPTO_NONE ? uint32_t{POHMELFS_RMA_SEALED} : 0u);
   r.buf = RmaBuf(**region, lease->data(), pool.buffer_bytes());
   iovec v{&r, sizeof(r)};
   auto t = rpc.Begin(POHMELFS_OP_READ_RMA, std::span<const iovec>(&v, 1), co);
@@ -155,7 +173,23 @@ bool ReadByRma(RpcClient& rpc, const pohmelfs_read_req& q, transport::RmaPool& p
       *reply = Status::Error(EPROTO, "bad READ_RMA reply");
       return true;
     }
-    rep->payload.assign(lease->data(), lease->data() + from_le(rr.bytes));
+    const uint32_t bytes = from_le(rr.bytes);
+    if (from_le(rr.flags) & POHMELFS_RMA_SEALED) {
+      std::string_view seal;
+      Status s = rd.Bytes(rd.left(), &seal) ? Status::Ok() : Status::Error(EPROTO, "short seal");
+      if (s.ok())
+        s = crypto::OpenRma(mode == POHMELFS_CRYPTO_NONE ? 0 : mode,
+                            {q.oid, from_le(q.offset), bytes}, {lease->data(), bytes}, seal,
+                            rpc.crypto_pool());
+      if (!s.ok()) {
+        *reply = Status::Error(EIO, "READ_RMA data failed its check: " + s.reason());
+        return true;
+      }
+    } else if (mode != POHMELFS_CRYPTO_NONE) {
+      *reply = Status::Error(EIO, "unsealed READ_RMA data on a protected channel");
+      return true;
+    }
+    rep->payload.assign(lease->data(), lease->data() + bytes);
   }
   *reply = std::move(rep);
   return true;

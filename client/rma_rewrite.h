@@ -6,6 +6,10 @@
 // becomes a READ_RMA: the server RDMA-writes the data into a staging buffer.
 //
 // Small transfers stay in the message (a round trip for the RMA costs more than the copy).
+//
+// On a protected channel the staged bytes are sealed (crypto/rma_seal.h): encrypted in place
+// with a fresh key per buffer that travels, with the tags, in each replica's sealed request;
+// read data comes back sealed and is checked before it is used.
 #pragma once
 
 #include <sys/uio.h>
@@ -15,6 +19,7 @@
 #include <vector>
 
 #include "client/rpc_client.h"
+#include "crypto/crypto_pool.h"
 #include "transport/rma_pool.h"
 #include "transport/transport.h"
 
@@ -25,10 +30,12 @@ constexpr size_t kRmaMinBytes = 32 * 1024;
 
 class RmaWritePlan {
  public:
-  // Stages the data of every WRITE of at least kRmaMinBytes in the request. The plan is empty
-  // (send the request as it is) when there is none, or not enough buffers are free at once.
+  // Stages the data of every WRITE of at least kRmaMinBytes in the request, sealed in
+  // seal_mode unless it is none. The plan is empty (send the request as it is) when there is
+  // none, or not enough buffers are free at once, or sealing fails.
   static RmaWritePlan Prepare(uint16_t opcode, std::span<const iovec> payload,
-                              transport::RmaPool& pool);
+                              transport::RmaPool& pool, uint32_t seal_mode = POHMELFS_CRYPTO_NONE,
+                              crypto::CryptoPool* crypto_pool = nullptr);
   bool empty() const { return staged_.empty(); }
   // Data bytes staged (moved by RMA for each replica that takes the rewritten request).
   size_t staged_bytes() const;
@@ -50,6 +57,7 @@ class RmaWritePlan {
     size_t cmd_index;  // the command within a BATCH (0 for a lone WRITE)
     pohmelfs_write_req req;
     transport::RmaPool::LeasePtr lease;
+    std::vector<uint8_t> seal;  // pohmelfs_rma_seal and tags; empty when not sealed
   };
   uint16_t opcode_ = 0;
   std::span<const iovec> original_;
@@ -59,7 +67,8 @@ class RmaWritePlan {
 };
 
 // READ as READ_RMA on rpc when it has RMA and the read is large enough: fills reply with what
-// a READ returns (the data as payload). Returns false when the plain READ should be sent.
+// a READ returns (the data as payload). Returns false when the plain READ should be sent. On
+// a protected channel the data must come sealed, and is checked.
 bool ReadByRma(RpcClient& rpc, const pohmelfs_read_req& q, transport::RmaPool& pool,
                const CallOptions& co, Result<RpcReply>* reply);
 

@@ -117,6 +117,7 @@ class RpcClient {
   bool read_only() const { return read_only_.load(); }
   // The channel mode of the last handshake (POHMELFS_CRYPTO_*).
   uint32_t crypto_mode() const { return crypto_mode_.load(); }
+  crypto::CryptoPool* crypto_pool() const { return opts_.crypto_pool; }
   // The current connection when the server granted FEAT_RMA on it (bulk data may move by
   // RMA), else null.
   transport::ConnectionPtr RmaConnection();

@@ -798,7 +798,9 @@ Result<RpcReply> ServerSet::Write(uint16_t opcode, std::span<const iovec> payloa
   const bool any_rma = std::any_of(targets.begin(), targets.end(),
                                    [](const ReplicaPtr& r) { return r->rpc->RmaConnection(); });
   RmaWritePlan plan;
-  if (any_rma) plan = RmaWritePlan::Prepare(opcode, payload, RmaStaging());
+  if (any_rma)
+    plan = RmaWritePlan::Prepare(opcode, payload, RmaStaging(), opts_.rpc.crypto_mode,
+                                 opts_.rpc.crypto_pool);
   std::vector<std::unique_ptr<RpcClient::Transaction>> ts;
   ts.reserve(targets.size());
   for (const auto& r : targets) {

@@ -21,6 +21,7 @@
 #include "crypto/handshake_auth.h"
 #include "crypto/kdf.h"
 #include "crypto/keys.h"
+#include "crypto/rma_seal.h"
 
 namespace pohmelfs::crypto {
 namespace {
@@ -639,6 +640,56 @@ INSTANTIATE_TEST_SUITE_P(CheckedModes, CryptoChannelProtected,
                                            POHMELFS_CRYPTO_AES_256_GCM,
                                            POHMELFS_CRYPTO_CHACHA20_POLY1305),
                          ModeTestName);
+
+TEST(CryptoRmaSeal, RoundTripAndEveryTamperingFails) {
+  for (uint32_t mode :
+       {uint32_t{POHMELFS_CRYPTO_CRC32C}, uint32_t{POHMELFS_CRYPTO_HMAC_SHA256},
+        uint32_t{POHMELFS_CRYPTO_AES_256_GCM}, uint32_t{POHMELFS_CRYPTO_CHACHA20_POLY1305}}) {
+    SCOPED_TRACE(CryptoModeName(mode));
+    std::mt19937 rng(7);
+    std::vector<uint8_t> plain(200000);
+    for (auto& b : plain) b = static_cast<uint8_t>(rng());
+    RmaTransfer t{};
+    t.oid.bytes[3] = 9;
+    t.offset = 1 << 20;
+    t.size = static_cast<uint32_t>(plain.size());
+    std::vector<uint8_t> buf = plain;
+    auto seal = SealRma(mode, t, buf);
+    ASSERT_TRUE(seal.ok()) << seal.status().ToString();
+    const bool encrypts =
+        mode == POHMELFS_CRYPTO_AES_256_GCM || mode == POHMELFS_CRYPTO_CHACHA20_POLY1305;
+    EXPECT_EQ(buf != plain, encrypts);  // the AEAD modes leave ciphertext in the buffer
+    auto view = [&](const std::vector<uint8_t>& v) {
+      return std::string_view(reinterpret_cast<const char*>(v.data()), v.size());
+    };
+    auto open = [&](uint32_t expect, RmaTransfer tt, std::vector<uint8_t> b,
+                    std::vector<uint8_t> s) { return OpenRma(expect, tt, b, view(s)).ok(); };
+    EXPECT_TRUE(open(mode, t, buf, *seal));
+    EXPECT_TRUE(open(0, t, buf, *seal));
+    {
+      std::vector<uint8_t> b = buf;
+      ASSERT_TRUE(OpenRma(mode, t, b, view(*seal)).ok());
+      EXPECT_EQ(b, plain);
+    }
+    std::vector<uint8_t> flipped = buf;
+    flipped[12345] ^= 1;
+    EXPECT_FALSE(open(mode, t, flipped, *seal));
+    RmaTransfer moved = t;
+    moved.offset += 4096;  // the same bytes presented for another offset
+    EXPECT_FALSE(open(mode, moved, buf, *seal));
+    std::vector<uint8_t> bad_tag = *seal;
+    bad_tag.back() ^= 0x80;
+    EXPECT_FALSE(open(mode, t, buf, bad_tag));
+    std::vector<uint8_t> bad_key = *seal;
+    bad_key[offsetof(pohmelfs_rma_seal, key)] ^= 1;
+    EXPECT_FALSE(open(mode, t, buf, bad_key));
+    std::vector<uint8_t> short_seal(seal->begin(), seal->begin() + 20);
+    EXPECT_FALSE(open(mode, t, buf, short_seal));
+    const uint32_t other =
+        mode == POHMELFS_CRYPTO_AES_256_GCM ? POHMELFS_CRYPTO_CRC32C : POHMELFS_CRYPTO_AES_256_GCM;
+    EXPECT_FALSE(open(other, t, buf, *seal));  // not the channel's mode
+  }
+}
 
 }  // namespace
 }  // namespace pohmelfs::crypto

@@ -123,6 +123,7 @@ class Reader {
  public:
   Reader(const void* p, size_t n) : p_(static_cast<const uint8_t*>(p)), left_(n) {}
   explicit Reader(std::span<const uint8_t> s) : Reader(s.data(), s.size()) {}
+  size_t left() const { return left_; }
 
   template <typename T>
   [[nodiscard]] bool Get(T* out) {

@@ -323,27 +323,43 @@ struct pohmelfs_rma_buf {
   __le32 pad;
 };
 
+/* Sealed RMA data (docs/security.md): the bytes in the RMA buffer are protected with a fresh
+ * key of their own, in the channel's mode (ciphertext for the AEAD modes), and the message
+ * that names the buffer carries that key and the tags, protected by the channel. The tags
+ * follow this struct (tags_len bytes, the channel cipher's segment tags for the data, with
+ * seq 0 and the associated data oid, offset and size of the transfer). */
+struct pohmelfs_rma_seal {
+  __le32 mode; /* a POHMELFS_CRYPTO_* bit */
+  __le32 tags_len;
+  __u8 key[32];
+};
+
 /* READ_RMA: the server writes up to size bytes from offset into buf (size <= buf.len <=
- * IO_MAX), then replies with pohmelfs_read_rma_rep (bytes placed; fewer at end of file). */
+ * IO_MAX), then replies with pohmelfs_read_rma_rep (bytes placed; fewer at end of file). On a
+ * channel with a mode other than none, or when the request asks with POHMELFS_RMA_SEALED, the
+ * data is sealed: the reply has POHMELFS_RMA_SEALED and a pohmelfs_rma_seal with its tags. */
+#define POHMELFS_RMA_SEALED (1u << 1)
 struct pohmelfs_read_rma_req {
   struct pohmelfs_oid oid;
   __le64 offset;
   __le32 size;
-  __le32 pad;
+  __le32 flags; /* POHMELFS_RMA_SEALED */
   struct pohmelfs_rma_buf buf;
 };
 struct pohmelfs_read_rma_rep {
   __le32 bytes;
-  __le32 pad;
+  __le32 flags; /* POHMELFS_RMA_SEALED: a pohmelfs_rma_seal and its tags follow */
 };
 
 /* WRITE_RMA: a WRITE whose size bytes the server reads from buf (size <= buf.len <= IO_MAX)
- * instead of from the message. Reply: pohmelfs_write_rep. */
+ * instead of from the message. Reply: pohmelfs_write_rep. With POHMELFS_RMA_SEALED (required
+ * on a channel with a mode other than none) a pohmelfs_rma_seal and its tags follow, and the
+ * server checks (and decrypts) the data before writing it. */
 struct pohmelfs_write_rma_req {
   struct pohmelfs_oid oid;
   __le64 offset;
   __le32 size;
-  __le32 flags; /* POHMELFS_WRITE_APPEND */
+  __le32 flags; /* POHMELFS_WRITE_APPEND, POHMELFS_RMA_SEALED */
   struct pohmelfs_rma_buf buf;
 };
 
@@ -590,6 +606,7 @@ POHMELFS_ASSERT_SIZE(pohmelfs_rma_buf, 24);
 POHMELFS_ASSERT_SIZE(pohmelfs_read_rma_req, 56);
 POHMELFS_ASSERT_SIZE(pohmelfs_read_rma_rep, 8);
 POHMELFS_ASSERT_SIZE(pohmelfs_write_rma_req, 56);
+POHMELFS_ASSERT_SIZE(pohmelfs_rma_seal, 40);
 POHMELFS_ASSERT_SIZE(pohmelfs_fsync_req, 24);
 POHMELFS_ASSERT_SIZE(pohmelfs_rename_req, 48);
 POHMELFS_ASSERT_SIZE(pohmelfs_link_req, 40);

@@ -7,6 +7,7 @@
 
 #include <cstring>
 
+#include "crypto/rma_seal.h"
 #include "rdma-server/export_ops.h"
 
 namespace pohmelfs::server::ops {
@@ -181,14 +182,25 @@ Status WriteRma(const OpEnv& env, Reader* r, Writer* w) {
   if (!r->Get(&q)) return Short();
   const uint32_t size = from_le(q.size);
   const uint64_t offset = from_le(q.offset);
+  const uint32_t flags = from_le(q.flags);
   POHMELFS_RETURN_IF_ERROR(CheckRma(env, q.buf, size));
   if (offset > static_cast<uint64_t>(INT64_MAX) - size) return Status::Error(EFBIG, "bad offset");
+  const bool sealed = flags & POHMELFS_RMA_SEALED;
+  if (!sealed && env.channel_mode != POHMELFS_CRYPTO_NONE)
+    return Status::Error(EPERM, "unsealed RMA data on a protected channel");
+  std::string_view seal;
+  if (sealed && !r->Bytes(r->left(), &seal)) return Short();
   auto lease = env.rma_pool->Acquire(kRmaBufferWait);
   if (!lease) return Status::Error(ENOBUFS, "no RMA buffer free");
-  // Pull the data from the client's registered buffer, then write it as WRITE does.
+  // Pull the data from the client's registered buffer, check it, then write it as WRITE does.
   POHMELFS_RETURN_IF_ERROR(transport::RmaAndWait(
       *env.conn, false, lease, size, {from_le(q.buf.addr), from_le(q.buf.key)}, kRmaBound));
-  return WriteData(env, q.oid, offset, from_le(q.flags), {lease->data(), size}, w);
+  if (sealed) {
+    const uint32_t expect = env.channel_mode == POHMELFS_CRYPTO_NONE ? 0 : env.channel_mode;
+    POHMELFS_RETURN_IF_ERROR(crypto::OpenRma(expect, {q.oid, offset, size}, {lease->data(), size},
+                                             seal, env.crypto_pool));
+  }
+  return WriteData(env, q.oid, offset, flags & ~POHMELFS_RMA_SEALED, {lease->data(), size}, w);
 }
 
 Status ReadRma(const OpEnv& env, Reader* r, Writer* w) {
@@ -205,6 +217,18 @@ Status ReadRma(const OpEnv& env, Reader* r, Writer* w) {
   auto read = PreadFull((*fd)->get(), lease->data(), size, offset);
   if (!read.ok()) return read.status();
   const size_t done = *read;
+  // Sealed on a protected channel, or when the client asks (it then checks what it gets).
+  const uint32_t mode = env.channel_mode != POHMELFS_CRYPTO_NONE ? env.channel_mode
+                        : (from_le(q.flags) & POHMELFS_RMA_SEALED)
+                            ? uint32_t{POHMELFS_CRYPTO_CRC32C}
+                            : uint32_t{POHMELFS_CRYPTO_NONE};
+  std::vector<uint8_t> seal;
+  if (mode != POHMELFS_CRYPTO_NONE) {
+    auto sealed = crypto::SealRma(mode, {q.oid, offset, static_cast<uint32_t>(done)},
+                                  {lease->data(), done}, env.crypto_pool);
+    if (!sealed.ok()) return sealed.status();
+    seal = std::move(*sealed);
+  }
   // Place the data in the client's buffer; the reply, sent after this returns, reaches the
   // client after the data and says how much there is.
   if (done > 0)
@@ -212,7 +236,9 @@ Status ReadRma(const OpEnv& env, Reader* r, Writer* w) {
         *env.conn, lease, done, {from_le(q.buf.addr), from_le(q.buf.key)}));
   pohmelfs_read_rma_rep rep{};
   rep.bytes = to_le(static_cast<uint32_t>(done));
+  rep.flags = to_le(seal.empty() ? 0u : uint32_t{POHMELFS_RMA_SEALED});
   w->Put(rep);
+  if (!seal.empty()) w->Bytes(seal.data(), seal.size());
   return Status::Ok();
 }
 

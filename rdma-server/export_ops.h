@@ -15,6 +15,10 @@
 #include "transport/rma_pool.h"
 #include "transport/transport.h"
 
+namespace pohmelfs::crypto {
+class CryptoPool;
+}
+
 namespace pohmelfs::server {
 
 // Per-session record of open handles (OPEN/RELEASE), released when a session ends.
@@ -39,6 +43,10 @@ struct OpEnv {
   bool root_squash = false;
   // Files the session may have open at once; OPEN past it fails with EMFILE.
   uint32_t max_open_handles = UINT32_MAX;
+  // The connection's channel mode (POHMELFS_CRYPTO_*): other than none, RMA data must be
+  // sealed (crypto/rma_seal.h), with the pool's threads when there is one.
+  uint32_t channel_mode = POHMELFS_CRYPTO_NONE;
+  crypto::CryptoPool* crypto_pool = nullptr;
 };
 
 // The owner an object gets for the uid or gid a client asked for.

@@ -320,8 +320,8 @@ void Server::HandleHello(const ConnectionPtr& conn, ConnState* st, const Message
     return;
   }
   uint64_t features = from_le(q.features) & POHMELFS_FEAT_ALL;
-  // tcp keeps bulk data in messages; so does a protected channel (its RMA is not sealed).
-  if (!conn->rma() || mode != POHMELFS_CRYPTO_NONE) features &= ~POHMELFS_FEAT_RMA;
+  // tcp keeps bulk data in messages. (On a protected channel RMA data is sealed too.)
+  if (!conn->rma()) features &= ~POHMELFS_FEAT_RMA;
   const uint64_t resume = from_le(q.resume_session);
   if (!key && mode == POHMELFS_CRYPTO_NONE) {
     CompleteHandshake(conn, st, m.hdr, hi, features, mode, resume, client);
@@ -474,8 +474,14 @@ void Server::Execute(const ConnectionPtr& conn, const std::shared_ptr<ConnState>
   if (!answered) {
     std::vector<uint8_t> reply;
     proto::Reader r(m.payload);
-    OpEnv env{store_.get(),    session,           conn.get(),
-              rma_pool_.get(), opts_.root_squash, opts_.max_open_handles};
+    OpEnv env{store_.get(),
+              session,
+              conn.get(),
+              rma_pool_.get(),
+              opts_.root_squash,
+              opts_.max_open_handles,
+              crypto::AsSecure(conn)->send_mode(),
+              crypto_pool_.get()};
     Status s = st->read_only && ChangesExport(h.opcode, m.payload)
                    ? Status::Error(EROFS, "this client may only read (allow list)")
                : Fenced(session, h.opcode, m.payload)

@@ -7,9 +7,12 @@
 #include <gtest/gtest.h>
 #include <unistd.h>
 
+#include <cstring>
 #include <random>
 #include <sstream>
 
+#include "client/rpc_client.h"
+#include "crypto/keys.h"
 #include "tests/integration/fixture.h"
 
 namespace pohmelfs::testing {
@@ -111,6 +114,60 @@ TEST_F(RmaTest, ReplicatedWritesAndReadsMoveByRma) {
   EXPECT_TRUE(ReadFile(mnt_ + "/big") == data);
   EXPECT_GE(RmaBytes(servers_[0]->uri()) + RmaBytes(servers_[1]->uri()),
             static_cast<long long>(data.size()));
+}
+
+// On a protected channel the data still moves by RMA, sealed (docs/security.md): each replica
+// opens the same sealed buffer with the key that came in its own sealed request.
+TEST_F(RmaTest, SealedDataMovesByRmaOnAProtectedChannel) {
+  const std::string key = (scratch_->path() / "cluster.key").string();
+  ASSERT_EQ(
+      RunCommand({std::string(POHMELFS_BIN_DIR) + "/pohmelfsctl", "keygen", key}, Log("keygen")),
+      0);
+  for (size_t i = 0; i < servers_.size(); i++) {
+    servers_[i]->Stop();
+    ASSERT_TRUE(servers_[i]->Start(exports_[i], Log("keyed-server" + std::to_string(i)),
+                                   {"--key", key, "--crypto-threads", "1"}))
+        << servers_[i]->Log();
+  }
+  const std::string opts = "trans_scan_timeout=5000,key=" + key +
+                           ",crypto=aes-256-gcm,crypto_fail_unsupported,crypto_thread_num=1";
+  ASSERT_TRUE(Mount(Both(), mnt_, Log("mount"), opts)) << ReadFile(Log("mount"));
+  mounted_ = true;
+  const std::string data = RandomBytes(8u << 20, kSeed + 2);
+  ASSERT_TRUE(WriteFile(mnt_ + "/sealed", data, 1u << 20));
+  for (const auto& e : exports_) EXPECT_TRUE(ReadFile(e + "/sealed") == data) << e;
+  for (const auto& s : servers_)
+    EXPECT_GE(RmaBytes(s->uri()), static_cast<long long>(data.size())) << s->uri();
+  Unmount(mnt_);
+  ASSERT_TRUE(Mount(Both(), mnt_, Log("mount2"), opts)) << ReadFile(Log("mount2"));
+  EXPECT_TRUE(ReadFile(mnt_ + "/sealed") == data);
+  EXPECT_GE(RmaBytes(servers_[0]->uri()) + RmaBytes(servers_[1]->uri()),
+            static_cast<long long>(data.size()));
+  for (const auto& s : servers_)
+    EXPECT_NE(s->Log().find("(channel aes-256-gcm)"), std::string::npos);
+}
+
+// A client that skips the seal on a protected channel is refused before any RMA happens.
+client::RpcOptions o;
+auto k = crypto::LoadKeyFile(key);
+ASSERT_TRUE(k.ok());
+o.key = std::make_shared<const crypto::Key>(*k);
+o.crypto_mode = POHMELFS_CRYPTO_AES_256_GCM;
+o.crypto_fail_unsupported = true;
+auto c = client::RpcClient::Connect(servers_[0]->uri(), o);
+ASSERT_TRUE(c.ok()) << c.status().ToString();
+ASSERT_NE((*c)->features() & POHMELFS_FEAT_RMA, 0u);
+pohmelfs_write_rma_req w{};
+w.oid = proto::Oid::Root().ToWire();
+w.size = proto::to_le(uint32_t{1} << 16);
+w.buf.addr = proto::to_le(uint64_t{4096});
+w.buf.key = proto::to_le(uint64_t{1});
+w.buf.len = w.size;
+std::vector<uint8_t> req(sizeof(w));
+std::memcpy(req.data(), &w, sizeof(w));
+auto r = (*c) -> Call(POHMELFS_OP_WRITE_RMA, req);
+ASSERT_TRUE(r.ok()) << r.status().ToString();
+EXPECT_EQ(r->status, static_cast<uint32_t>(EPERM));
 }
 
 TEST_F(RmaTest, SmallTransfersStayInMessages) {
