@@ -682,7 +682,7 @@ TEST(CryptoRmaSeal, RoundTripAndEveryTamperingFails) {
     EXPECT_FALSE(open(mode, t, buf, bad_tag));
     std::vector<uint8_t> bad_key = *seal;
     bad_key[offsetof(pohmelfs_rma_seal, key)] ^= 1;
-    EXPECT_FALSE(open(mode, t, buf, bad_key));
+    EXPECT_EQ(open(mode, t, buf, bad_key), !ModeNeedsKey(mode));  // crc32c has no key
     std::vector<uint8_t> short_seal(seal->begin(), seal->begin() + 20);
     EXPECT_FALSE(open(mode, t, buf, short_seal));
     const uint32_t other =

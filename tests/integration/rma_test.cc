@@ -145,29 +145,28 @@ TEST_F(RmaTest, SealedDataMovesByRmaOnAProtectedChannel) {
             static_cast<long long>(data.size()));
   for (const auto& s : servers_)
     EXPECT_NE(s->Log().find("(channel aes-256-gcm)"), std::string::npos);
-}
 
-// A client that skips the seal on a protected channel is refused before any RMA happens.
-client::RpcOptions o;
-auto k = crypto::LoadKeyFile(key);
-ASSERT_TRUE(k.ok());
-o.key = std::make_shared<const crypto::Key>(*k);
-o.crypto_mode = POHMELFS_CRYPTO_AES_256_GCM;
-o.crypto_fail_unsupported = true;
-auto c = client::RpcClient::Connect(servers_[0]->uri(), o);
-ASSERT_TRUE(c.ok()) << c.status().ToString();
-ASSERT_NE((*c)->features() & POHMELFS_FEAT_RMA, 0u);
-pohmelfs_write_rma_req w{};
-w.oid = proto::Oid::Root().ToWire();
-w.size = proto::to_le(uint32_t{1} << 16);
-w.buf.addr = proto::to_le(uint64_t{4096});
-w.buf.key = proto::to_le(uint64_t{1});
-w.buf.len = w.size;
-std::vector<uint8_t> req(sizeof(w));
-std::memcpy(req.data(), &w, sizeof(w));
-auto r = (*c) -> Call(POHMELFS_OP_WRITE_RMA, req);
-ASSERT_TRUE(r.ok()) << r.status().ToString();
-EXPECT_EQ(r->status, static_cast<uint32_t>(EPERM));
+  // A client that skips the seal on a protected channel is refused before any RMA happens.
+  client::RpcOptions o;
+  auto k = crypto::LoadKeyFile(key);
+  ASSERT_TRUE(k.ok());
+  o.key = std::make_shared<const crypto::Key>(*k);
+  o.crypto_mode = POHMELFS_CRYPTO_AES_256_GCM;
+  o.crypto_fail_unsupported = true;
+  auto c = client::RpcClient::Connect(servers_[0]->uri(), o);
+  ASSERT_TRUE(c.ok()) << c.status().ToString();
+  ASSERT_NE((*c)->features() & POHMELFS_FEAT_RMA, 0u);
+  pohmelfs_write_rma_req w{};
+  w.oid = proto::Oid::Root().ToWire();
+  w.size = proto::to_le(uint32_t{1} << 16);
+  w.buf.addr = proto::to_le(uint64_t{4096});
+  w.buf.key = proto::to_le(uint64_t{1});
+  w.buf.len = w.size;
+  std::vector<uint8_t> req(sizeof(w));
+  std::memcpy(req.data(), &w, sizeof(w));
+  auto r = (*c)->Call(POHMELFS_OP_WRITE_RMA, req);
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  EXPECT_EQ(r->status, static_cast<uint32_t>(EPERM));
 }
 
 TEST_F(RmaTest, SmallTransfersStayInMessages) {
