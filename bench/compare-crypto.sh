@@ -2,7 +2,7 @@
 # Sequential 1 MiB write and read through a mount on each channel mode, in one run, against one
 # server with a cluster key: `pohmelfs-bench fs` (seq-write, then seq-read with the page cache
 # dropped) on none, crc32c, hmac-sha256, aes-256-gcm and chacha20-poly1305. Every round runs
-# all modes back to back; each mode's ratio to none is taken within its round, and the median
+# all modes back to back, starting at a different one each round; each mode's ratio to none is taken within its round, and the median
 # over ROUNDS rounds is printed (the machine is shared and noisy). JSON lines go to
 # $OUT/results.jsonl. Needs root.
 # Usage: [ROUNDS=3] [THREADS=1] bench/compare-crypto.sh [SIZE_MIB]
@@ -26,8 +26,11 @@ build/bin/pohmelfsctl keygen "$base/cluster.key" >/dev/null
 SERVER_ARGS="--key $base/cluster.key --crypto-threads $threads" \
   start_server "$base/export" "$OUT/server.log"
 modes="none crc32c hmac-sha256 aes-256-gcm chacha20-poly1305"
+read -ra mode_list <<<"$modes"
 for round in $(seq 1 "$rounds"); do
-  for mode in $modes; do
+  # Each round starts at another mode, so that none is not always the first (cold) one.
+  for k in $(seq 0 $((${#mode_list[@]} - 1))); do
+    mode=${mode_list[$(((k + round - 1) % ${#mode_list[@]}))]}
     build/bin/pohmelfs-mount "$uri" "$base/mnt-x" \
       -o "key=$base/cluster.key,crypto=$mode,crypto_fail_unsupported,crypto_thread_num=$threads"
     bench_fs "$mode" "$base/mnt-x" "$OUT/round$round.jsonl" --size-mib "$size" --files 10 \

@@ -76,8 +76,10 @@ Result<SealedParts> SealMessage(const ChannelCipher& cipher, uint64_t seq, const
   proto::EncodeHeader(out.hdr, &wire);
   std::span<const uint8_t> aad(reinterpret_cast<const uint8_t*>(&wire), sizeof(wire));
   out.tags.resize(tags_len);
-  out.body.resize(cipher.Encrypts() ? plain_len : 0);
-  POHMELFS_RETURN_IF_ERROR(cipher.Seal(seq, aad, payload, out.body, out.tags, pool));
+  out.body_len = cipher.Encrypts() ? plain_len : 0;
+  if (out.body_len) out.body = std::make_unique_for_overwrite<uint8_t[]>(out.body_len);
+  POHMELFS_RETURN_IF_ERROR(
+      cipher.Seal(seq, aad, payload, {out.body.get(), out.body_len}, out.tags, pool));
   return out;
 }
 
@@ -111,7 +113,7 @@ Status SecureConnection::Send(const proto::Header& hdr, std::span<const iovec> p
   send_seq_++;
   std::vector<iovec> out;
   if (send_->Encrypts()) {
-    out.push_back(iovec{sealed->body.data(), sealed->body.size()});
+    out.push_back(iovec{sealed->body.get(), sealed->body_len});
   } else {
     out.assign(payload.begin(), payload.end());
   }

@@ -58,7 +58,9 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   if (!sealed.ok()) __builtin_trap();
   pohmelfs::transport::Message s;
   s.hdr = sealed->hdr;
-  s.payload = cipher.Encrypts() ? sealed->body : plain;
+  s.payload = cipher.Encrypts()
+                  ? std::vector<uint8_t>(sealed->body.get(), sealed->body.get() + sealed->body_len)
+                  : plain;
   s.payload.insert(s.payload.end(), sealed->tags.begin(), sealed->tags.end());
   if (!pohmelfs::crypto::OpenSealed(cipher, 7, POHMELFS_PAYLOAD_MAX, &s).ok() || s.payload != plain)
     __builtin_trap();
