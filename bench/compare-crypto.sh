@@ -5,8 +5,9 @@
 # all modes back to back, starting at a different one each round; each mode's ratio to none is taken within its round, and the median
 # over ROUNDS rounds is printed (the machine is shared and noisy). JSON lines go to
 # $OUT/results.jsonl. Needs root.
-# Usage: [ROUNDS=3] [THREADS=1] bench/compare-crypto.sh [SIZE_MIB]
+# Usage: [ROUNDS=3] [THREADS=1] [MOUNT_OPTS=...] bench/compare-crypto.sh [SIZE_MIB]
 #   THREADS: crypto threads of the server (--crypto-threads) and the mount (crypto_thread_num).
+#   MOUNT_OPTS: more -o options for every mount (e.g. read_ahead_kb=4096).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . bench/lib.sh
@@ -32,7 +33,7 @@ for round in $(seq 1 "$rounds"); do
   for k in $(seq 0 $((${#mode_list[@]} - 1))); do
     mode=${mode_list[$(((k + round - 1) % ${#mode_list[@]}))]}
     build/bin/pohmelfs-mount "$uri" "$base/mnt-x" \
-      -o "key=$base/cluster.key,crypto=$mode,crypto_fail_unsupported,crypto_thread_num=$threads"
+      -o "key=$base/cluster.key,crypto=$mode,crypto_fail_unsupported,crypto_thread_num=$threads${MOUNT_OPTS:+,$MOUNT_OPTS}"
     bench_fs "$mode" "$base/mnt-x" "$OUT/round$round.jsonl" --size-mib "$size" --files 10 \
       --rand-reads 100 --untar "$base/tiny.tar"
     fusermount3 -u "$base/mnt-x"

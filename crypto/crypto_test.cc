@@ -663,7 +663,7 @@ TEST(CryptoRmaSeal, RoundTripAndEveryTamperingFails) {
       return std::string_view(reinterpret_cast<const char*>(v.data()), v.size());
     };
     auto open = [&](uint32_t expect, RmaTransfer tt, std::vector<uint8_t> b,
-                    std::vector<uint8_t> s) { return OpenRma(expect, tt, b, view(s)).ok(); };
+                    const std::vector<uint8_t>& s) { return OpenRma(expect, tt, b, view(s)).ok(); };
     EXPECT_TRUE(open(mode, t, buf, *seal));
     EXPECT_TRUE(open(0, t, buf, *seal));
     {
