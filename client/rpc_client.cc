@@ -247,6 +247,9 @@ Status RpcClient::Handshake(const transport::ConnectionPtr& conn) {
     spdlog::warn("{}: the server does not support channel mode {}; using {}", uri_text_,
                  crypto::CryptoModeName(opts_.crypto_mode), crypto::CryptoModeName(mode));
   if (!(from_le(rep.flags) & POHMELFS_HELLO_AUTH)) {
+    // A protected mode is only ever switched on by AUTH: anything else is a forged reply.
+    if (mode != POHMELFS_CRYPTO_NONE)
+      return Status::Error(EPROTO, uri_text_ + " chose a channel mode without the AUTH step");
     if (opts_.key)
       return Status::Error(EACCES, uri_text_ +
                                        " did not prove the key (it runs without --key?); "

@@ -203,7 +203,7 @@ void Server::CloseStalledHandshakes() {
     for (auto it = handshaking_.begin(); it != handshaking_.end();) {
       auto c = it->second.lock();
       auto st = c ? std::static_pointer_cast<ConnState>(c->context) : nullptr;
-      if (!c || !c->IsOpen() || (st && st->session)) {
+      if (!c || !c->IsOpen() || (st && st->handshake_done)) {
         it = handshaking_.erase(it);
         continue;
       }
@@ -225,19 +225,21 @@ void Server::Refuse(const ConnectionPtr& conn, const proto::Header& req, int cod
   conn->Close(Status::Error(code, why));
 }
 
-std::optional<crypto::Key> Server::KeyFor(const std::string& client) {
-  // Mounts name themselves NAME:pid; the key is NAME's.
+Result<std::optional<crypto::Key>> Server::KeyFor(const std::string& client) {
+  if (opts_.client_keys_dir.empty()) return opts_.key;
+  // Mounts name themselves NAME:pid; the key is NAME's. With --client-keys a client must
+  // prove a key: its own, else the cluster key; never none (fail closed).
   const std::string name = client.substr(0, client.find(':'));
-  if (!opts_.client_keys_dir.empty() && !name.empty() && name.find('/') == std::string::npos &&
-      name[0] != '.') {
+  if (!name.empty() && name.find('/') == std::string::npos && name[0] != '.') {
     std::string path = opts_.client_keys_dir + "/" + name + ".key";
     std::error_code ec;
     if (std::filesystem::exists(path, ec)) {
       auto k = crypto::LoadKeyFile(path);
-      if (k.ok()) return std::move(*k);
-      spdlog::error("client key {}: {}", path, k.status().ToString());
+      if (!k.ok()) return Status::Error(EACCES, "its key file is unusable: " + k.status().reason());
+      return std::optional<crypto::Key>(std::move(*k));
     }
   }
+  if (!opts_.key) return Status::Error(EACCES, "no key for client '" + name + "' in --client-keys");
   return opts_.key;
 }
 
@@ -306,7 +308,12 @@ void Server::HandleHello(const ConnectionPtr& conn, ConnState* st, const Message
     Reply(conn, m.hdr, EALREADY, {});
     return;
   }
-  std::optional<crypto::Key> key = KeyFor(client);
+  auto key_for = KeyFor(client);
+  if (!key_for.ok()) {
+    Refuse(conn, m.hdr, EACCES, "client '" + client + "': " + key_for.status().reason());
+    return;
+  }
+  std::optional<crypto::Key> key = std::move(*key_for);
   constexpr uint32_t kKeyed =
       POHMELFS_CRYPTO_HMAC_SHA256 | POHMELFS_CRYPTO_AES_256_GCM | POHMELFS_CRYPTO_CHACHA20_POLY1305;
   const uint32_t offered = from_le(q.crypto_modes);
@@ -423,6 +430,15 @@ void Server::CompleteHandshake(const ConnectionPtr& conn, ConnState* st, const p
                                uint16_t version, uint64_t features, uint32_t mode, uint64_t resume,
                                const std::string& client) {
   std::shared_ptr<Session> session = resume ? sessions_->Find(resume) : nullptr;
+  if (session && session->client() != client) {
+    // Session ids are not secret (they travel in headers): only the client that started a
+    // session may resume it.
+    spdlog::warn(
+        "{}: client '{}' asked to resume session {:016x} of client '{}'; refused, new "
+        "session",
+        conn->Peer(), client, session->id(), session->client());
+    session = nullptr;
+  }
   if (session) {
     spdlog::info("{}: client '{}' resumed session {:016x} (channel {})", conn->Peer(), client,
                  session->id(), crypto::CryptoModeName(mode));
@@ -434,6 +450,7 @@ void Server::CompleteHandshake(const ConnectionPtr& conn, ConnState* st, const p
   }
   session->Attach(conn);
   st->session = session;
+  st->handshake_done = true;
 
   pohmelfs_hello_rep rep{};
   rep.version = to_le(version);

@@ -89,11 +89,12 @@ class Server {
     std::chrono::steady_clock::time_point accepted = std::chrono::steady_clock::now();
     bool refused = false;    // outside the allow list: HELLO gets EPERM (loop thread only)
     bool read_only = false;  // an ro rule: every change gets EROFS (set before HELLO)
-    std::unique_ptr<PendingAuth> auth;  // loop thread only
-    std::shared_ptr<Session> session;   // set by HELLO (loop thread), read by workers after
-    std::mutex mu;                      // orders pause and resume decisions
-    uint32_t inflight = 0;              // GUARDED_BY(mu)
-    bool paused = false;                // GUARDED_BY(mu)
+    std::unique_ptr<PendingAuth> auth;        // loop thread only
+    std::atomic<bool> handshake_done{false};  // set with session; read by the reaper
+    std::shared_ptr<Session> session;         // set by HELLO (loop thread), read by workers after
+    std::mutex mu;                            // orders pause and resume decisions
+    uint32_t inflight = 0;                    // GUARDED_BY(mu)
+    bool paused = false;                      // GUARDED_BY(mu)
   };
   explicit Server(const ServerOptions& o) : opts_(o), drop_replies_(o.test_drop_replies) {}
   void OnMessage(const transport::ConnectionPtr& conn, transport::Message&& m);
@@ -111,7 +112,8 @@ class Server {
               const std::string& why);
   // The key client must prove: NAME.key from client_keys_dir (client is NAME or NAME:pid),
   // else the cluster key.
-  std::optional<crypto::Key> KeyFor(const std::string& client);
+  // EACCES (fail closed) when --client-keys is set and neither key is usable.
+  Result<std::optional<crypto::Key>> KeyFor(const std::string& client);
   void CloseStalledHandshakes();
   void Execute(const transport::ConnectionPtr& conn, const std::shared_ptr<ConnState>& st,
                transport::Message m);

@@ -227,6 +227,20 @@ TEST_F(SecurityTest, PerClientKeysAndRootSquash) {
   UnmountNow();
 }
 
+TEST_F(SecurityTest, PerClientKeysWithoutAClusterKeyFailClosed) {
+  fs::create_directories(Path("keys"));
+  ASSERT_EQ(RunCommand({Bin("pohmelfsctl"), "keygen", Path("keys/alice.key")}, Path("keygen.log")),
+            0);
+  ASSERT_TRUE(StartServer({"--client-keys", Path("keys"), "--allow", "127.0.0.0/8=rw"}))
+      << server_.Log();
+  // A client with no key file of its own has nothing to prove here: refused, key or not.
+  EXPECT_FALSE(MountWith(server_.uri(), "name=nosuchhost"));
+  EXPECT_TRUE(ServerLogMentions("no key for client 'nosuchhost'"));
+  EXPECT_FALSE(MountWith(server_.uri(), "name=nosuchhost,key=" + key_));
+  ASSERT_TRUE(MountWith(server_.uri(), "name=alice,key=" + Path("keys/alice.key"))) << mount_log_;
+  UnmountNow();
+}
+
 TEST_F(SecurityTest, AnUnsupportedModeFallsBackOrFailsTheMount) {
   ASSERT_TRUE(StartServer({"--allow", "127.0.0.0/8=rw", "--crypto", "none,crc32c"}))
       << server_.Log();

@@ -36,6 +36,8 @@ constexpr int kMaxIov = 64;
 constexpr size_t kInlineSendMin = 256 * 1024;
 constexpr int kInlinePollMs = 10;
 constexpr std::chrono::milliseconds kInlineStall{50};
+// And at most this long in all, however slowly the peer reads; the rest is then queued.
+constexpr std::chrono::milliseconds kInlineMax{500};
 // Messages at least this large are received straight into their Message (ReceiveLarge)
 // rather than through the read buffer and a copy.
 constexpr size_t kDirectReceiveMin = 256 * 1024;
@@ -111,7 +113,9 @@ class TcpConnection final : public Connection,
       }
       if (r > 0) sent = static_cast<size_t>(r);
       if (sent == sizeof(wire) + total) return Status::Ok();
-      if (sizeof(wire) + total - sent >= kInlineSendMin && !loop_->InLoopThread()) {
+      // Only the connecting side streams: a server must never let a slow client hold its
+      // threads (it queues, and stops reading a client that does not drain its replies).
+      if (!accepted_ && sizeof(wire) + total - sent >= kInlineSendMin && !loop_->InLoopThread()) {
         return SendInline(lk, wire, payload, sent);
       }
     }
@@ -208,9 +212,10 @@ class TcpConnection final : public Connection,
   }
 
   // A large message the socket did not take at once: rather than copy the rest into the queue,
-  // the sending thread (never the loop thread) keeps writing from the caller's buffers as the
-  // peer drains them. Other senders queue behind it meanwhile (inline_sending_). A peer that
-  // stops reading for kInlineStall gets the rest copied into the queue, as any other message.
+  // the sending thread (never the loop thread, and only on the connecting side) keeps writing
+  // from the caller's buffers as the peer drains them. Other senders queue behind it meanwhile
+  // (inline_sending_). A peer that stops reading for kInlineStall, or is still reading after
+  // kInlineMax, gets the rest copied into the queue, as any other message.
   // REQUIRES: lk holds send_mu_, out_ is empty; `sent` bytes of wire+payload are on the socket.
   Status SendInline(std::unique_lock<std::mutex>& lk, const pohmelfs_hdr& wire,
                     std::span<const iovec> payload, size_t sent) {
@@ -228,7 +233,8 @@ class TcpConnection final : public Connection,
     for (const auto& v : payload) keep(v.iov_base, v.iov_len);
     Status error;
     size_t first = 0;  // rest[first..] is unsent
-    auto last_progress = std::chrono::steady_clock::now();
+    const auto started = std::chrono::steady_clock::now();
+    auto last_progress = started;
     while (first < rest.size() && !closed_) {
       pollfd pfd{fd_, POLLOUT, 0};
       int pr = poll(&pfd, 1, kInlinePollMs);
@@ -259,6 +265,7 @@ class TcpConnection final : public Connection,
         left -= take;
         if (v.iov_len == 0) ++first;
       }
+      if (last_progress - started > kInlineMax) break;  // a slow reader: the rest is queued
     }
     lk.lock();
     inline_sending_ = false;
