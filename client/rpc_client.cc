@@ -154,7 +154,8 @@ Status RpcClient::Reconnect() {
 }
 
 Result<RpcReply> RpcClient::HandshakeCall(const transport::ConnectionPtr& conn, uint16_t opcode,
-                                          std::span<const iovec> payload) {
+                                          std::span<const iovec> payload,
+                                          const std::function<void()>& after_send) {
   uint64_t trans = next_trans_++;
   auto p = std::make_shared<Pending>();
   p->sent_on = conn.get();
@@ -166,6 +167,7 @@ Result<RpcReply> RpcClient::HandshakeCall(const transport::ConnectionPtr& conn, 
   h.opcode = opcode;
   h.trans = trans;
   Status s = conn->Send(h, payload);
+  if (s.ok() && after_send) after_send();
   std::unique_lock lk(mu_);
   if (s.ok())
     cv_.wait_for(lk, opts_.connect_timeout, [&] { return p->done || p->sent_on == nullptr; });
@@ -296,33 +298,16 @@ Status RpcClient::Handshake(const transport::ConnectionPtr& conn) {
   iovec piov{proof.data(), opts_.key ? proof.size() : 0};
   // AUTH goes in the clear; everything after it is sealed. Sending it and switching must not
   // be split by another send: nothing else uses this connection before the handshake is done.
-  proto::Header h;
-  uint64_t trans = next_trans_++;
-  auto p = std::make_shared<Pending>();
-  p->sent_on = conn.get();
-  {
-    std::lock_guard lk(mu_);
-    pending_[trans] = p;
-  }
-  h.opcode = POHMELFS_OP_AUTH;
-  h.trans = trans;
-  Status sent = conn->Send(h, std::span<const iovec>(&piov, piov.iov_len ? 1 : 0));
-  if (sent.ok() && send) secure->StartSending(std::move(*send));
-  {
-    std::unique_lock lk(mu_);
-    if (sent.ok())
-      cv_.wait_for(lk, opts_.connect_timeout, [&] { return p->done || p->sent_on == nullptr; });
-    pending_.erase(trans);
-  }
-  if (!sent.ok()) return sent;
-  if (!p->done)
-    return Status::Error(p->sent_on ? ETIMEDOUT : ECONNRESET,
-                         uri_text_ + " did not answer the handshake's AUTH");
-  if (p->reply.status != 0)
-    return HandshakeRefused(uri_text_, p->reply.status, opts_.key != nullptr);
+  auto auth_reply = HandshakeCall(conn, POHMELFS_OP_AUTH,
+                                  std::span<const iovec>(&piov, piov.iov_len ? 1 : 0), [&] {
+                                    if (send) secure->StartSending(std::move(*send));
+                                  });
+  if (!auth_reply.ok()) return auth_reply.status();
+  if (auth_reply->status != 0)
+    return HandshakeRefused(uri_text_, auth_reply->status, opts_.key != nullptr);
   if (mode != POHMELFS_CRYPTO_NONE && !secure->sealed_seen())
     return Status::Error(EPROTO, uri_text_ + " answered AUTH in the clear on a protected channel");
-  auto final_decoded = proto::DecodeHelloReply(p->reply.payload);
+  auto final_decoded = proto::DecodeHelloReply(auth_reply->payload);
   if (!final_decoded.ok())
     return Status::Error(EPROTO, final_decoded.status().reason() + " from " + uri_text_);
   const pohmelfs_hello_rep& final_rep = final_decoded->rep;

@@ -140,9 +140,11 @@ class RpcClient {
   // Connects and runs the handshake. REQUIRES: conn_mu_ held.
   Status Reconnect();
   Status Handshake(const transport::ConnectionPtr& conn);
-  // One handshake request (HELLO, AUTH) on conn, waited for within connect_timeout.
+  // One handshake request (HELLO, AUTH) on conn, waited for within connect_timeout;
+  // after_send runs right after it is sent (AUTH switches the channel to sealed there).
   Result<RpcReply> HandshakeCall(const transport::ConnectionPtr& conn, uint16_t opcode,
-                                 std::span<const iovec> payload);
+                                 std::span<const iovec> payload,
+                                 const std::function<void()>& after_send = nullptr);
   // Checks and applies a complete HELLO (or AUTH) reply.
   Status ApplyHelloReply(const pohmelfs_hello_rep& rep);
   void OnMessage(transport::Message&& m);
