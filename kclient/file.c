@@ -1,0 +1,379 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * Regular files: open and release (the server's handle count, so an unlinked open file stays
+ * readable), the page cache (read_folio, readahead, write_begin/write_end, writepages), fsync,
+ * fallocate. Reads are received straight into the page cache's pages; writeback sends runs of
+ * contiguous dirty pages, up to IO_MAX per WRITE, from the pages themselves. Dirty data is
+ * written back at close (close-to-open consistency, like NFS).
+ */
+#include <linux/fs.h>
+#include <linux/falloc.h>
+#include <linux/mm.h>
+#include <linux/pagemap.h>
+#include <linux/slab.h>
+#include <linux/uio.h>
+#include <linux/writeback.h>
+
+#include "pohmelfs.h"
+
+#define POHMELFS_IO_PAGES (POHMELFS_IO_MAX / PAGE_SIZE)
+
+static int open_call(struct inode *inode, u16 opcode, u32 flags, struct pohmelfs_attr *attr)
+{
+	struct pohmelfs_sb_info *sbi = POHMELFS_SB(inode->i_sb);
+	struct pohmelfs_open_req q = { .oid = POHMELFS_I(inode)->oid };
+	struct pohmelfs_msg m = { .opcode = opcode };
+
+	q.flags = cpu_to_le32(flags);
+	pohmelfs_msg_add(&m, &q, opcode == POHMELFS_OP_OPEN ? sizeof(q) : sizeof(q.oid));
+	if (attr) {
+		m.reply = attr;
+		m.reply_cap = sizeof(*attr);
+	}
+	/* Handles are kept by every server that takes changes; a read-only set has none. */
+	if (sb_rdonly(inode->i_sb) && pohmelfs_read_only(sbi))
+		return opcode == POHMELFS_OP_OPEN ? pohmelfs_read_call(sbi, &m) : 0;
+	return pohmelfs_change_call(sbi, &m) ?: (attr && m.reply_len != sizeof(*attr) ? -EIO : 0);
+}
+
+static int pohmelfs_open(struct inode *inode, struct file *file)
+{
+	struct pohmelfs_attr attr;
+	int err;
+
+	err = generic_file_open(inode, file);
+	if (err)
+		return err;
+	if (file->f_flags & O_DIRECT)
+		return -EINVAL;
+	err = open_call(inode, POHMELFS_OP_OPEN,
+			(file->f_mode & FMODE_WRITE) ? POHMELFS_OPEN_WRITE : 0, &attr);
+	if (err)
+		return err;
+	/* Close-to-open: fresh attributes, and the cache dropped if another client changed it. */
+	pohmelfs_apply_attr(inode, &attr);
+	return 0;
+}
+
+static int pohmelfs_release(struct inode *inode, struct file *file)
+{
+	open_call(inode, POHMELFS_OP_RELEASE, 0, NULL);
+	return 0;
+}
+
+/* Close writes back what this descriptor dirtied, and reports a failed writeback. */
+static int pohmelfs_flush(struct file *file, fl_owner_t id)
+{
+	if (!(file->f_mode & FMODE_WRITE))
+		return 0;
+	return filemap_write_and_wait(file->f_mapping);
+}
+
+static int fsync_call(struct inode *inode, int datasync)
+{
+	struct pohmelfs_fsync_req q = { .oid = POHMELFS_I(inode)->oid };
+	struct pohmelfs_msg m = { .opcode = POHMELFS_OP_FSYNC };
+
+	q.datasync = cpu_to_le32(datasync);
+	pohmelfs_msg_add(&m, &q, sizeof(q));
+	return pohmelfs_change_call(POHMELFS_SB(inode->i_sb), &m);
+}
+
+static int pohmelfs_fsync(struct file *file, loff_t start, loff_t end, int datasync)
+{
+	struct inode *inode = file_inode(file);
+	int err = file_write_and_wait_range(file, start, end);
+
+	if (err)
+		return err;
+	return fsync_call(inode, datasync);
+}
+
+static ssize_t pohmelfs_read_iter(struct kiocb *iocb, struct iov_iter *to)
+{
+	int err = pohmelfs_refresh(file_inode(iocb->ki_filp), false);
+
+	if (err)
+		return err;
+	return generic_file_read_iter(iocb, to);
+}
+
+static ssize_t pohmelfs_write_iter(struct kiocb *iocb, struct iov_iter *from)
+{
+	/* Appends go after what the server has now. */
+	int err = pohmelfs_refresh(file_inode(iocb->ki_filp), iocb->ki_flags & IOCB_APPEND);
+
+	if (err)
+		return err;
+	return generic_file_write_iter(iocb, from);
+}
+
+static long pohmelfs_fallocate(struct file *file, int mode, loff_t offset, loff_t len)
+{
+	struct inode *inode = file_inode(file);
+	struct pohmelfs_fallocate_req q = { .oid = POHMELFS_I(inode)->oid };
+	struct pohmelfs_msg m = { .opcode = POHMELFS_OP_FALLOCATE };
+	int err;
+
+	if (mode & ~(FALLOC_FL_KEEP_SIZE | FALLOC_FL_PUNCH_HOLE | FALLOC_FL_ZERO_RANGE))
+		return -EOPNOTSUPP;
+	/* Local dirty data in the range must reach the server first, and stale pages go. */
+	err = filemap_write_and_wait(inode->i_mapping);
+	if (err)
+		return err;
+	q.offset = cpu_to_le64(offset);
+	q.length = cpu_to_le64(len);
+	q.mode = cpu_to_le32(mode);
+	pohmelfs_msg_add(&m, &q, sizeof(q));
+	WRITE_ONCE(POHMELFS_I(inode)->local_changes, true);
+	err = pohmelfs_change_call(POHMELFS_SB(inode->i_sb), &m);
+	if (err)
+		return err;
+	if (mode & (FALLOC_FL_PUNCH_HOLE | FALLOC_FL_ZERO_RANGE))
+		truncate_pagecache_range(inode, offset, offset + len - 1);
+	WRITE_ONCE(POHMELFS_I(inode)->local_changes, true);
+	return pohmelfs_refresh(inode, true);
+}
+
+const struct file_operations pohmelfs_file_fops = {
+	.open = pohmelfs_open,
+	.release = pohmelfs_release,
+	.flush = pohmelfs_flush,
+	.llseek = generic_file_llseek,
+	.read_iter = pohmelfs_read_iter,
+	.write_iter = pohmelfs_write_iter,
+	.mmap = generic_file_mmap,
+	.splice_read = generic_file_splice_read,
+	.splice_write = iter_file_splice_write,
+	.fsync = pohmelfs_fsync,
+	.fallocate = pohmelfs_fallocate,
+};
+
+/* READ of len bytes at pos into the pages of bv; what the server did not have is zeroed. */
+static int read_pages(struct inode *inode, loff_t pos, struct bio_vec *bv, int nbv, size_t len)
+{
+	struct pohmelfs_read_req q = { .oid = POHMELFS_I(inode)->oid };
+	struct pohmelfs_msg m = { .opcode = POHMELFS_OP_READ };
+	struct iov_iter rest;
+	int err;
+
+	q.offset = cpu_to_le64(pos);
+	q.size = cpu_to_le32(len);
+	pohmelfs_msg_add(&m, &q, sizeof(q));
+	m.rpages = bv;
+	m.nrpages = nbv;
+	m.rlen = len;
+	err = pohmelfs_read_call(POHMELFS_SB(inode->i_sb), &m);
+	if (err)
+		return err;
+	iov_iter_bvec(&rest, ITER_DEST, bv, nbv, len);
+	iov_iter_advance(&rest, m.reply_len);
+	iov_iter_zero(iov_iter_count(&rest), &rest);
+	return 0;
+}
+
+static int pohmelfs_read_folio(struct file *file, struct folio *folio)
+{
+	struct bio_vec bv;
+	int err;
+
+	bvec_set_page(&bv, &folio->page, folio_size(folio), 0);
+	err = read_pages(folio->mapping->host, folio_pos(folio), &bv, 1, folio_size(folio));
+	if (!err)
+		folio_mark_uptodate(folio);
+	folio_unlock(folio);
+	return err;
+}
+
+static void pohmelfs_readahead(struct readahead_control *rac)
+{
+	struct inode *inode = rac->mapping->host;
+	struct folio **folios;
+	struct bio_vec *bv;
+
+	folios = kmalloc_array(POHMELFS_IO_PAGES, sizeof(*folios), GFP_NOFS);
+	bv = kmalloc_array(POHMELFS_IO_PAGES, sizeof(*bv), GFP_NOFS);
+	if (!folios || !bv)
+		goto out; /* the pages stay !uptodate: read_folio reads them one by one */
+	while (readahead_count(rac)) {
+		loff_t pos = readahead_pos(rac);
+		size_t len = 0;
+		struct folio *folio;
+		int i, n = 0, err;
+
+		while (n < POHMELFS_IO_PAGES && len < POHMELFS_IO_MAX &&
+		       (folio = readahead_folio(rac))) {
+			folios[n] = folio;
+			bvec_set_page(&bv[n], &folio->page, folio_size(folio), 0);
+			len += folio_size(folio);
+			n++;
+		}
+		if (!n)
+			break;
+		err = read_pages(inode, pos, bv, n, len);
+		for (i = 0; i < n; i++) {
+			if (!err)
+				folio_mark_uptodate(folios[i]);
+			folio_unlock(folios[i]);
+		}
+	}
+out:
+	kfree(folios);
+	kfree(bv);
+}
+
+static int pohmelfs_write_begin(struct file *file, struct address_space *mapping, loff_t pos,
+				unsigned int len, struct page **pagep, void **fsdata)
+{
+	struct inode *inode = mapping->host;
+	pgoff_t index = pos >> PAGE_SHIFT;
+	unsigned int from = pos & (PAGE_SIZE - 1);
+	struct page *page;
+	int err;
+
+	page = grab_cache_page_write_begin(mapping, index);
+	if (!page)
+		return -ENOMEM;
+	*pagep = page;
+	if (PageUptodate(page) || len == PAGE_SIZE)
+		return 0;
+	if (page_offset(page) >= i_size_read(inode)) {
+		/* Nothing on the server there yet: zeros around the new data. */
+		zero_user_segments(page, 0, from, from + len, PAGE_SIZE);
+		return 0;
+	}
+	{
+		struct bio_vec bv;
+
+		bvec_set_page(&bv, page, PAGE_SIZE, 0);
+		err = read_pages(inode, page_offset(page), &bv, 1, PAGE_SIZE);
+	}
+	if (err) {
+		unlock_page(page);
+		put_page(page);
+		return err;
+	}
+	SetPageUptodate(page);
+	return 0;
+}
+
+static int pohmelfs_write_end(struct file *file, struct address_space *mapping, loff_t pos,
+			      unsigned int len, unsigned int copied, struct page *page,
+			      void *fsdata)
+{
+	struct inode *inode = mapping->host;
+
+	if (!PageUptodate(page)) {
+		if (copied < len) { /* a short copy into a page never read: try again */
+			copied = 0;
+			goto out;
+		}
+		SetPageUptodate(page);
+	}
+	if (pos + copied > i_size_read(inode))
+		i_size_write(inode, pos + copied);
+	set_page_dirty(page);
+	WRITE_ONCE(POHMELFS_I(inode)->local_changes, true);
+out:
+	unlock_page(page);
+	put_page(page);
+	return copied;
+}
+
+/* A run of contiguous pages under writeback, sent as one WRITE. */
+struct wb_run {
+	struct inode *inode;
+	struct page *pages[POHMELFS_IO_PAGES];
+	struct bio_vec bv[POHMELFS_IO_PAGES];
+	int n;
+	loff_t pos;
+	size_t len;
+	int err;
+};
+
+static void wb_flush(struct wb_run *run)
+{
+	struct pohmelfs_write_req q = { .oid = POHMELFS_I(run->inode)->oid };
+	struct pohmelfs_write_rep rep;
+	struct pohmelfs_msg m = { .opcode = POHMELFS_OP_WRITE };
+	int i, err;
+
+	if (!run->n)
+		return;
+	q.offset = cpu_to_le64(run->pos);
+	q.size = cpu_to_le32(run->len);
+	pohmelfs_msg_add(&m, &q, sizeof(q));
+	m.data = run->bv;
+	m.ndata = run->n;
+	m.data_len = run->len;
+	m.reply = &rep;
+	m.reply_cap = sizeof(rep);
+	WRITE_ONCE(POHMELFS_I(run->inode)->local_changes, true);
+	err = pohmelfs_change_call(POHMELFS_SB(run->inode->i_sb), &m);
+	if (!err && (m.reply_len != sizeof(rep) || le64_to_cpu(rep.written) != run->len))
+		err = -EIO;
+	if (err) {
+		pr_warn_ratelimited("pohmelfs: write of %zu bytes at %lld failed (%d)\n", run->len,
+				    run->pos, err);
+		mapping_set_error(run->inode->i_mapping, err);
+		run->err = err;
+	}
+	for (i = 0; i < run->n; i++) {
+		if (err)
+			SetPageError(run->pages[i]);
+		end_page_writeback(run->pages[i]);
+	}
+	run->n = 0;
+	run->len = 0;
+}
+
+static int wb_page(struct page *page, struct writeback_control *wbc, void *data)
+{
+	struct wb_run *run = data;
+	loff_t size = i_size_read(run->inode);
+	loff_t off = page_offset(page);
+	size_t len;
+
+	if (off >= size) { /* truncated meanwhile */
+		unlock_page(page);
+		return 0;
+	}
+	len = min_t(loff_t, PAGE_SIZE, size - off);
+	if (run->n && (run->n == POHMELFS_IO_PAGES || off != run->pos + run->len ||
+		       run->len % PAGE_SIZE))
+		wb_flush(run);
+	set_page_writeback(page);
+	unlock_page(page);
+	if (!run->n)
+		run->pos = off;
+	run->pages[run->n] = page;
+	bvec_set_page(&run->bv[run->n], page, len, 0);
+	run->n++;
+	run->len += len;
+	return 0;
+}
+
+static int pohmelfs_writepages(struct address_space *mapping, struct writeback_control *wbc)
+{
+	struct wb_run *run = kzalloc(sizeof(*run), GFP_NOFS);
+	int err;
+
+	if (!run)
+		return -ENOMEM;
+	run->inode = mapping->host;
+	err = write_cache_pages(mapping, wbc, wb_page, run);
+	wb_flush(run);
+	if (!err)
+		err = run->err;
+	kfree(run);
+	return err;
+}
+
+const struct address_space_operations pohmelfs_aops = {
+	.read_folio = pohmelfs_read_folio,
+	.readahead = pohmelfs_readahead,
+	.write_begin = pohmelfs_write_begin,
+	.write_end = pohmelfs_write_end,
+	.writepages = pohmelfs_writepages,
+	.dirty_folio = filemap_dirty_folio,
+};

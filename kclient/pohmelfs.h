@@ -1,0 +1,183 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/*
+ * POHMELFS kernel client: shared declarations.
+ *
+ * Layers, bottom up:
+ *   net.c    one TCP connection to one server: handshake, a receive thread that matches
+ *            replies to requests by transaction id, credits, death of the connection;
+ *   rpc.c    the mount's server set: reconnects, reads to one server with failover,
+ *            changes to every writable server, stale-replica markers;
+ *   super.c, inode.c, dir.c, file.c, xattr.c: the VFS side.
+ */
+#ifndef POHMELFS_KCLIENT_H
+#define POHMELFS_KCLIENT_H
+
+#include <linux/fs.h>
+#include <linux/net.h>
+#include <linux/socket.h>
+#include <linux/uio.h>
+#include <linux/workqueue.h>
+#include <linux/xarray.h>
+#include <linux/xattr.h>
+
+#include "pohmelfs_proto.h"
+
+#define POHMELFS_FS_MAGIC 0x4d484f50 /* statfs f_type: "POHM" */
+#define POHMELFS_MAX_SERVERS 8
+#define POHMELFS_ROOT_INO 1
+
+/* A request in flight on one connection. Completed exactly once, by the receive thread (reply
+ * or death of the connection) or by the sender when it could not be sent; the waiter always
+ * waits for that, so the request and its reply destination may live on the waiter's stack. */
+struct pohmelfs_req {
+	u64 trans;
+	u16 opcode;
+	int err;	     /* 0, -errno from the server's status, or a transport error */
+	struct iov_iter dst; /* where the reply payload goes */
+	struct kvec dst_kv;
+	size_t reply_len;    /* payload bytes received */
+	struct completion done;
+};
+
+struct pohmelfs_conn {
+	struct kref ref;
+	struct pohmelfs_server *srv;
+	struct socket *sock;
+	struct task_struct *rx;
+	struct mutex send_mutex;
+	struct xarray pending; /* trans -> struct pohmelfs_req */
+	wait_queue_head_t credit_wq;
+	u32 credits;	/* requests the server lets us have in flight */
+	u32 inflight;	/* under pending's lock */
+	bool dead;	/* under pending's lock */
+	u64 session;
+	u64 features;
+	bool read_only; /* the server's allow list gives us read access only */
+};
+
+/* One configured server of the mount. */
+struct pohmelfs_server {
+	struct pohmelfs_sb_info *sbi;
+	char uri[128];
+	struct sockaddr_storage addr;
+	int prio;
+	bool may_read, may_write;
+	int index;
+
+	spinlock_t lock;	    /* conn, up */
+	struct pohmelfs_conn *conn; /* a reference, or NULL while down */
+	struct mutex connect_mutex; /* one connect attempt at a time */
+	atomic64_t next_trans;	    /* unique per session: kept across reconnects */
+	u64 session;		    /* to resume after a reconnect */
+	struct pohmelfs_oid server_id;
+	bool known_id;
+	/* Missed a change that another server applied: never read from again by this mount
+	 * (docs/kclient.md), and the others hold a marker naming it. */
+	bool stale;
+	unsigned long marked; /* bit i: server i holds a marker for this one */
+	struct delayed_work reconnect;
+};
+
+struct pohmelfs_sb_info {
+	struct super_block *sb;
+	struct pohmelfs_server servers[POHMELFS_MAX_SERVERS];
+	int nr_servers;
+	char name[64];
+	unsigned int timeout_ms;      /* one request's reply, and waiting for a server */
+	unsigned int attr_timeout_ms; /* cached attributes and names */
+	struct pohmelfs_oid root;
+	bool have_root;
+	u64 features;
+	atomic_t read_turn; /* round robin among equal readers */
+	wait_queue_head_t up_wq; /* a server came up */
+	bool shutting_down;
+	u32 max_io;
+};
+
+struct pohmelfs_inode {
+	struct pohmelfs_oid oid;
+	unsigned long attr_time; /* jiffies of the last attributes from a server */
+	u64 version;		 /* the server's change counter at that time */
+	bool local_changes;	 /* we changed it since: a newer version is ours */
+	struct inode vfs_inode;
+};
+
+static inline struct pohmelfs_inode *POHMELFS_I(struct inode *inode)
+{
+	return container_of(inode, struct pohmelfs_inode, vfs_inode);
+}
+
+static inline struct pohmelfs_sb_info *POHMELFS_SB(struct super_block *sb)
+{
+	return sb->s_fs_info;
+}
+
+/* One outgoing message: a command body in up to 4 pieces, then optional page data. */
+struct pohmelfs_msg {
+	u16 opcode;
+	struct kvec iov[4];
+	int niov;
+	struct bio_vec *data; /* WRITE payload from the page cache */
+	int ndata;
+	size_t data_len;
+	/* Reply destination: a buffer (reply, reply_cap) or pages (rpages, nrpages, rlen). */
+	void *reply;
+	size_t reply_cap;
+	struct bio_vec *rpages;
+	int nrpages;
+	size_t rlen;
+	size_t reply_len; /* out */
+};
+
+static inline void pohmelfs_msg_add(struct pohmelfs_msg *m, const void *p, size_t len)
+{
+	if (len) {
+		m->iov[m->niov].iov_base = (void *)p;
+		m->iov[m->niov].iov_len = len;
+		m->niov++;
+	}
+}
+
+/* net.c */
+int pohmelfs_conn_open(struct pohmelfs_server *srv, struct pohmelfs_conn **out);
+void pohmelfs_conn_put(struct pohmelfs_conn *conn);
+void pohmelfs_conn_kill(struct pohmelfs_conn *conn);
+bool pohmelfs_conn_dead(struct pohmelfs_conn *conn);
+int pohmelfs_conn_send(struct pohmelfs_conn *conn, struct pohmelfs_req *req,
+		       struct pohmelfs_msg *m, bool resent);
+int pohmelfs_conn_wait(struct pohmelfs_conn *conn, struct pohmelfs_req *req);
+
+/* rpc.c */
+int pohmelfs_servers_start(struct pohmelfs_sb_info *sbi);
+void pohmelfs_servers_stop(struct pohmelfs_sb_info *sbi);
+int pohmelfs_parse_server(struct pohmelfs_server *srv, const char *spec);
+/* A read-only command to one server (failover on a transport error). */
+int pohmelfs_read_call(struct pohmelfs_sb_info *sbi, struct pohmelfs_msg *m);
+/* A change: to every writable server; the result of the highest-priority one that answered. */
+int pohmelfs_change_call(struct pohmelfs_sb_info *sbi, struct pohmelfs_msg *m);
+bool pohmelfs_read_only(struct pohmelfs_sb_info *sbi);
+
+/* inode.c */
+extern const struct inode_operations pohmelfs_dir_iops;
+extern const struct inode_operations pohmelfs_file_iops;
+extern const struct inode_operations pohmelfs_symlink_iops;
+extern const struct inode_operations pohmelfs_special_iops;
+extern const struct dentry_operations pohmelfs_dentry_ops;
+struct inode *pohmelfs_iget(struct super_block *sb, const struct pohmelfs_attr *attr);
+void pohmelfs_apply_attr(struct inode *inode, const struct pohmelfs_attr *attr);
+void pohmelfs_apply_own_attr(struct inode *inode, const struct pohmelfs_attr *attr);
+int pohmelfs_refresh(struct inode *inode, bool force);
+u64 pohmelfs_oid_ino(const struct pohmelfs_oid *oid);
+
+/* dir.c */
+extern const struct file_operations pohmelfs_dir_fops;
+
+/* file.c */
+extern const struct file_operations pohmelfs_file_fops;
+extern const struct address_space_operations pohmelfs_aops;
+
+/* xattr.c */
+extern const struct xattr_handler *pohmelfs_xattr_handlers[];
+ssize_t pohmelfs_listxattr(struct dentry *dentry, char *list, size_t size);
+
+#endif

@@ -1,0 +1,123 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * Extended attributes in the user. and trusted. namespaces, stored by the servers on the
+ * exported files. POSIX ACLs and security labels are not carried (docs/kclient.md).
+ */
+#include <linux/slab.h>
+#include <linux/xattr.h>
+
+#include "pohmelfs.h"
+
+static int pohmelfs_xattr_get(const struct xattr_handler *handler, struct dentry *dentry,
+			      struct inode *inode, const char *suffix, void *buffer, size_t size)
+{
+	const char *name = xattr_full_name(handler, suffix);
+	size_t name_len = strlen(name);
+	struct pohmelfs_getxattr_req q = { .oid = POHMELFS_I(inode)->oid };
+	struct pohmelfs_msg m = { .opcode = POHMELFS_OP_GETXATTR };
+	__le32 needed;
+	int err;
+
+	if (name_len > POHMELFS_XATTR_NAME_MAX)
+		return -ERANGE;
+	size = min_t(size_t, size, POHMELFS_XATTR_SIZE_MAX);
+	q.size = cpu_to_le32(size);
+	q.name_len = cpu_to_le32(name_len);
+	pohmelfs_msg_add(&m, &q, sizeof(q));
+	pohmelfs_msg_add(&m, name, name_len);
+	if (size) {
+		m.reply = buffer;
+		m.reply_cap = size;
+	} else {
+		m.reply = &needed;
+		m.reply_cap = sizeof(needed);
+	}
+	err = pohmelfs_read_call(POHMELFS_SB(inode->i_sb), &m);
+	if (err)
+		return err;
+	if (size)
+		return m.reply_len;
+	if (m.reply_len != sizeof(needed))
+		return -EIO;
+	return min_t(u32, le32_to_cpu(needed), POHMELFS_XATTR_SIZE_MAX);
+}
+
+static int pohmelfs_xattr_set(const struct xattr_handler *handler, struct user_namespace *ns,
+			      struct dentry *dentry, struct inode *inode, const char *suffix,
+			      const void *value, size_t size, int flags)
+{
+	const char *name = xattr_full_name(handler, suffix);
+	size_t name_len = strlen(name);
+	struct pohmelfs_msg m = {};
+	struct pohmelfs_setxattr_req sq = { .oid = POHMELFS_I(inode)->oid };
+	struct pohmelfs_removexattr_req rq = { .oid = POHMELFS_I(inode)->oid };
+
+	if (name_len > POHMELFS_XATTR_NAME_MAX)
+		return -ERANGE;
+	if (size > POHMELFS_XATTR_SIZE_MAX)
+		return -E2BIG;
+	if (value) {
+		m.opcode = POHMELFS_OP_SETXATTR;
+		sq.flags = cpu_to_le32(flags);
+		sq.name_len = cpu_to_le32(name_len);
+		sq.value_len = cpu_to_le32(size);
+		pohmelfs_msg_add(&m, &sq, sizeof(sq));
+		pohmelfs_msg_add(&m, name, name_len);
+		pohmelfs_msg_add(&m, value, size);
+	} else {
+		m.opcode = POHMELFS_OP_REMOVEXATTR;
+		rq.name_len = cpu_to_le32(name_len);
+		pohmelfs_msg_add(&m, &rq, sizeof(rq));
+		pohmelfs_msg_add(&m, name, name_len);
+	}
+	/* The server's change counter moves: that is this client's doing. */
+	WRITE_ONCE(POHMELFS_I(inode)->local_changes, true);
+	WRITE_ONCE(POHMELFS_I(inode)->attr_time, 0);
+	return pohmelfs_change_call(POHMELFS_SB(inode->i_sb), &m);
+}
+
+ssize_t pohmelfs_listxattr(struct dentry *dentry, char *list, size_t size)
+{
+	struct inode *inode = d_inode(dentry);
+	struct pohmelfs_listxattr_req q = { .oid = POHMELFS_I(inode)->oid };
+	struct pohmelfs_msg m = { .opcode = POHMELFS_OP_LISTXATTR };
+	__le32 needed;
+	int err;
+
+	size = min_t(size_t, size, POHMELFS_XATTR_SIZE_MAX);
+	q.size = cpu_to_le32(size);
+	pohmelfs_msg_add(&m, &q, sizeof(q));
+	if (size) {
+		m.reply = list;
+		m.reply_cap = size;
+	} else {
+		m.reply = &needed;
+		m.reply_cap = sizeof(needed);
+	}
+	err = pohmelfs_read_call(POHMELFS_SB(inode->i_sb), &m);
+	if (err)
+		return err;
+	if (size)
+		return m.reply_len;
+	if (m.reply_len != sizeof(needed))
+		return -EIO;
+	return min_t(u32, le32_to_cpu(needed), POHMELFS_XATTR_SIZE_MAX);
+}
+
+static const struct xattr_handler pohmelfs_user_xattr = {
+	.prefix = XATTR_USER_PREFIX,
+	.get = pohmelfs_xattr_get,
+	.set = pohmelfs_xattr_set,
+};
+
+static const struct xattr_handler pohmelfs_trusted_xattr = {
+	.prefix = XATTR_TRUSTED_PREFIX,
+	.get = pohmelfs_xattr_get,
+	.set = pohmelfs_xattr_set,
+};
+
+const struct xattr_handler *pohmelfs_xattr_handlers[] = {
+	&pohmelfs_user_xattr,
+	&pohmelfs_trusted_xattr,
+	NULL,
+};
