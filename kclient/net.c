@@ -9,6 +9,7 @@
 #include <linux/module.h>
 #include <linux/net.h>
 #include <linux/sched/mm.h>
+#include <linux/sched/signal.h>
 #include <linux/slab.h>
 #include <linux/utsname.h>
 #include <net/sock.h>
@@ -431,6 +432,7 @@ int pohmelfs_conn_send(struct pohmelfs_conn *conn, struct pohmelfs_req *req,
 	struct pohmelfs_hdr h;
 	struct kvec iov[5];
 	struct msghdr msg = { .msg_flags = MSG_NOSIGNAL };
+	sigset_t blocked, saved;
 	size_t body = 0, len;
 	long left;
 	int i, err;
@@ -473,6 +475,10 @@ int pohmelfs_conn_send(struct pohmelfs_conn *conn, struct pohmelfs_req *req,
 	fill_hdr(&h, m->opcode, resent ? POHMELFS_FLAG_RESENT : 0, len, conn->session, req->trans);
 	iov[0].iov_base = &h;
 	iov[0].iov_len = sizeof(h);
+	/* A signal must not cut a message in half (that would close the connection): only
+	 * SIGKILL interrupts a send. */
+	siginitsetinv(&blocked, sigmask(SIGKILL));
+	sigprocmask(SIG_BLOCK, &blocked, &saved);
 	mutex_lock(&conn->send_mutex);
 	if (m->ndata)
 		msg.msg_flags |= MSG_MORE;
@@ -484,6 +490,7 @@ int pohmelfs_conn_send(struct pohmelfs_conn *conn, struct pohmelfs_req *req,
 		err = send_iter(conn->sock, &msg);
 	}
 	mutex_unlock(&conn->send_mutex);
+	sigprocmask(SIG_SETMASK, &saved, NULL);
 	/* A partial message breaks the stream: the receive thread fails the request. */
 	if (err)
 		pohmelfs_conn_kill(conn);
