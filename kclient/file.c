@@ -18,26 +18,17 @@
 
 #define POHMELFS_IO_PAGES (POHMELFS_IO_MAX / PAGE_SIZE)
 
-static int open_call(struct inode *inode, u16 opcode, u32 flags, struct pohmelfs_attr *attr)
+/* Handles live on every server that takes changes (so an unlinked open file stays readable
+ * there); a mount no server lets write takes none and only refreshes the attributes. */
+static bool takes_handles(struct inode *inode)
 {
-	struct pohmelfs_sb_info *sbi = POHMELFS_SB(inode->i_sb);
-	struct pohmelfs_open_req q = { .oid = POHMELFS_I(inode)->oid };
-	struct pohmelfs_msg m = { .opcode = opcode };
-
-	q.flags = cpu_to_le32(flags);
-	pohmelfs_msg_add(&m, &q, opcode == POHMELFS_OP_OPEN ? sizeof(q) : sizeof(q.oid));
-	if (attr) {
-		m.reply = attr;
-		m.reply_cap = sizeof(*attr);
-	}
-	/* Handles are kept by every server that takes changes; a read-only set has none. */
-	if (sb_rdonly(inode->i_sb) && pohmelfs_read_only(sbi))
-		return opcode == POHMELFS_OP_OPEN ? pohmelfs_read_call(sbi, &m) : 0;
-	return pohmelfs_change_call(sbi, &m) ?: (attr && m.reply_len != sizeof(*attr) ? -EIO : 0);
+	return !(sb_rdonly(inode->i_sb) && pohmelfs_read_only(POHMELFS_SB(inode->i_sb)));
 }
 
 static int pohmelfs_open(struct inode *inode, struct file *file)
 {
+	struct pohmelfs_open_req q = { .oid = POHMELFS_I(inode)->oid };
+	struct pohmelfs_msg m = { .opcode = POHMELFS_OP_OPEN };
 	struct pohmelfs_attr attr;
 	int err;
 
@@ -46,8 +37,18 @@ static int pohmelfs_open(struct inode *inode, struct file *file)
 		return err;
 	if (file->f_flags & O_DIRECT)
 		return -EINVAL;
-	err = open_call(inode, POHMELFS_OP_OPEN,
-			(file->f_mode & FMODE_WRITE) ? POHMELFS_OPEN_WRITE : 0, &attr);
+	/* create() opened it already (CREATE_OPEN): one round trip for open(O_CREAT). */
+	if (test_and_clear_bit(POHMELFS_I_CREATED_OPEN, &POHMELFS_I(inode)->flags))
+		return 0;
+	if (!takes_handles(inode))
+		return pohmelfs_refresh(inode, true);
+	q.flags = cpu_to_le32((file->f_mode & FMODE_WRITE) ? POHMELFS_OPEN_WRITE : 0);
+	pohmelfs_msg_add(&m, &q, sizeof(q));
+	m.reply = &attr;
+	m.reply_cap = sizeof(attr);
+	err = pohmelfs_change_call(POHMELFS_SB(inode->i_sb), &m);
+	if (!err && m.reply_len != sizeof(attr))
+		err = -EIO;
 	if (err)
 		return err;
 	/* Close-to-open: fresh attributes, and the cache dropped if another client changed it. */
@@ -55,9 +56,16 @@ static int pohmelfs_open(struct inode *inode, struct file *file)
 	return 0;
 }
 
+/* Nobody waits for a RELEASE: close does not pay a round trip for it. */
 static int pohmelfs_release(struct inode *inode, struct file *file)
 {
-	open_call(inode, POHMELFS_OP_RELEASE, 0, NULL);
+	struct pohmelfs_obj_req q = { .oid = POHMELFS_I(inode)->oid };
+	struct pohmelfs_msg m = { .opcode = POHMELFS_OP_RELEASE };
+
+	if (takes_handles(inode)) {
+		pohmelfs_msg_add(&m, &q, sizeof(q));
+		pohmelfs_change_async(POHMELFS_SB(inode->i_sb), &m);
+	}
 	return 0;
 }
 

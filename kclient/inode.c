@@ -301,11 +301,17 @@ static int create_call(struct inode *dir, struct dentry *dentry, u16 opcode, umo
 	return instantiate(dir, dentry, &attr);
 }
 
+/* Always followed by ->open of the new file, so the server opens it too (CREATE_OPEN) and
+ * that open skips its round trip. */
 static int pohmelfs_create(struct user_namespace *ns, struct inode *dir, struct dentry *dentry,
 			   umode_t mode, bool excl)
 {
-	return create_call(dir, dentry, POHMELFS_OP_MKNOD, (mode & ~S_IFMT) | S_IFREG, 0,
-			   excl ? POHMELFS_CREATE_EXCL : 0);
+	int err = create_call(dir, dentry, POHMELFS_OP_MKNOD, (mode & ~S_IFMT) | S_IFREG, 0,
+			      POHMELFS_CREATE_OPEN | (excl ? POHMELFS_CREATE_EXCL : 0));
+
+	if (!err)
+		set_bit(POHMELFS_I_CREATED_OPEN, &POHMELFS_I(d_inode(dentry))->flags);
+	return err;
 }
 
 static int pohmelfs_mknod(struct user_namespace *ns, struct inode *dir, struct dentry *dentry,

@@ -226,6 +226,15 @@ out:
 	return err;
 }
 
+/* The end of a request: its waiter wakes up, or nobody waits and it is freed. */
+static void pohmelfs_req_done(struct pohmelfs_req *req)
+{
+	if (req->async)
+		kfree(req);
+	else
+		complete(&req->done);
+}
+
 /* Fails every request still waiting for a reply. */
 static void fail_pending(struct pohmelfs_conn *conn)
 {
@@ -239,7 +248,7 @@ static void fail_pending(struct pohmelfs_conn *conn)
 		if (xa_erase(&conn->pending, idx) != req)
 			continue;
 		req->err = -ENOTCONN;
-		complete(&req->done);
+		pohmelfs_req_done(req);
 	}
 	xa_lock(&conn->pending);
 	conn->inflight = 0;
@@ -298,7 +307,7 @@ static int receive_one(struct pohmelfs_conn *conn)
 		req->reply_len = len;
 		req->err = err ? -ENOTCONN : 0;
 	}
-	complete(&req->done);
+	pohmelfs_req_done(req);
 	return err;
 }
 

@@ -36,6 +36,7 @@ struct pohmelfs_req {
 	struct iov_iter dst; /* where the reply payload goes */
 	struct kvec dst_kv;
 	size_t reply_len;    /* payload bytes received */
+	bool async;	     /* nobody waits: kmalloc'ed, freed when done, no reply payload */
 	struct completion done;
 };
 
@@ -99,8 +100,12 @@ struct pohmelfs_inode {
 	unsigned long attr_time; /* jiffies of the last attributes from a server */
 	u64 version;		 /* the server's change counter at that time */
 	bool local_changes;	 /* we changed it since: a newer version is ours */
+	unsigned long flags;	 /* POHMELFS_I_* bits */
 	struct inode vfs_inode;
 };
+
+/* Created with CREATE_OPEN: the servers hold a handle for the ->open that follows. */
+#define POHMELFS_I_CREATED_OPEN 0
 
 static inline struct pohmelfs_inode *POHMELFS_I(struct inode *inode)
 {
@@ -155,6 +160,8 @@ int pohmelfs_parse_server(struct pohmelfs_server *srv, const char *spec);
 int pohmelfs_read_call(struct pohmelfs_sb_info *sbi, struct pohmelfs_msg *m);
 /* A change: to every writable server; the result of the highest-priority one that answered. */
 int pohmelfs_change_call(struct pohmelfs_sb_info *sbi, struct pohmelfs_msg *m);
+/* A change nobody waits for (RELEASE): sent to every up writable server, answers ignored. */
+void pohmelfs_change_async(struct pohmelfs_sb_info *sbi, struct pohmelfs_msg *m);
 bool pohmelfs_read_only(struct pohmelfs_sb_info *sbi);
 
 /* inode.c */

@@ -421,6 +421,32 @@ static void mark_stale(struct pohmelfs_sb_info *sbi, struct pohmelfs_server *mis
 	}
 }
 
+void pohmelfs_change_async(struct pohmelfs_sb_info *sbi, struct pohmelfs_msg *m)
+{
+	int i;
+
+	for (i = 0; i < sbi->nr_servers; i++) {
+		struct pohmelfs_server *srv = &sbi->servers[i];
+		struct pohmelfs_conn *conn;
+		struct pohmelfs_req *req;
+
+		if (!srv->may_write)
+			continue;
+		conn = server_conn(srv);
+		if (!conn)
+			continue;
+		req = kzalloc(sizeof(*req), GFP_NOFS);
+		if (req) {
+			req->async = true;
+			m->reply = NULL;
+			m->reply_cap = 0;
+			if (pohmelfs_conn_send(conn, req, m, false))
+				kfree(req); /* not sent: never seen by the receive thread */
+		}
+		pohmelfs_conn_put(conn);
+	}
+}
+
 struct change_slot {
 	struct pohmelfs_req req;
 	struct pohmelfs_conn *conn;

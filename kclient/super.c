@@ -30,6 +30,7 @@ static struct inode *pohmelfs_alloc_inode(struct super_block *sb)
 	pi->attr_time = 0;
 	pi->version = 0;
 	pi->local_changes = false;
+	pi->flags = 0;
 	return &pi->vfs_inode;
 }
 
