@@ -11,7 +11,7 @@
 #define POHMELFS_READDIR_BYTES (32u << 10)
 
 struct pohmelfs_dir_pos {
-	loff_t pos;  /* f_pos that `cookie` continues from */
+	loff_t pos; /* f_pos that `cookie` continues from */
 	u64 cookie;
 	bool eof;
 };

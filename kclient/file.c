@@ -347,8 +347,8 @@ static int wb_page(struct page *page, struct writeback_control *wbc, void *data)
 		return 0;
 	}
 	len = min_t(loff_t, PAGE_SIZE, size - off);
-	if (run->n && (run->n == POHMELFS_IO_PAGES || off != run->pos + run->len ||
-		       run->len % PAGE_SIZE))
+	if (run->n &&
+	    (run->n == POHMELFS_IO_PAGES || off != run->pos + run->len || run->len % PAGE_SIZE))
 		wb_flush(run);
 	set_page_writeback(page);
 	unlock_page(page);

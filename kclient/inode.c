@@ -539,8 +539,8 @@ static int pohmelfs_setattr(struct user_namespace *ns, struct dentry *dentry, st
 	return 0;
 }
 
-static int pohmelfs_getattr(struct user_namespace *ns, const struct path *path,
-			    struct kstat *stat, u32 request_mask, unsigned int flags)
+static int pohmelfs_getattr(struct user_namespace *ns, const struct path *path, struct kstat *stat,
+			    u32 request_mask, unsigned int flags)
 {
 	struct inode *inode = d_inode(path->dentry);
 	int err = 0;

@@ -19,8 +19,7 @@
 
 #define POHMELFS_HANDSHAKE_MAX 4096u
 
-static void fill_hdr(struct pohmelfs_hdr *h, u16 opcode, u32 flags, u32 len, u64 session,
-		     u64 trans)
+static void fill_hdr(struct pohmelfs_hdr *h, u16 opcode, u32 flags, u32 len, u64 session, u64 trans)
 {
 	memset(h, 0, sizeof(*h));
 	h->magic = cpu_to_le32(POHMELFS_MAGIC);
@@ -158,8 +157,8 @@ static int handshake(struct pohmelfs_server *srv, struct socket *sock, struct po
 	hello.q.version_min = cpu_to_le16(POHMELFS_PROTO_VERSION_MIN);
 	hello.q.version_max = cpu_to_le16(POHMELFS_PROTO_VERSION_MAX);
 	hello.q.max_payload = cpu_to_le32(POHMELFS_PAYLOAD_MAX);
-	hello.q.features = cpu_to_le64(POHMELFS_FEAT_XATTR | POHMELFS_FEAT_FALLOCATE |
-				       POHMELFS_FEAT_REPLICA);
+	hello.q.features =
+		cpu_to_le64(POHMELFS_FEAT_XATTR | POHMELFS_FEAT_FALLOCATE | POHMELFS_FEAT_REPLICA);
 	hello.q.resume_session = cpu_to_le64(srv->session);
 	hello.q.credits = cpu_to_le32(256);
 	/* This client has no keys yet: it offers the unprotected channel only. */
@@ -171,8 +170,7 @@ static int handshake(struct pohmelfs_server *srv, struct socket *sock, struct po
 			     rep_buf, &rep_len);
 	if (err)
 		goto out;
-	if (rep_len < sizeof(*rep) ||
-	    rep_len != sizeof(*rep) + le32_to_cpu(rep->auth_len)) {
+	if (rep_len < sizeof(*rep) || rep_len != sizeof(*rep) + le32_to_cpu(rep->auth_len)) {
 		err = -EPROTO;
 		goto out;
 	}
@@ -244,7 +242,7 @@ static void fail_pending(struct pohmelfs_conn *conn)
 	xa_lock(&conn->pending);
 	conn->dead = true;
 	xa_unlock(&conn->pending);
-	xa_for_each(&conn->pending, idx, req) {
+	xa_for_each (&conn->pending, idx, req) {
 		if (xa_erase(&conn->pending, idx) != req)
 			continue;
 		req->err = -ENOTCONN;
@@ -274,7 +272,7 @@ static int receive_one(struct pohmelfs_conn *conn)
 	len = le32_to_cpu(h.length);
 	flags = le32_to_cpu(h.flags);
 	if (flags & POHMELFS_FLAG_SEALED)
-		return -EPROTO; /* never negotiated */
+		return -EPROTO;		    /* never negotiated */
 	if (flags & POHMELFS_FLAG_CALLBACK) /* lease breaks: never negotiated either */
 		return recv_discard(conn->sock, len);
 	if (!(flags & POHMELFS_FLAG_REPLY))
@@ -346,8 +344,8 @@ int pohmelfs_conn_open(struct pohmelfs_server *srv, struct pohmelfs_conn **out)
 	struct pohmelfs_sb_info *sbi = srv->sbi;
 	struct pohmelfs_conn *conn;
 	struct socket *sock;
-	int addrlen = srv->addr.ss_family == AF_INET6 ? sizeof(struct sockaddr_in6) :
-							 sizeof(struct sockaddr_in);
+	int addrlen = srv->addr.ss_family == AF_INET6 ? sizeof(struct sockaddr_in6)
+						      : sizeof(struct sockaddr_in);
 	long tmo = msecs_to_jiffies(sbi->timeout_ms);
 	int err;
 
@@ -434,8 +432,8 @@ static bool credit_ok(struct pohmelfs_conn *conn)
 	return ok;
 }
 
-int pohmelfs_conn_send(struct pohmelfs_conn *conn, struct pohmelfs_req *req,
-		       struct pohmelfs_msg *m, bool resent)
+int pohmelfs_conn_send(struct pohmelfs_conn *conn, struct pohmelfs_req *req, struct pohmelfs_msg *m,
+		       bool resent)
 {
 	struct pohmelfs_server *srv = conn->srv;
 	struct pohmelfs_hdr h;
@@ -510,7 +508,8 @@ int pohmelfs_conn_send(struct pohmelfs_conn *conn, struct pohmelfs_req *req,
  * and killed, which completes the request too. */
 int pohmelfs_conn_wait(struct pohmelfs_conn *conn, struct pohmelfs_req *req)
 {
-	if (!wait_for_completion_timeout(&req->done, msecs_to_jiffies(conn->srv->sbi->timeout_ms))) {
+	if (!wait_for_completion_timeout(&req->done,
+					 msecs_to_jiffies(conn->srv->sbi->timeout_ms))) {
 		pr_warn("pohmelfs: server %s: no reply to transaction %llu (opcode %u) in %u ms\n",
 			conn->srv->uri, req->trans, req->opcode, conn->srv->sbi->timeout_ms);
 		pohmelfs_conn_kill(conn);

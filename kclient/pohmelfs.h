@@ -35,8 +35,8 @@ struct pohmelfs_req {
 	int err;	     /* 0, -errno from the server's status, or a transport error */
 	struct iov_iter dst; /* where the reply payload goes */
 	struct kvec dst_kv;
-	size_t reply_len;    /* payload bytes received */
-	bool async;	     /* nobody waits: kmalloc'ed, freed when done, no reply payload */
+	size_t reply_len; /* payload bytes received */
+	bool async;	  /* nobody waits: kmalloc'ed, freed when done, no reply payload */
 	struct completion done;
 };
 
@@ -48,9 +48,9 @@ struct pohmelfs_conn {
 	struct mutex send_mutex;
 	struct xarray pending; /* trans -> struct pohmelfs_req */
 	wait_queue_head_t credit_wq;
-	u32 credits;	/* requests the server lets us have in flight */
-	u32 inflight;	/* under pending's lock */
-	bool dead;	/* under pending's lock */
+	u32 credits;  /* requests the server lets us have in flight */
+	u32 inflight; /* under pending's lock */
+	bool dead;    /* under pending's lock */
 	u64 session;
 	u64 features;
 	bool read_only; /* the server's allow list gives us read access only */
@@ -89,7 +89,7 @@ struct pohmelfs_sb_info {
 	struct pohmelfs_oid root;
 	bool have_root;
 	u64 features;
-	atomic_t read_turn; /* round robin among equal readers */
+	atomic_t read_turn;	 /* round robin among equal readers */
 	wait_queue_head_t up_wq; /* a server came up */
 	bool shutting_down;
 	u32 max_io;
@@ -148,8 +148,8 @@ int pohmelfs_conn_open(struct pohmelfs_server *srv, struct pohmelfs_conn **out);
 void pohmelfs_conn_put(struct pohmelfs_conn *conn);
 void pohmelfs_conn_kill(struct pohmelfs_conn *conn);
 bool pohmelfs_conn_dead(struct pohmelfs_conn *conn);
-int pohmelfs_conn_send(struct pohmelfs_conn *conn, struct pohmelfs_req *req,
-		       struct pohmelfs_msg *m, bool resent);
+int pohmelfs_conn_send(struct pohmelfs_conn *conn, struct pohmelfs_req *req, struct pohmelfs_msg *m,
+		       bool resent);
 int pohmelfs_conn_wait(struct pohmelfs_conn *conn, struct pohmelfs_req *req);
 
 /* rpc.c */

@@ -260,9 +260,9 @@ static int __init pohmelfs_init(void)
 {
 	int err;
 
-	pohmelfs_inode_cachep = kmem_cache_create("pohmelfs_inode", sizeof(struct pohmelfs_inode),
-						  0, SLAB_RECLAIM_ACCOUNT | SLAB_ACCOUNT,
-						  pohmelfs_inode_once);
+	pohmelfs_inode_cachep =
+		kmem_cache_create("pohmelfs_inode", sizeof(struct pohmelfs_inode), 0,
+				  SLAB_RECLAIM_ACCOUNT | SLAB_ACCOUNT, pohmelfs_inode_once);
 	if (!pohmelfs_inode_cachep)
 		return -ENOMEM;
 	err = pohmelfs_rpc_init();
