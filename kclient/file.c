@@ -193,41 +193,75 @@ static int pohmelfs_read_folio(struct file *file, struct folio *folio)
 	return err;
 }
 
+/* One readahead READ in flight: the receive thread fills the locked folios and unlocks them;
+ * the reader waits on the folio locks, so several READs are in flight at once. */
+struct ra_read {
+	struct pohmelfs_req req;
+	int n;
+	size_t len;
+	struct folio *folios[POHMELFS_IO_PAGES];
+	struct bio_vec bv[POHMELFS_IO_PAGES];
+};
+
+static void ra_finish(struct ra_read *ra, int err)
+{
+	int i;
+
+	if (!err) {
+		struct iov_iter rest;
+
+		iov_iter_bvec(&rest, ITER_DEST, ra->bv, ra->n, ra->len);
+		iov_iter_advance(&rest, ra->req.reply_len);
+		iov_iter_zero(iov_iter_count(&rest), &rest);
+	}
+	/* A folio left !uptodate is read again, with failover, by read_folio. */
+	for (i = 0; i < ra->n; i++) {
+		if (!err)
+			folio_mark_uptodate(ra->folios[i]);
+		folio_unlock(ra->folios[i]);
+	}
+	kfree(ra);
+}
+
+static void ra_done(struct pohmelfs_req *req)
+{
+	ra_finish(container_of(req, struct ra_read, req), req->err);
+}
+
 static void pohmelfs_readahead(struct readahead_control *rac)
 {
 	struct inode *inode = rac->mapping->host;
-	struct folio **folios;
-	struct bio_vec *bv;
 
-	folios = kmalloc_array(POHMELFS_IO_PAGES, sizeof(*folios), GFP_NOFS);
-	bv = kmalloc_array(POHMELFS_IO_PAGES, sizeof(*bv), GFP_NOFS);
-	if (!folios || !bv)
-		goto out; /* the pages stay !uptodate: read_folio reads them one by one */
 	while (readahead_count(rac)) {
-		loff_t pos = readahead_pos(rac);
-		size_t len = 0;
+		struct pohmelfs_read_req q = { .oid = POHMELFS_I(inode)->oid };
+		struct pohmelfs_msg m = { .opcode = POHMELFS_OP_READ };
+		struct ra_read *ra = kzalloc(sizeof(*ra), GFP_NOFS);
 		struct folio *folio;
-		int i, n = 0, err;
+		loff_t pos = readahead_pos(rac);
 
-		while (n < POHMELFS_IO_PAGES && len < POHMELFS_IO_MAX &&
+		if (!ra)
+			return; /* the pages stay !uptodate: read_folio reads them one by one */
+		while (ra->n < POHMELFS_IO_PAGES && ra->len < POHMELFS_IO_MAX &&
 		       (folio = readahead_folio(rac))) {
-			folios[n] = folio;
-			bvec_set_page(&bv[n], &folio->page, folio_size(folio), 0);
-			len += folio_size(folio);
-			n++;
+			ra->folios[ra->n] = folio;
+			bvec_set_page(&ra->bv[ra->n], &folio->page, folio_size(folio), 0);
+			ra->len += folio_size(folio);
+			ra->n++;
 		}
-		if (!n)
-			break;
-		err = read_pages(inode, pos, bv, n, len);
-		for (i = 0; i < n; i++) {
-			if (!err)
-				folio_mark_uptodate(folios[i]);
-			folio_unlock(folios[i]);
+		if (!ra->n) {
+			kfree(ra);
+			return;
 		}
+		q.offset = cpu_to_le64(pos);
+		q.size = cpu_to_le32(ra->len);
+		pohmelfs_msg_add(&m, &q, sizeof(q));
+		m.rpages = ra->bv;
+		m.nrpages = ra->n;
+		m.rlen = ra->len;
+		ra->req.on_done = ra_done;
+		if (pohmelfs_read_send(POHMELFS_SB(inode->i_sb), &m, &ra->req))
+			ra_finish(ra, -EIO);
 	}
-out:
-	kfree(folios);
-	kfree(bv);
 }
 
 static int pohmelfs_write_begin(struct file *file, struct address_space *mapping, loff_t pos,

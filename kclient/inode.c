@@ -196,6 +196,15 @@ static struct dentry *pohmelfs_lookup(struct inode *dir, struct dentry *dentry, 
 	struct inode *inode = NULL;
 	int err;
 
+	/* open(O_CREAT | O_EXCL): the create asks the server to fail on an existing name, so the
+	 * lookup is not worth a round trip. The negative dentry is born stale. */
+	if ((flags & (LOOKUP_CREATE | LOOKUP_EXCL)) == (LOOKUP_CREATE | LOOKUP_EXCL) &&
+	    !(flags & LOOKUP_RENAME_TARGET)) {
+		dentry->d_time =
+			jiffies - msecs_to_jiffies(POHMELFS_SB(dir->i_sb)->attr_timeout_ms) - 1;
+		d_add(dentry, NULL);
+		return NULL;
+	}
 	err = lookup_call(dir, &dentry->d_name, &attr);
 	if (err && err != -ENOENT)
 		return ERR_PTR(err);

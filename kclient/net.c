@@ -227,7 +227,9 @@ out:
 /* The end of a request: its waiter wakes up, or nobody waits and it is freed. */
 static void pohmelfs_req_done(struct pohmelfs_req *req)
 {
-	if (req->async)
+	if (req->on_done)
+		req->on_done(req);
+	else if (req->async)
 		kfree(req);
 	else
 		complete(&req->done);

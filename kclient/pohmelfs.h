@@ -37,6 +37,8 @@ struct pohmelfs_req {
 	struct kvec dst_kv;
 	size_t reply_len; /* payload bytes received */
 	bool async;	  /* nobody waits: kmalloc'ed, freed when done, no reply payload */
+	/* Nobody waits either, but this runs (on the receive thread) when it is done. */
+	void (*on_done)(struct pohmelfs_req *req);
 	struct completion done;
 };
 
@@ -163,6 +165,10 @@ int pohmelfs_change_call(struct pohmelfs_sb_info *sbi, struct pohmelfs_msg *m);
 /* A change nobody waits for (RELEASE): sent to every up writable server, answers ignored. */
 void pohmelfs_change_async(struct pohmelfs_sb_info *sbi, struct pohmelfs_msg *m);
 bool pohmelfs_read_only(struct pohmelfs_sb_info *sbi);
+/* A read-only command whose reply req->on_done handles: sent to one up reader, no failover.
+ * 0, or an error when it could not be sent (req->on_done then never runs). */
+int pohmelfs_read_send(struct pohmelfs_sb_info *sbi, struct pohmelfs_msg *m,
+		       struct pohmelfs_req *req);
 
 /* inode.c */
 extern const struct inode_operations pohmelfs_dir_iops;

@@ -365,6 +365,20 @@ int pohmelfs_read_call(struct pohmelfs_sb_info *sbi, struct pohmelfs_msg *m)
 	}
 }
 
+int pohmelfs_read_send(struct pohmelfs_sb_info *sbi, struct pohmelfs_msg *m,
+		       struct pohmelfs_req *req)
+{
+	struct pohmelfs_server *srv = pick_reader(sbi, 0);
+	struct pohmelfs_conn *conn = srv ? server_conn(srv) : NULL;
+	int err;
+
+	if (!conn)
+		return -ENOTCONN;
+	err = pohmelfs_conn_send(conn, req, m, false);
+	pohmelfs_conn_put(conn);
+	return err;
+}
+
 static bool writer_up(struct pohmelfs_sb_info *sbi)
 {
 	int i;
