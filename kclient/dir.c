@@ -47,6 +47,11 @@ static int pohmelfs_readdir(struct file *file, struct dir_context *ctx)
 	u8 *buf;
 	int err = 0;
 
+	if (ctx->pos < 2) { /* from the start (rewinddir): the directory may have changed */
+		dp->pos = 2;
+		dp->cookie = 0;
+		dp->eof = false;
+	}
 	if (!dir_emit_dots(file, ctx))
 		return 0;
 	if (ctx->pos != dp->pos) {

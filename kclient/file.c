@@ -25,21 +25,39 @@ static bool takes_handles(struct inode *inode)
 	return !(sb_rdonly(inode->i_sb) && pohmelfs_read_only(POHMELFS_SB(inode->i_sb)));
 }
 
+/* file->private_data: whether the servers hold a handle for this open file. */
+#define POHMELFS_FILE_HANDLE ((void *)1)
+
+static void release_handle(struct inode *inode)
+{
+	struct pohmelfs_obj_req q = { .oid = POHMELFS_I(inode)->oid };
+	struct pohmelfs_msg m = { .opcode = POHMELFS_OP_RELEASE };
+
+	pohmelfs_msg_add(&m, &q, sizeof(q));
+	pohmelfs_change_async(POHMELFS_SB(inode->i_sb), &m);
+}
+
 static int pohmelfs_open(struct inode *inode, struct file *file)
 {
 	struct pohmelfs_open_req q = { .oid = POHMELFS_I(inode)->oid };
 	struct pohmelfs_msg m = { .opcode = POHMELFS_OP_OPEN };
+	/* create() opened it already (CREATE_OPEN): one round trip for open(O_CREAT). */
+	bool created_open = test_and_clear_bit(POHMELFS_I_CREATED_OPEN, &POHMELFS_I(inode)->flags);
 	struct pohmelfs_attr attr;
 	int err;
 
 	err = generic_file_open(inode, file);
-	if (err)
+	if (!err && (file->f_flags & O_DIRECT))
+		err = -EINVAL;
+	if (err) {
+		if (created_open)
+			release_handle(inode);
 		return err;
-	if (file->f_flags & O_DIRECT)
-		return -EINVAL;
-	/* create() opened it already (CREATE_OPEN): one round trip for open(O_CREAT). */
-	if (test_and_clear_bit(POHMELFS_I_CREATED_OPEN, &POHMELFS_I(inode)->flags))
+	}
+	if (created_open) {
+		file->private_data = POHMELFS_FILE_HANDLE;
 		return 0;
+	}
 	if (!takes_handles(inode))
 		return pohmelfs_refresh(inode, true);
 	q.flags = cpu_to_le32((file->f_mode & FMODE_WRITE) ? POHMELFS_OPEN_WRITE : 0);
@@ -47,10 +65,12 @@ static int pohmelfs_open(struct inode *inode, struct file *file)
 	m.reply = &attr;
 	m.reply_cap = sizeof(attr);
 	err = pohmelfs_change_call(POHMELFS_SB(inode->i_sb), &m);
-	if (!err && m.reply_len != sizeof(attr))
+	if (!err && (m.reply_len != sizeof(attr) ||
+		     memcmp(&attr.oid, &POHMELFS_I(inode)->oid, sizeof(attr.oid))))
 		err = -EIO;
 	if (err)
 		return err;
+	file->private_data = POHMELFS_FILE_HANDLE;
 	/* Close-to-open: fresh attributes, and the cache dropped if another client changed it. */
 	pohmelfs_apply_attr(inode, &attr);
 	return 0;
@@ -59,14 +79,17 @@ static int pohmelfs_open(struct inode *inode, struct file *file)
 /* Nobody waits for a RELEASE: close does not pay a round trip for it. */
 static int pohmelfs_release(struct inode *inode, struct file *file)
 {
-	struct pohmelfs_obj_req q = { .oid = POHMELFS_I(inode)->oid };
-	struct pohmelfs_msg m = { .opcode = POHMELFS_OP_RELEASE };
-
-	if (takes_handles(inode)) {
-		pohmelfs_msg_add(&m, &q, sizeof(q));
-		pohmelfs_change_async(POHMELFS_SB(inode->i_sb), &m);
-	}
+	if (file->private_data == POHMELFS_FILE_HANDLE)
+		release_handle(inode);
 	return 0;
+}
+
+/* An inode evicted with the handle of a create no open used (mknod(2) of a regular file goes
+ * through ->create too) gives it back. */
+void pohmelfs_release_created(struct inode *inode)
+{
+	if (test_and_clear_bit(POHMELFS_I_CREATED_OPEN, &POHMELFS_I(inode)->flags))
+		release_handle(inode);
 }
 
 /* Close writes back what this descriptor dirtied, and reports a failed writeback. */
@@ -116,15 +139,32 @@ static ssize_t pohmelfs_write_iter(struct kiocb *iocb, struct iov_iter *from)
 	return generic_file_write_iter(iocb, from);
 }
 
+static long fallocate_locked(struct file *file, struct inode *inode, int mode, loff_t offset,
+			     loff_t len);
+
 static long pohmelfs_fallocate(struct file *file, int mode, loff_t offset, loff_t len)
 {
 	struct inode *inode = file_inode(file);
+	long err;
+
+	if (mode & ~(FALLOC_FL_KEEP_SIZE | FALLOC_FL_PUNCH_HOLE | FALLOC_FL_ZERO_RANGE))
+		return -EOPNOTSUPP;
+	/* No write or page fault may slip in between the write-back and the server's change. */
+	inode_lock(inode);
+	filemap_invalidate_lock(inode->i_mapping);
+	err = fallocate_locked(file, inode, mode, offset, len);
+	filemap_invalidate_unlock(inode->i_mapping);
+	inode_unlock(inode);
+	return err;
+}
+
+static long fallocate_locked(struct file *file, struct inode *inode, int mode, loff_t offset,
+			     loff_t len)
+{
 	struct pohmelfs_fallocate_req q = { .oid = POHMELFS_I(inode)->oid };
 	struct pohmelfs_msg m = { .opcode = POHMELFS_OP_FALLOCATE };
 	int err;
 
-	if (mode & ~(FALLOC_FL_KEEP_SIZE | FALLOC_FL_PUNCH_HOLE | FALLOC_FL_ZERO_RANGE))
-		return -EOPNOTSUPP;
 	/* Local dirty data in the range must reach the server first, and stale pages go. */
 	err = filemap_write_and_wait(inode->i_mapping);
 	if (err)
@@ -312,9 +352,13 @@ static int pohmelfs_write_end(struct file *file, struct address_space *mapping, 
 		}
 		SetPageUptodate(page);
 	}
+	/* Dirty before the size grows, and the size under i_lock: apply_attr keeps a local size
+	 * larger than the server's only while pages are dirty. */
+	set_page_dirty(page);
+	spin_lock(&inode->i_lock);
 	if (pos + copied > i_size_read(inode))
 		i_size_write(inode, pos + copied);
-	set_page_dirty(page);
+	spin_unlock(&inode->i_lock);
 	WRITE_ONCE(POHMELFS_I(inode)->local_changes, true);
 out:
 	unlock_page(page);
@@ -354,6 +398,16 @@ static void wb_flush(struct wb_run *run)
 	err = pohmelfs_change_call(POHMELFS_SB(run->inode->i_sb), &m);
 	if (!err && (m.reply_len != sizeof(rep) || le64_to_cpu(rep.written) != run->len))
 		err = -EIO;
+	if (err == -EINTR) {
+		/* A dying task's writeback: nothing was sent; the flusher writes the pages later. */
+		for (i = 0; i < run->n; i++) {
+			end_page_writeback(run->pages[i]);
+			__set_page_dirty_nobuffers(run->pages[i]);
+		}
+		run->n = 0;
+		run->len = 0;
+		return;
+	}
 	if (err) {
 		pr_warn_ratelimited("pohmelfs: write of %zu bytes at %lld failed (%d)\n", run->len,
 				    run->pos, err);

@@ -40,7 +40,7 @@ void pohmelfs_apply_attr(struct inode *inode, const struct pohmelfs_attr *attr)
 	struct pohmelfs_inode *pi = POHMELFS_I(inode);
 	struct address_space *mapping = inode->i_mapping;
 	u64 version = le64_to_cpu(attr->version);
-	loff_t size = le64_to_cpu(attr->size);
+	loff_t size = min_t(u64, le64_to_cpu(attr->size), MAX_LFS_FILESIZE);
 	bool drop_cache = false;
 
 	spin_lock(&inode->i_lock);
@@ -235,8 +235,9 @@ static int pohmelfs_d_revalidate(struct dentry *dentry, unsigned int flags)
 	inode = d_inode(dentry);
 	if (err == -ENOENT)
 		ret = inode ? 0 : 1;
-	else if (err)
-		ret = err == -EIO ? 0 : err;
+	else if (
+		err) /* no server: an error, not a reason to drop the name (and what is under it) */
+		ret = err;
 	else if (!inode || memcmp(&attr.oid, &POHMELFS_I(inode)->oid, sizeof(attr.oid)) ||
 		 ((inode->i_mode ^ le32_to_cpu(attr.mode)) & S_IFMT))
 		ret = 0;
@@ -264,6 +265,15 @@ static void new_owner(struct inode *dir, umode_t *mode, u32 *uid, u32 *gid)
 	} else {
 		*gid = from_kgid(&init_user_ns, current_fsgid());
 	}
+}
+
+/* The reply to a create names the object the client chose, of the type it asked for: a
+ * hostile server must not make a second alias of an existing directory. */
+static bool is_new_object(const struct pohmelfs_attr *attr, size_t len,
+			  const struct pohmelfs_oid *oid, umode_t mode)
+{
+	return len == sizeof(*attr) && !memcmp(&attr->oid, oid, sizeof(*oid)) &&
+	       !((le32_to_cpu(attr->mode) ^ mode) & S_IFMT);
 }
 
 /* Replies with an attr: makes the inode and binds it to dentry. */
@@ -303,7 +313,7 @@ static int create_call(struct inode *dir, struct dentry *dentry, u16 opcode, umo
 	m.reply = &attr;
 	m.reply_cap = sizeof(attr);
 	err = pohmelfs_change_call(POHMELFS_SB(dir->i_sb), &m);
-	if (!err && m.reply_len != sizeof(attr))
+	if (!err && !is_new_object(&attr, m.reply_len, &q.new_oid, mode))
 		err = -EIO;
 	if (err)
 		return err;
@@ -362,7 +372,7 @@ static int pohmelfs_symlink(struct user_namespace *ns, struct inode *dir, struct
 	m.reply = &attr;
 	m.reply_cap = sizeof(attr);
 	err = pohmelfs_change_call(POHMELFS_SB(dir->i_sb), &m);
-	if (!err && m.reply_len != sizeof(attr))
+	if (!err && !is_new_object(&attr, m.reply_len, &q.new_oid, mode))
 		err = -EIO;
 	if (err)
 		return err;
@@ -387,7 +397,8 @@ static int pohmelfs_unlink(struct inode *dir, struct dentry *dentry)
 
 	if (err)
 		return err;
-	drop_nlink(inode);
+	if (inode->i_nlink)
+		drop_nlink(inode);
 	invalidate_attr(inode);
 	invalidate_attr(dir);
 	return 0;
@@ -435,7 +446,7 @@ static int pohmelfs_rename(struct user_namespace *ns, struct inode *old_dir,
 	if (target && !(flags & RENAME_EXCHANGE)) {
 		if (S_ISDIR(target->i_mode))
 			clear_nlink(target);
-		else
+		else if (target->i_nlink)
 			drop_nlink(target);
 		invalidate_attr(target);
 	}
@@ -462,8 +473,8 @@ static int pohmelfs_link(struct dentry *old_dentry, struct inode *dir, struct de
 	m.reply = &attr;
 	m.reply_cap = sizeof(attr);
 	err = pohmelfs_change_call(POHMELFS_SB(dir->i_sb), &m);
-	if (!err && m.reply_len != sizeof(attr))
-		err = -EIO;
+	if (!err && !is_new_object(&attr, m.reply_len, &q.oid, inode->i_mode))
+		err = -EIO; /* not a new object, but the reply must name the linked one */
 	if (err)
 		return err;
 	pohmelfs_apply_own_attr(inode, &attr);

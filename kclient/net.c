@@ -87,10 +87,11 @@ static int check_hdr(const struct pohmelfs_hdr *h)
 	return 0;
 }
 
-/* A server status as a kernel error: positive Linux errno values only. */
+/* A server status as a kernel error: ordinary Linux errno values only (kernel-internal codes
+ * such as EIOCBQUEUED must never reach the VFS from a server). */
 static int status_err(u32 status)
 {
-	return status && status < MAX_ERRNO ? -(int)status : -EIO;
+	return status && status <= EHWPOISON ? -(int)status : -EIO;
 }
 
 /* One synchronous request and reply, before the receive thread runs (handshake). */
@@ -300,7 +301,7 @@ static int receive_one(struct pohmelfs_conn *conn)
 		pr_warn("pohmelfs: server %s: reply to %llu too long (%u bytes for opcode %u)\n",
 			conn->srv->uri, le64_to_cpu(h.trans), len, req->opcode);
 		req->err = -EPROTO;
-		err = recv_discard(conn->sock, len);
+		err = -EPROTO; /* a broken server: the connection goes */
 	} else {
 		iov_iter_truncate(&req->dst, len);
 		err = recv_iter(conn->sock, &req->dst);
@@ -341,6 +342,33 @@ static int pohmelfs_rx(void *arg)
 	return 0;
 }
 
+/* Requests nobody waits for (readahead, RELEASE) have deadlines too: a connection whose
+ * oldest request is overdue is considered hung and killed, which completes them all. */
+static void conn_watchdog(struct work_struct *work)
+{
+	struct pohmelfs_conn *conn =
+		container_of(to_delayed_work(work), struct pohmelfs_conn, watchdog);
+	struct pohmelfs_req *req;
+	unsigned long idx;
+	u64 overdue = 0;
+
+	xa_lock(&conn->pending);
+	xa_for_each (&conn->pending, idx, req) {
+		if (time_after(jiffies, req->deadline)) {
+			overdue = req->trans;
+			break;
+		}
+	}
+	xa_unlock(&conn->pending);
+	if (overdue) {
+		pr_warn("pohmelfs: server %s: no reply to transaction %llu in %u ms\n",
+			conn->srv->uri, overdue, conn->srv->sbi->timeout_ms);
+		pohmelfs_conn_kill(conn);
+	} else if (!READ_ONCE(conn->dead)) {
+		schedule_delayed_work(&conn->watchdog, HZ);
+	}
+}
+
 int pohmelfs_conn_open(struct pohmelfs_server *srv, struct pohmelfs_conn **out)
 {
 	struct pohmelfs_sb_info *sbi = srv->sbi;
@@ -359,6 +387,7 @@ int pohmelfs_conn_open(struct pohmelfs_server *srv, struct pohmelfs_conn **out)
 	mutex_init(&conn->send_mutex);
 	xa_init(&conn->pending);
 	init_waitqueue_head(&conn->credit_wq);
+	INIT_DELAYED_WORK(&conn->watchdog, conn_watchdog);
 
 	err = sock_create_kern(&init_net, srv->addr.ss_family, SOCK_STREAM, IPPROTO_TCP, &sock);
 	if (err)
@@ -384,6 +413,7 @@ int pohmelfs_conn_open(struct pohmelfs_server *srv, struct pohmelfs_conn **out)
 	}
 	get_task_struct(conn->rx);
 	wake_up_process(conn->rx);
+	schedule_delayed_work(&conn->watchdog, HZ);
 	*out = conn;
 	return 0;
 release:
@@ -398,6 +428,7 @@ static void conn_release(struct kref *ref)
 	struct pohmelfs_conn *conn = container_of(ref, struct pohmelfs_conn, ref);
 
 	kernel_sock_shutdown(conn->sock, SHUT_RDWR);
+	cancel_delayed_work_sync(&conn->watchdog);
 	kthread_stop(conn->rx);
 	put_task_struct(conn->rx);
 	sock_release(conn->sock);
@@ -443,6 +474,7 @@ int pohmelfs_conn_send(struct pohmelfs_conn *conn, struct pohmelfs_req *req, str
 	struct msghdr msg = { .msg_flags = MSG_NOSIGNAL };
 	sigset_t blocked, saved;
 	size_t body = 0, len;
+	u64 trans;
 	long left;
 	int i, err;
 
@@ -469,19 +501,28 @@ int pohmelfs_conn_send(struct pohmelfs_conn *conn, struct pohmelfs_req *req, str
 				  msecs_to_jiffies(srv->sbi->timeout_ms));
 	if (!left)
 		return -ETIMEDOUT;
+	/* Built before the request is visible: from then on the receive thread owns it, and an
+	 * async one may be freed at any moment. */
+	trans = req->trans;
+	fill_hdr(&h, m->opcode, resent ? POHMELFS_FLAG_RESENT : 0, len, conn->session, trans);
+	req->deadline = jiffies + msecs_to_jiffies(srv->sbi->timeout_ms);
 	xa_lock(&conn->pending);
 	if (conn->dead) {
 		xa_unlock(&conn->pending);
 		return -ENOTCONN;
 	}
-	err = __xa_insert(&conn->pending, req->trans, req, GFP_NOFS);
+	/* May drop the lock to allocate: the connection may die meanwhile, so look again. */
+	err = __xa_insert(&conn->pending, trans, req, GFP_NOFS);
+	if (!err && conn->dead) {
+		__xa_erase(&conn->pending, trans);
+		err = -ENOTCONN;
+	}
 	if (!err)
 		conn->inflight++;
 	xa_unlock(&conn->pending);
 	if (err)
 		return err == -EBUSY ? -EPROTO : err;
 
-	fill_hdr(&h, m->opcode, resent ? POHMELFS_FLAG_RESENT : 0, len, conn->session, req->trans);
 	iov[0].iov_base = &h;
 	iov[0].iov_len = sizeof(h);
 	/* A signal must not cut a message in half (that would close the connection): only

@@ -27,16 +27,19 @@
 #define POHMELFS_ROOT_INO 1
 
 /* A request in flight on one connection. Completed exactly once, by the receive thread (reply
- * or death of the connection) or by the sender when it could not be sent; the waiter always
- * waits for that, so the request and its reply destination may live on the waiter's stack. */
+ * or death of the connection); a request that could not be sent is never seen by it. A
+ * waited-for request's waiter always waits for that completion, so the request and its reply
+ * destination may live on the waiter's stack. An async or on_done request belongs to the
+ * receive thread once sent, and is freed by it (or by on_done). */
 struct pohmelfs_req {
 	u64 trans;
 	u16 opcode;
 	int err;	     /* 0, -errno from the server's status, or a transport error */
 	struct iov_iter dst; /* where the reply payload goes */
 	struct kvec dst_kv;
-	size_t reply_len; /* payload bytes received */
-	bool async;	  /* nobody waits: kmalloc'ed, freed when done, no reply payload */
+	size_t reply_len;	/* payload bytes received */
+	unsigned long deadline; /* jiffies: the connection is killed if no reply by then */
+	bool async;		/* nobody waits: kmalloc'ed, freed when done, no reply payload */
 	/* Nobody waits either, but this runs (on the receive thread) when it is done. */
 	void (*on_done)(struct pohmelfs_req *req);
 	struct completion done;
@@ -50,9 +53,10 @@ struct pohmelfs_conn {
 	struct mutex send_mutex;
 	struct xarray pending; /* trans -> struct pohmelfs_req */
 	wait_queue_head_t credit_wq;
-	u32 credits;  /* requests the server lets us have in flight */
-	u32 inflight; /* under pending's lock */
-	bool dead;    /* under pending's lock */
+	struct delayed_work watchdog; /* kills the connection when a request is overdue */
+	u32 credits;		      /* requests the server lets us have in flight */
+	u32 inflight;		      /* under pending's lock */
+	bool dead;		      /* under pending's lock */
 	u64 session;
 	u64 features;
 	bool read_only; /* the server's allow list gives us read access only */
@@ -188,6 +192,7 @@ extern const struct file_operations pohmelfs_dir_fops;
 /* file.c */
 extern const struct file_operations pohmelfs_file_fops;
 extern const struct address_space_operations pohmelfs_aops;
+void pohmelfs_release_created(struct inode *inode);
 
 /* xattr.c */
 extern const struct xattr_handler *pohmelfs_xattr_handlers[];

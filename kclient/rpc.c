@@ -13,6 +13,7 @@
 #include <linux/module.h>
 #include <linux/slab.h>
 #include <linux/sched/mm.h>
+#include <linux/sched/signal.h>
 
 #include "pohmelfs.h"
 
@@ -334,6 +335,9 @@ int pohmelfs_read_call(struct pohmelfs_sb_info *sbi, struct pohmelfs_msg *m)
 	struct pohmelfs_req req;
 	int err;
 
+	/* A send cut by SIGKILL would break the connection for every user of it. */
+	if (fatal_signal_pending(current))
+		return -EINTR;
 	for (;;) {
 		struct pohmelfs_server *srv = pick_reader(sbi, tried);
 		struct pohmelfs_conn *conn;
@@ -481,6 +485,8 @@ int pohmelfs_change_call(struct pohmelfs_sb_info *sbi, struct pohmelfs_msg *m)
 		writers += sbi->servers[i].may_write;
 	if (!writers)
 		return -EROFS;
+	if (fatal_signal_pending(current))
+		return -EINTR; /* see read_call: nothing sent, nothing diverges */
 	slots = kcalloc(sbi->nr_servers, sizeof(*slots), GFP_NOFS);
 	if (!slots)
 		return -ENOMEM;

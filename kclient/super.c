@@ -48,6 +48,8 @@ static void pohmelfs_inode_once(void *p)
 
 static void pohmelfs_evict_inode(struct inode *inode)
 {
+	if (S_ISREG(inode->i_mode))
+		pohmelfs_release_created(inode);
 	truncate_inode_pages_final(&inode->i_data);
 	clear_inode(inode);
 }
@@ -167,7 +169,8 @@ static int pohmelfs_fill_super(struct super_block *sb, struct fs_context *fc)
 	sb->s_blocksize = PAGE_SIZE;
 	sb->s_blocksize_bits = PAGE_SHIFT;
 	sb->s_time_gran = 1;
-	sb->s_flags |= SB_NOSEC;
+	/* Pages do not change while a WRITE copies them to each replica in turn. */
+	sb->s_iflags |= SB_I_STABLE_WRITES;
 	err = super_setup_bdi(sb);
 	if (err)
 		return err;
