@@ -126,7 +126,7 @@ struct inode *pohmelfs_iget(struct super_block *sb, const struct pohmelfs_attr *
 		inode_nohighmem(inode);
 		break;
 	default:
-		inode->i_op = &pohmelfs_special_iops;
+		inode->i_op = &pohmelfs_file_iops;
 		init_special_inode(inode, mode, new_decode_dev(le64_to_cpu(attr->rdev)));
 		break;
 	}
@@ -615,6 +615,7 @@ const struct inode_operations pohmelfs_dir_iops = {
 	.listxattr = pohmelfs_listxattr,
 };
 
+/* Regular files and special files (fifos, sockets, devices). */
 const struct inode_operations pohmelfs_file_iops = {
 	.setattr = pohmelfs_setattr,
 	.getattr = pohmelfs_getattr,
@@ -623,12 +624,6 @@ const struct inode_operations pohmelfs_file_iops = {
 
 const struct inode_operations pohmelfs_symlink_iops = {
 	.get_link = pohmelfs_get_link,
-	.setattr = pohmelfs_setattr,
-	.getattr = pohmelfs_getattr,
-	.listxattr = pohmelfs_listxattr,
-};
-
-const struct inode_operations pohmelfs_special_iops = {
 	.setattr = pohmelfs_setattr,
 	.getattr = pohmelfs_getattr,
 	.listxattr = pohmelfs_listxattr,

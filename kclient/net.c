@@ -87,6 +87,14 @@ static int check_hdr(const struct pohmelfs_hdr *h)
 	return 0;
 }
 
+/* The next message's header, checked for magic, version and payload size. */
+static int recv_hdr(struct socket *sock, struct pohmelfs_hdr *h)
+{
+	int err = recv_buf(sock, h, sizeof(*h));
+
+	return err ? err : check_hdr(h);
+}
+
 /* A server status as a kernel error: ordinary Linux errno values only (kernel-internal codes
  * such as EIOCBQUEUED must never reach the VFS from a server). */
 static int status_err(u32 status)
@@ -115,10 +123,7 @@ static int handshake_call(struct pohmelfs_server *srv, struct socket *sock, u16 
 	err = send_iter(sock, &msg);
 	if (err)
 		return err;
-	err = recv_buf(sock, &h, sizeof(h));
-	if (err)
-		return err;
-	err = check_hdr(&h);
+	err = recv_hdr(sock, &h);
 	if (err)
 		return err;
 	len = le32_to_cpu(h.length);
@@ -266,10 +271,7 @@ static int receive_one(struct pohmelfs_conn *conn)
 	u32 len, flags, status, credits;
 	int err;
 
-	err = recv_buf(conn->sock, &h, sizeof(h));
-	if (err)
-		return err;
-	err = check_hdr(&h);
+	err = recv_hdr(conn->sock, &h);
 	if (err)
 		return err;
 	len = le32_to_cpu(h.length);

@@ -178,7 +178,6 @@ int pohmelfs_read_send(struct pohmelfs_sb_info *sbi, struct pohmelfs_msg *m,
 extern const struct inode_operations pohmelfs_dir_iops;
 extern const struct inode_operations pohmelfs_file_iops;
 extern const struct inode_operations pohmelfs_symlink_iops;
-extern const struct inode_operations pohmelfs_special_iops;
 extern const struct dentry_operations pohmelfs_dentry_ops;
 struct inode *pohmelfs_iget(struct super_block *sb, const struct pohmelfs_attr *attr);
 void pohmelfs_apply_attr(struct inode *inode, const struct pohmelfs_attr *attr);

@@ -8,6 +8,30 @@
 
 #include "pohmelfs.h"
 
+/* GETXATTR and LISTXATTR: with size 0 the server answers the size needed (a __le32), else
+ * the data, at most size bytes. */
+static ssize_t sized_call(struct inode *inode, struct pohmelfs_msg *m, void *buf, size_t size)
+{
+	__le32 needed;
+	int err;
+
+	if (size) {
+		m->reply = buf;
+		m->reply_cap = size;
+	} else {
+		m->reply = &needed;
+		m->reply_cap = sizeof(needed);
+	}
+	err = pohmelfs_read_call(POHMELFS_SB(inode->i_sb), m);
+	if (err)
+		return err;
+	if (size)
+		return m->reply_len;
+	if (m->reply_len != sizeof(needed))
+		return -EIO;
+	return min_t(u32, le32_to_cpu(needed), POHMELFS_XATTR_SIZE_MAX);
+}
+
 static int pohmelfs_xattr_get(const struct xattr_handler *handler, struct dentry *dentry,
 			      struct inode *inode, const char *suffix, void *buffer, size_t size)
 {
@@ -15,8 +39,6 @@ static int pohmelfs_xattr_get(const struct xattr_handler *handler, struct dentry
 	size_t name_len = strlen(name);
 	struct pohmelfs_getxattr_req q = { .oid = POHMELFS_I(inode)->oid };
 	struct pohmelfs_msg m = { .opcode = POHMELFS_OP_GETXATTR };
-	__le32 needed;
-	int err;
 
 	if (name_len > POHMELFS_XATTR_NAME_MAX)
 		return -ERANGE;
@@ -25,21 +47,7 @@ static int pohmelfs_xattr_get(const struct xattr_handler *handler, struct dentry
 	q.name_len = cpu_to_le32(name_len);
 	pohmelfs_msg_add(&m, &q, sizeof(q));
 	pohmelfs_msg_add(&m, name, name_len);
-	if (size) {
-		m.reply = buffer;
-		m.reply_cap = size;
-	} else {
-		m.reply = &needed;
-		m.reply_cap = sizeof(needed);
-	}
-	err = pohmelfs_read_call(POHMELFS_SB(inode->i_sb), &m);
-	if (err)
-		return err;
-	if (size)
-		return m.reply_len;
-	if (m.reply_len != sizeof(needed))
-		return -EIO;
-	return min_t(u32, le32_to_cpu(needed), POHMELFS_XATTR_SIZE_MAX);
+	return sized_call(inode, &m, buffer, size);
 }
 
 static int pohmelfs_xattr_set(const struct xattr_handler *handler, struct user_namespace *ns,
@@ -103,28 +111,14 @@ ssize_t pohmelfs_listxattr(struct dentry *dentry, char *list, size_t size)
 	struct inode *inode = d_inode(dentry);
 	struct pohmelfs_listxattr_req q = { .oid = POHMELFS_I(inode)->oid };
 	struct pohmelfs_msg m = { .opcode = POHMELFS_OP_LISTXATTR };
-	__le32 needed;
-	int err;
+	ssize_t len;
 
 	size = min_t(size_t, size, POHMELFS_XATTR_SIZE_MAX);
 	q.size = cpu_to_le32(size);
 	pohmelfs_msg_add(&m, &q, sizeof(q));
-	if (size) {
-		m.reply = list;
-		m.reply_cap = size;
-	} else {
-		m.reply = &needed;
-		m.reply_cap = sizeof(needed);
-	}
-	err = pohmelfs_read_call(POHMELFS_SB(inode->i_sb), &m);
-	if (err)
-		return err;
-	if (size)
-		return hide_trusted(list, m.reply_len);
-	if (m.reply_len != sizeof(needed))
-		return -EIO;
-	/* An upper bound when trusted. names are hidden below: that is all callers need. */
-	return min_t(u32, le32_to_cpu(needed), POHMELFS_XATTR_SIZE_MAX);
+	/* With size 0, an upper bound when trusted. names are hidden: all that callers need. */
+	len = sized_call(inode, &m, list, size);
+	return len > 0 && size ? hide_trusted(list, len) : len;
 }
 
 static const struct xattr_handler pohmelfs_user_xattr = {

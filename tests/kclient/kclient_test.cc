@@ -1277,6 +1277,12 @@ TEST_F(KclientTwoServersTest, AKilledServerRestartedOnItsPortIsWrittenAgain) {
   WriteFile(M("during"), "only on server 0");  // server 1 misses it
   SyncMount(mnt());
   EXPECT_EQ(ReadFile(ExportOf(0) + "/during"), "only on server 0");
+  // Server 0 applied a change server 1 missed, so it holds a marker naming server 1
+  // (EXPORT/.pohmelfs/stale/ID, docs/replication.md) for a resync to find.
+  std::vector<std::string> markers = ListDir(ExportOf(0) + "/.pohmelfs/stale");
+  ASSERT_EQ(markers.size(), 1u);
+  EXPECT_NE(servers_[1].Log().find(" as server " + markers[0]), std::string::npos)
+      << "the marker " << markers[0] << " does not name server 1";
   ASSERT_TRUE(servers_[1].Restart()) << servers_[1].Log();
   // Reconnected when a new file reaches its export again.
   int probe = 0;
