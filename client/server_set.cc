@@ -346,9 +346,13 @@ void ServerSet::KeeperLoop(const ReplicaPtr& r) {
     }
     if (Clock::now() - r->rpc->last_receive() >= opts_.keepalive_interval) {
       CallOptions co{.attempts = 1, .attempt_timeout = opts_.keepalive_timeout, .fail_fast = true};
+      const auto pinged_at = Clock::now();
       auto t = r->rpc->Begin(POHMELFS_OP_PING, {}, co);
       auto reply = r->rpc->Wait(*t);
-      if (!reply.ok() && r->rpc->connected() && !r->stop) {
+      // A late ping on a connection that kept receiving is a busy server, not a dead one:
+      // declaring it dead would move this mount's reads, locks and leases elsewhere while
+      // other mounts stay on it.
+      if (!reply.ok() && r->rpc->connected() && !r->stop && r->rpc->last_receive() <= pinged_at) {
         spdlog::warn("{}: no answer to keepalive within {} ms; declaring it dead", r->spec.uri,
                      opts_.keepalive_timeout.count());
         r->errors++;
