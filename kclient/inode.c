@@ -289,14 +289,30 @@ static int instantiate(struct inode *dir, struct dentry *dentry, const struct po
 	return 0;
 }
 
+/* Sends a create (MKDIR, MKNOD, SYMLINK) to every writer and binds the new object, which the
+ * reply must name, to dentry. */
+static int send_create(struct inode *dir, struct dentry *dentry, struct pohmelfs_msg *m,
+		       const struct pohmelfs_oid *new_oid, umode_t mode)
+{
+	struct pohmelfs_attr attr;
+	int err;
+
+	m->reply = &attr;
+	m->reply_cap = sizeof(attr);
+	err = pohmelfs_change_call(POHMELFS_SB(dir->i_sb), m);
+	if (!err && !is_new_object(&attr, m->reply_len, new_oid, mode))
+		err = -EIO;
+	if (err)
+		return err;
+	return instantiate(dir, dentry, &attr);
+}
+
 static int create_call(struct inode *dir, struct dentry *dentry, u16 opcode, umode_t mode,
 		       dev_t rdev, u32 flags)
 {
 	struct pohmelfs_create_req q = { .parent = POHMELFS_I(dir)->oid };
 	struct pohmelfs_msg m = { .opcode = opcode };
-	struct pohmelfs_attr attr;
 	u32 uid, gid;
-	int err;
 
 	if (dentry->d_name.len > POHMELFS_NAME_MAX)
 		return -ENAMETOOLONG;
@@ -310,14 +326,7 @@ static int create_call(struct inode *dir, struct dentry *dentry, u16 opcode, umo
 	q.flags = cpu_to_le32(flags);
 	pohmelfs_msg_add(&m, &q, sizeof(q));
 	pohmelfs_msg_add(&m, dentry->d_name.name, dentry->d_name.len);
-	m.reply = &attr;
-	m.reply_cap = sizeof(attr);
-	err = pohmelfs_change_call(POHMELFS_SB(dir->i_sb), &m);
-	if (!err && !is_new_object(&attr, m.reply_len, &q.new_oid, mode))
-		err = -EIO;
-	if (err)
-		return err;
-	return instantiate(dir, dentry, &attr);
+	return send_create(dir, dentry, &m, &q.new_oid, mode);
 }
 
 /* Always followed by ->open of the new file, so the server opens it too (CREATE_OPEN) and
@@ -350,11 +359,9 @@ static int pohmelfs_symlink(struct user_namespace *ns, struct inode *dir, struct
 {
 	struct pohmelfs_symlink_req q = { .parent = POHMELFS_I(dir)->oid };
 	struct pohmelfs_msg m = { .opcode = POHMELFS_OP_SYMLINK };
-	struct pohmelfs_attr attr;
 	size_t target_len = strlen(target);
 	umode_t mode = S_IFLNK | 0777;
 	u32 uid, gid;
-	int err;
 
 	if (dentry->d_name.len > POHMELFS_NAME_MAX)
 		return -ENAMETOOLONG;
@@ -369,14 +376,7 @@ static int pohmelfs_symlink(struct user_namespace *ns, struct inode *dir, struct
 	pohmelfs_msg_add(&m, &q, sizeof(q));
 	pohmelfs_msg_add(&m, dentry->d_name.name, dentry->d_name.len);
 	pohmelfs_msg_add(&m, target, target_len);
-	m.reply = &attr;
-	m.reply_cap = sizeof(attr);
-	err = pohmelfs_change_call(POHMELFS_SB(dir->i_sb), &m);
-	if (!err && !is_new_object(&attr, m.reply_len, &q.new_oid, mode))
-		err = -EIO;
-	if (err)
-		return err;
-	return instantiate(dir, dentry, &attr);
+	return send_create(dir, dentry, &m, &q.new_oid, mode);
 }
 
 static int name_call(struct inode *dir, struct dentry *dentry, u16 opcode)
