@@ -33,11 +33,6 @@ static int pohmelfs_dir_release(struct inode *inode, struct file *file)
 	return 0;
 }
 
-static unsigned char dtype_of(u32 mode)
-{
-	return fs_umode_to_dtype(mode);
-}
-
 static int pohmelfs_readdir(struct file *file, struct dir_context *ctx)
 {
 	struct inode *dir = file_inode(file);
@@ -107,7 +102,7 @@ static int pohmelfs_readdir(struct file *file, struct dir_context *ctx)
 			if (skip) {
 				skip--;
 			} else if (!dir_emit(ctx, name, name_len, pohmelfs_oid_ino(&de->attr.oid),
-					     dtype_of(le32_to_cpu(de->attr.mode)))) {
+					     fs_umode_to_dtype(le32_to_cpu(de->attr.mode)))) {
 				goto out; /* the caller's buffer is full: dp still points here */
 			} else {
 				ctx->pos++;

@@ -197,27 +197,42 @@ const struct file_operations pohmelfs_file_fops = {
 	.fallocate = pohmelfs_fallocate,
 };
 
+/* A READ reply shorter than asked (end of file): the rest of the pages reads as zeros. */
+static void zero_unread(struct bio_vec *bv, int nbv, size_t len, size_t got)
+{
+	struct iov_iter rest;
+
+	iov_iter_bvec(&rest, ITER_DEST, bv, nbv, len);
+	iov_iter_advance(&rest, got);
+	iov_iter_zero(iov_iter_count(&rest), &rest);
+}
+
+/* A READ of len bytes at pos whose reply goes straight into the pages of bv. */
+static void read_msg(struct pohmelfs_msg *m, struct pohmelfs_read_req *q, struct inode *inode,
+		     loff_t pos, struct bio_vec *bv, int nbv, size_t len)
+{
+	*q = (struct pohmelfs_read_req){ .oid = POHMELFS_I(inode)->oid };
+	q->offset = cpu_to_le64(pos);
+	q->size = cpu_to_le32(len);
+	*m = (struct pohmelfs_msg){ .opcode = POHMELFS_OP_READ };
+	pohmelfs_msg_add(m, q, sizeof(*q));
+	m->rpages = bv;
+	m->nrpages = nbv;
+	m->rlen = len;
+}
+
 /* READ of len bytes at pos into the pages of bv; what the server did not have is zeroed. */
 static int read_pages(struct inode *inode, loff_t pos, struct bio_vec *bv, int nbv, size_t len)
 {
-	struct pohmelfs_read_req q = { .oid = POHMELFS_I(inode)->oid };
-	struct pohmelfs_msg m = { .opcode = POHMELFS_OP_READ };
-	struct iov_iter rest;
+	struct pohmelfs_read_req q;
+	struct pohmelfs_msg m;
 	int err;
 
-	q.offset = cpu_to_le64(pos);
-	q.size = cpu_to_le32(len);
-	pohmelfs_msg_add(&m, &q, sizeof(q));
-	m.rpages = bv;
-	m.nrpages = nbv;
-	m.rlen = len;
+	read_msg(&m, &q, inode, pos, bv, nbv, len);
 	err = pohmelfs_read_call(POHMELFS_SB(inode->i_sb), &m);
-	if (err)
-		return err;
-	iov_iter_bvec(&rest, ITER_DEST, bv, nbv, len);
-	iov_iter_advance(&rest, m.reply_len);
-	iov_iter_zero(iov_iter_count(&rest), &rest);
-	return 0;
+	if (!err)
+		zero_unread(bv, nbv, len, m.reply_len);
+	return err;
 }
 
 static int pohmelfs_read_folio(struct file *file, struct folio *folio)
@@ -247,13 +262,8 @@ static void ra_finish(struct ra_read *ra, int err)
 {
 	int i;
 
-	if (!err) {
-		struct iov_iter rest;
-
-		iov_iter_bvec(&rest, ITER_DEST, ra->bv, ra->n, ra->len);
-		iov_iter_advance(&rest, ra->req.reply_len);
-		iov_iter_zero(iov_iter_count(&rest), &rest);
-	}
+	if (!err)
+		zero_unread(ra->bv, ra->n, ra->len, ra->req.reply_len);
 	/* A folio left !uptodate is read again, with failover, by read_folio. */
 	for (i = 0; i < ra->n; i++) {
 		if (!err)
@@ -273,8 +283,8 @@ static void pohmelfs_readahead(struct readahead_control *rac)
 	struct inode *inode = rac->mapping->host;
 
 	while (readahead_count(rac)) {
-		struct pohmelfs_read_req q = { .oid = POHMELFS_I(inode)->oid };
-		struct pohmelfs_msg m = { .opcode = POHMELFS_OP_READ };
+		struct pohmelfs_read_req q;
+		struct pohmelfs_msg m;
 		struct ra_read *ra = kzalloc(sizeof(*ra), GFP_NOFS);
 		struct folio *folio;
 		loff_t pos = readahead_pos(rac);
@@ -292,12 +302,7 @@ static void pohmelfs_readahead(struct readahead_control *rac)
 			kfree(ra);
 			return;
 		}
-		q.offset = cpu_to_le64(pos);
-		q.size = cpu_to_le32(ra->len);
-		pohmelfs_msg_add(&m, &q, sizeof(q));
-		m.rpages = ra->bv;
-		m.nrpages = ra->n;
-		m.rlen = ra->len;
+		read_msg(&m, &q, inode, pos, ra->bv, ra->n, ra->len);
 		ra->req.on_done = ra_done;
 		if (pohmelfs_read_send(POHMELFS_SB(inode->i_sb), &m, &ra->req))
 			ra_finish(ra, -EIO);
@@ -398,26 +403,19 @@ static void wb_flush(struct wb_run *run)
 	err = pohmelfs_change_call(POHMELFS_SB(run->inode->i_sb), &m);
 	if (!err && (m.reply_len != sizeof(rep) || le64_to_cpu(rep.written) != run->len))
 		err = -EIO;
-	if (err == -EINTR) {
-		/* A dying task's writeback: nothing was sent; the flusher writes the pages later. */
-		for (i = 0; i < run->n; i++) {
-			end_page_writeback(run->pages[i]);
-			__set_page_dirty_nobuffers(run->pages[i]);
-		}
-		run->n = 0;
-		run->len = 0;
-		return;
-	}
-	if (err) {
+	if (err && err != -EINTR) {
 		pr_warn_ratelimited("pohmelfs: write of %zu bytes at %lld failed (%d)\n", run->len,
 				    run->pos, err);
 		mapping_set_error(run->inode->i_mapping, err);
 		run->err = err;
 	}
 	for (i = 0; i < run->n; i++) {
-		if (err)
+		if (err && err != -EINTR)
 			SetPageError(run->pages[i]);
 		end_page_writeback(run->pages[i]);
+		/* A dying task's writeback sent nothing: the flusher writes the pages later. */
+		if (err == -EINTR)
+			__set_page_dirty_nobuffers(run->pages[i]);
 	}
 	run->n = 0;
 	run->len = 0;

@@ -204,7 +204,6 @@ static int handshake(struct pohmelfs_server *srv, struct socket *sock, struct po
 		goto out;
 	}
 	conn->session = le64_to_cpu(rep->session);
-	conn->features = le64_to_cpu(rep->features);
 	conn->credits = max(le32_to_cpu(rep->credits), 1u);
 	conn->read_only = le16_to_cpu(rep->flags) & POHMELFS_HELLO_READONLY;
 	if (sbi->have_root && memcmp(&sbi->root, &rep->root, sizeof(sbi->root))) {
@@ -261,8 +260,6 @@ static void fail_pending(struct pohmelfs_conn *conn)
 	xa_unlock(&conn->pending);
 	wake_up_all(&conn->credit_wq);
 }
-
-void pohmelfs_server_conn_lost(struct pohmelfs_server *srv, struct pohmelfs_conn *conn);
 
 static int receive_one(struct pohmelfs_conn *conn)
 {
@@ -331,7 +328,7 @@ static int pohmelfs_rx(void *arg)
 			pr_warn("pohmelfs: server %s: connection lost (%d)\n", conn->srv->uri, err);
 		else
 			pr_info("pohmelfs: server %s: connection closed\n", conn->srv->uri);
-		pohmelfs_server_conn_lost(conn->srv, conn);
+		pohmelfs_server_conn_lost(conn->srv);
 	}
 	/* The connection's last reference stops this thread. */
 	for (;;) {

@@ -58,7 +58,6 @@ struct pohmelfs_conn {
 	u32 inflight;		      /* under pending's lock */
 	bool dead;		      /* under pending's lock */
 	u64 session;
-	u64 features;
 	bool read_only; /* the server's allow list gives us read access only */
 };
 
@@ -94,11 +93,9 @@ struct pohmelfs_sb_info {
 	unsigned int attr_timeout_ms; /* cached attributes and names */
 	struct pohmelfs_oid root;
 	bool have_root;
-	u64 features;
 	atomic_t read_turn;	 /* round robin among equal readers */
 	wait_queue_head_t up_wq; /* a server came up */
 	bool shutting_down;
-	u32 max_io;
 };
 
 struct pohmelfs_inode {
@@ -159,6 +156,10 @@ int pohmelfs_conn_send(struct pohmelfs_conn *conn, struct pohmelfs_req *req, str
 int pohmelfs_conn_wait(struct pohmelfs_conn *conn, struct pohmelfs_req *req);
 
 /* rpc.c */
+int pohmelfs_rpc_init(void);
+void pohmelfs_rpc_exit(void);
+/* From a connection's receive thread when the connection died: reconnect in the background. */
+void pohmelfs_server_conn_lost(struct pohmelfs_server *srv);
 int pohmelfs_servers_start(struct pohmelfs_sb_info *sbi);
 void pohmelfs_servers_stop(struct pohmelfs_sb_info *sbi);
 int pohmelfs_parse_server(struct pohmelfs_server *srv, const char *spec);

@@ -206,8 +206,7 @@ out:
 	memalloc_noio_restore(noio);
 }
 
-/* From the receive thread of a connection that died. */
-void pohmelfs_server_conn_lost(struct pohmelfs_server *srv, struct pohmelfs_conn *conn)
+void pohmelfs_server_conn_lost(struct pohmelfs_server *srv)
 {
 	if (!READ_ONCE(srv->sbi->shutting_down))
 		queue_delayed_work(pohmelfs_wq, &srv->reconnect, 0);

@@ -15,9 +15,6 @@
 
 #include "pohmelfs.h"
 
-int pohmelfs_rpc_init(void);
-void pohmelfs_rpc_exit(void);
-
 static struct kmem_cache *pohmelfs_inode_cachep;
 
 static struct inode *pohmelfs_alloc_inode(struct super_block *sb)

@@ -98,21 +98,17 @@ class ServerProcess {
              std::vector<std::string> extra = {}) {
     log_ = log;
     const char* listen = std::getenv("POHMELFS_TEST_LISTEN");
-    std::vector<std::string> argv = {std::string(POHMELFS_BIN_DIR) + "/pohmelfs-server", "--export",
-                                     export_dir, "--listen",
-                                     listen && *listen ? listen : "tcp://127.0.0.1:0"};
     // Tests serve everyone on loopback unless they bring their own allow list.
     bool has_allow = false;
     for (const auto& e : extra) has_allow |= e.rfind("--allow", 0) == 0;
     if (!has_allow) extra.push_back("--allow-any");
-    argv.insert(argv.end(), extra.begin(), extra.end());
-    pid_ = Spawn(argv, log);
-    size_t at = WaitForLog(log, "listening on ", 0, &pid_);
-    if (at == std::string::npos) return false;
-    std::string text = ReadFile(log);
-    uri_ = text.substr(at + 13, text.find('\n', at) - at - 13);
-    return true;
+    argv_ = {std::string(POHMELFS_BIN_DIR) + "/pohmelfs-server", "--export", export_dir};
+    argv_.insert(argv_.end(), extra.begin(), extra.end());
+    return Launch(listen && *listen ? listen : "tcp://127.0.0.1:0");
   }
+  // After a stop or a kill: the same export and options, on the address of the last start
+  // (so clients reconnect to it); the log goes on in the same file.
+  bool Restart() { return Launch(uri_); }
   // SIGTERM, then wait (bounded); returns true if it exited cleanly with status 0.
   bool Stop(int sig = SIGTERM) {
     if (pid_ <= 0) return true;
@@ -138,9 +134,21 @@ class ServerProcess {
   ~ServerProcess() { Stop(SIGKILL); }
 
  private:
+  bool Launch(const std::string& listen) {
+    size_t from = ReadFile(log_).size();  // this start's "listening on" line is after it
+    std::vector<std::string> argv = argv_;
+    argv.insert(argv.end(), {"--listen", listen});
+    pid_ = Spawn(argv, log_);
+    size_t at = WaitForLog(log_, "listening on ", from, &pid_);
+    if (at == std::string::npos) return false;
+    std::string text = ReadFile(log_);
+    uri_ = text.substr(at + 13, text.find('\n', at) - at - 13);
+    return true;
+  }
   pid_t pid_ = -1;
   std::string uri_;
   std::string log_;
+  std::vector<std::string> argv_;  // everything but --listen
 };
 
 inline bool Mount(const std::string& uri, const std::string& mnt, const std::string& log,

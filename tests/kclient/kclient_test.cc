@@ -191,63 +191,9 @@ bool Eventually(Fn fn, std::chrono::seconds bound = kRecoveryBound) {
 
 // --- servers, mounts and caches
 
-// A pohmelfs-server on 127.0.0.1, on a port of the kernel's choice at the first start and on
-// the same port (and export) at every restart.
-class KernelTestServer {
- public:
-  bool Start(const std::string& export_dir, const std::string& log) {
-    export_ = export_dir;
-    log_ = log;
-    return Launch();
-  }
-  bool Restart() { return Launch(); }
-  // SIGKILL, reaped: nothing of the server's is flushed or closed cleanly.
-  void Kill() {
-    if (pid_ <= 0) return;
-    kill(pid_, SIGKILL);
-    waitpid(pid_, nullptr, 0);
-    pid_ = -1;
-  }
-  // SIGTERM, bounded; true if it exited with status 0.
-  bool Stop() {
-    if (pid_ <= 0) return true;
-    kill(pid_, SIGTERM);
-    auto deadline = Clock::now() + std::chrono::seconds(10);
-    int st = 0;
-    while (waitpid(pid_, &st, WNOHANG) != pid_) {
-      if (Clock::now() > deadline) {
-        Kill();
-        return false;
-      }
-      std::this_thread::sleep_for(std::chrono::milliseconds(5));  // polling a child, bounded
-    }
-    pid_ = -1;
-    return WIFEXITED(st) && WEXITSTATUS(st) == 0;
-  }
-  ~KernelTestServer() { Kill(); }
-  std::string uri() const { return "tcp://127.0.0.1:" + std::to_string(port_); }
-  std::string Log() const { return ReadFile(log_); }
-  const std::string& export_dir() const { return export_; }
-
- private:
-  bool Launch() {
-    size_t from = ReadFile(log_).size();  // this start's "listening on" line is after it
-    pid_ =
-        Spawn({std::string(POHMELFS_BIN_DIR) + "/pohmelfs-server", "--export", export_, "--listen",
-               "tcp://127.0.0.1:" + std::to_string(port_), "--allow", "127.0.0.0/8=rw"},
-              log_);
-    size_t at = WaitForLog(log_, "listening on ", from, &pid_);
-    if (at == std::string::npos) return false;
-    std::string text = ReadFile(log_);
-    std::string uri = text.substr(at + 13, text.find('\n', at) - at - 13);
-    port_ = std::stoi(uri.substr(uri.rfind(':') + 1));
-    return true;
-  }
-  pid_t pid_ = -1;
-  int port_ = 0;
-  std::string export_;
-  std::string log_;
-};
+// Servers: ServerProcess (tests/integration/fixture.h) on a port of the kernel's choice at the
+// first start and on the same port (and export) after Restart(); Stop(SIGKILL) kills and reaps.
+const std::vector<std::string> kServerArgs = {"--allow", "127.0.0.0/8=rw"};
 
 // POHMELFS_KCLIENT_TEST_FUSE=1 mounts with pohmelfs-mount (FUSE) instead of mount(2): a check
 // of the tests themselves on a host without the module. Expected differences then: the statfs
@@ -401,8 +347,9 @@ class KclientTest : public ::testing::Test {
     scratch_ = new ScratchDir("kclient");
     fs::create_directories(scratch_->path() / "export");
     fs::create_directories(scratch_->path() / "mnt");
-    server_ = new KernelTestServer();
-    ASSERT_TRUE(server_->Start(export_root(), (scratch_->path() / "server.log").string()))
+    server_ = new ServerProcess();
+    ASSERT_TRUE(
+        server_->Start(export_root(), (scratch_->path() / "server.log").string(), kServerArgs))
         << server_->Log();
     int err = KernelMount(mount_root(), {server_->uri()});
     ASSERT_EQ(err, 0) << "mount: " << ErrnoText(err);
@@ -436,7 +383,7 @@ class KclientTest : public ::testing::Test {
   static void Drop() { DropCaches(mount_root()); }
 
   static inline ScratchDir* scratch_ = nullptr;
-  static inline KernelTestServer* server_ = nullptr;
+  static inline ServerProcess* server_ = nullptr;
   static inline bool mounted_ = false;
 };
 
@@ -1171,7 +1118,8 @@ class KclientTwoServersTest : public ::testing::Test {
     scratch_ = std::make_unique<ScratchDir>(CurrentTestName());
     for (int i = 0; i < 2; i++) {
       fs::create_directories(ExportOf(i));
-      ASSERT_TRUE(servers_[i].Start(ExportOf(i), Path("server" + std::to_string(i) + ".log")))
+      ASSERT_TRUE(
+          servers_[i].Start(ExportOf(i), Path("server" + std::to_string(i) + ".log"), kServerArgs))
           << servers_[i].Log();
     }
     fs::create_directories(mnt());
@@ -1186,7 +1134,7 @@ class KclientTwoServersTest : public ::testing::Test {
     if (mounted_) {
       EXPECT_TRUE(KernelUnmount(mnt())) << "umount2 failed";
     }
-    for (auto& s : servers_) s.Kill();
+    for (auto& s : servers_) s.Stop(SIGKILL);
   }
   std::string Path(const std::string& rel) const { return (scratch_->path() / rel).string(); }
   std::string ExportOf(int i) const { return Path("export" + std::to_string(i)); }
@@ -1198,7 +1146,7 @@ class KclientTwoServersTest : public ::testing::Test {
   }
 
   std::unique_ptr<ScratchDir> scratch_;
-  KernelTestServer servers_[2];
+  ServerProcess servers_[2];
   bool mounted_ = false;
 };
 
@@ -1246,7 +1194,7 @@ TEST_F(KclientTwoServersTest, ReadsSurviveTheReadServerKilledAndWritesGoToTheSur
   WriteFile(M("d/b"), b);
   SyncMount(mnt());
   DropCaches(mnt());
-  servers_[0].Kill();  // the prio 10 server, which served the reads
+  servers_[0].Stop(SIGKILL);  // the prio 10 server, which served the reads
   auto start = Clock::now();
   EXPECT_SAME_BYTES(ReadAll(M("a")), a);
   EXPECT_LT(Clock::now() - start, kRecoveryBound);
@@ -1273,7 +1221,7 @@ TEST_F(KclientTwoServersTest, ReadsSurviveTheReadServerKilledAndWritesGoToTheSur
 TEST_F(KclientTwoServersTest, AKilledServerRestartedOnItsPortIsWrittenAgain) {
   MountBoth();
   WriteFile(M("before"), "before");
-  servers_[1].Kill();
+  servers_[1].Stop(SIGKILL);
   WriteFile(M("during"), "only on server 0");  // server 1 misses it
   SyncMount(mnt());
   EXPECT_EQ(ReadFile(ExportOf(0) + "/during"), "only on server 0");
@@ -1316,9 +1264,9 @@ TEST_F(KclientTwoServersTest, ARestartedServerServesReadsWhenTheOtherDies) {
   SyncMount(mnt());
   EXPECT_SAME_BYTES(ReadFile(ExportOf(1) + "/d/f"), data);
   DropCaches(mnt());  // before: no request at all while server 1 is down
-  servers_[1].Kill();
+  servers_[1].Stop(SIGKILL);
   ASSERT_TRUE(servers_[1].Restart()) << servers_[1].Log();
-  servers_[0].Kill();  // the prio 10 one: now only the restarted server can answer
+  servers_[0].Stop(SIGKILL);  // the prio 10 one: now only the restarted server can answer
   struct stat st;
   EXPECT_TRUE(Eventually([&] { return stat(M("d/f").c_str(), &st) == 0; }))
       << "no read from the restarted server within the bound";
@@ -1350,7 +1298,7 @@ class KclientRestartTest : public ::testing::Test {
     scratch_ = std::make_unique<ScratchDir>(CurrentTestName());
     fs::create_directories(Path("export"));
     fs::create_directories(mnt());
-    ASSERT_TRUE(server_.Start(Path("export"), Path("server.log"))) << server_.Log();
+    ASSERT_TRUE(server_.Start(Path("export"), Path("server.log"), kServerArgs)) << server_.Log();
     int err = KernelMount(mnt(), {server_.uri()});
     ASSERT_EQ(err, 0) << "mount: " << ErrnoText(err);
     mounted_ = true;
@@ -1359,14 +1307,14 @@ class KclientRestartTest : public ::testing::Test {
     if (mounted_) {
       EXPECT_TRUE(KernelUnmount(mnt())) << "umount2 failed";
     }
-    server_.Kill();
+    server_.Stop(SIGKILL);
   }
   std::string Path(const std::string& rel) const { return (scratch_->path() / rel).string(); }
   std::string mnt() const { return Path("mnt"); }
   std::string M(const std::string& rel) const { return mnt() + "/" + rel; }
 
   std::unique_ptr<ScratchDir> scratch_;
-  KernelTestServer server_;
+  ServerProcess server_;
   bool mounted_ = false;
 };
 
@@ -1376,7 +1324,7 @@ TEST_F(KclientRestartTest, TheMountRecoversAfterTheServerIsKilledAndRestarted) {
   WriteFile(M("d/f"), data);
   SyncMount(mnt());
   DropCaches(mnt());
-  server_.Kill();
+  server_.Stop(SIGKILL);
   ASSERT_TRUE(server_.Restart()) << server_.Log();
   auto start = Clock::now();
   struct stat st;
@@ -1400,7 +1348,7 @@ TEST_F(KclientRestartTest, RecoversFromTwoRestartsInARow) {
   WriteFile(M("x"), "x");
   SyncMount(mnt());
   for (int round = 0; round < 2; round++) {
-    server_.Kill();
+    server_.Stop(SIGKILL);
     ASSERT_TRUE(server_.Restart()) << server_.Log();
     std::string name = "after" + std::to_string(round);
     EXPECT_TRUE(Eventually([&] {
