@@ -5,8 +5,9 @@
 # all modes back to back, starting at a different one each round; each mode's ratio to none is taken within its round, and the median
 # over ROUNDS rounds is printed (the machine is shared and noisy). JSON lines go to
 # $OUT/results.jsonl. Needs root.
-# Usage: [ROUNDS=3] [THREADS=1] [MOUNT_OPTS=...] bench/compare-crypto.sh [SIZE_MIB]
+# Usage: [ROUNDS=3] [THREADS=1] [MODES="none ..."] [MOUNT_OPTS=...] bench/compare-crypto.sh [SIZE_MIB]
 #   THREADS: crypto threads of the server (--crypto-threads) and the mount (crypto_thread_num).
+#   MODES: the modes to run (all five by default; none must be one of them).
 #   MOUNT_OPTS: more -o options for every mount (e.g. read_ahead_kb=4096).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,7 +27,7 @@ tar -cf "$base/tiny.tar" -C /etc hostname
 build/bin/pohmelfsctl keygen "$base/cluster.key" >/dev/null
 SERVER_ARGS="--key $base/cluster.key --crypto-threads $threads" \
   start_server "$base/export" "$OUT/server.log"
-modes="none crc32c hmac-sha256 aes-256-gcm chacha20-poly1305"
+modes=${MODES:-none crc32c hmac-sha256 aes-256-gcm chacha20-poly1305}
 read -ra mode_list <<<"$modes"
 for round in $(seq 1 "$rounds"); do
   # Each round starts at another mode, so that none is not always the first (cold) one.

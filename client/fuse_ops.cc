@@ -121,7 +121,12 @@ void Init(void* userdata, fuse_conn_info* conn) {
   // files this client holds no write lease on. Delaying happens here instead, per lease.
   conn->want &= ~FUSE_CAP_WRITEBACK_CACHE;
   conn->max_write = POHMELFS_IO_MAX;
-  conn->max_readahead = POHMELFS_IO_MAX;
+  // The kernel caps the mount's readahead at this when INIT is answered: a larger read_ahead_kb
+  // would silently fall back to it.
+  const auto* c = static_cast<FuseContext*>(userdata);
+  conn->max_readahead = std::max<unsigned>(POHMELFS_IO_MAX, c->opts.read_ahead_kb * 1024u);
+  // libfuse ends the session unless this equals its own max_read (from the same option).
+  if (c->opts.max_read != 0) conn->max_read = c->opts.max_read;
 }
 
 // Attributes of an object this mount created and has not sent yet, with its delayed size.

@@ -17,6 +17,7 @@ struct RawOptions {
   double attr_timeout;
   double entry_timeout;
   unsigned max_write;
+  unsigned max_read;
   unsigned threads;
   unsigned keepalive_interval;
   unsigned keepalive_timeout;
@@ -45,7 +46,10 @@ const fuse_opt kSpec[] = {
     POHMELFS_OPT("connect_timeout=%u", connect_timeout),
     POHMELFS_OPT("attr_timeout=%lf", attr_timeout),
     POHMELFS_OPT("entry_timeout=%lf", entry_timeout), POHMELFS_OPT("max_write=%u", max_write),
-    POHMELFS_OPT("threads=%u", threads), POHMELFS_OPT("log_level=%s", log_level),
+    POHMELFS_OPT("max_read=%u", max_read),
+    // libfuse must see max_read too: it checks it against what Init answers.
+    FUSE_OPT_KEY("max_read=", FUSE_OPT_KEY_KEEP), POHMELFS_OPT("threads=%u", threads),
+    POHMELFS_OPT("log_level=%s", log_level),
     POHMELFS_OPT("keepalive_interval=%u", keepalive_interval),
     POHMELFS_OPT("keepalive_timeout=%u", keepalive_timeout), POHMELFS_OPT("cluster=%s", cluster),
     POHMELFS_OPT("leases=%u", leases), POHMELFS_OPT("lease_timeout=%lf", lease_timeout),
@@ -91,13 +95,15 @@ void PrintMountUsage(const char* prog) {
       "  attr_timeout=S         seconds the kernel caches attributes (1.0)\n"
       "  entry_timeout=S        seconds the kernel caches names (1.0)\n"
       "  max_write=BYTES        largest write request, at most 1048576 (1048576)\n"
+      "  max_read=BYTES         largest read request the kernel sends, at least 4096 (no\n"
+      "                         limit: readahead and reads of up to 1 MiB are one request)\n"
       "  leases=0|1             coherent caching under leases from the servers (1)\n"
       "  lease_timeout=S        seconds the kernel caches names and attributes while a lease\n"
       "                         is held (60); without one, attr_timeout and entry_timeout\n"
       "  writeback=0|1          delay writes under a write lease and send them in batches (1)\n"
       "  trans_max_pages=N      4 KiB pages of delayed writes per file before they are sent\n"
-      "  read_ahead_kb=N        kernel readahead of the mount, KiB (1024; 0: the kernel's)\n"
       "                         (2048)\n"
+      "  read_ahead_kb=N        kernel readahead of the mount, KiB (1024; 0: the kernel's)\n"
       "  threads=N              FUSE worker threads kept idle at most (16)\n"
       "  key=FILE               cluster key (pohmelfsctl keygen): prove it to the servers and\n"
       "                         make them prove it back\n"
@@ -121,6 +127,7 @@ bool ParseMountOptions(int argc, char** argv, MountOptions* out, fuse_args* args
   raw.attr_timeout = out->attr_timeout;
   raw.entry_timeout = out->entry_timeout;
   raw.max_write = out->max_write;
+  raw.max_read = out->max_read;
   raw.threads = out->threads;
   raw.keepalive_interval = out->keepalive_interval_ms;
   raw.keepalive_timeout = out->keepalive_timeout_ms;
@@ -154,9 +161,10 @@ bool ParseMountOptions(int argc, char** argv, MountOptions* out, fuse_args* args
   }
   if (raw.trans_scan_timeout == 0 || raw.connect_timeout == 0 || raw.keepalive_interval < 10 ||
       raw.keepalive_timeout < 10 || raw.max_write < 4096 || raw.max_write > (1u << 20) ||
-      raw.threads == 0 || raw.attr_timeout < 0 || raw.entry_timeout < 0 || raw.leases > 1 ||
-      raw.writeback > 1 || raw.lease_timeout < 0 || raw.trans_max_pages == 0 ||
-      raw.trans_max_pages > (1u << 20) || raw.read_ahead_kb > (1u << 20)) {
+      (raw.max_read != 0 && raw.max_read < 4096) || raw.threads == 0 || raw.attr_timeout < 0 ||
+      raw.entry_timeout < 0 || raw.leases > 1 || raw.writeback > 1 || raw.lease_timeout < 0 ||
+      raw.trans_max_pages == 0 || raw.trans_max_pages > (1u << 20) ||
+      raw.read_ahead_kb > (1u << 20)) {
     std::fprintf(stderr, "pohmelfs-mount: an option is out of range (see --help)\n");
     return false;
   }
@@ -166,6 +174,7 @@ bool ParseMountOptions(int argc, char** argv, MountOptions* out, fuse_args* args
   out->attr_timeout = raw.attr_timeout;
   out->entry_timeout = raw.entry_timeout;
   out->max_write = raw.max_write;
+  out->max_read = raw.max_read;
   out->threads = raw.threads;
   out->keepalive_interval_ms = raw.keepalive_interval;
   out->keepalive_timeout_ms = raw.keepalive_timeout;

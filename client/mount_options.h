@@ -21,6 +21,7 @@ struct MountOptions {
   double attr_timeout = 1.0;   // seconds the kernel may cache attributes
   double entry_timeout = 1.0;  // seconds the kernel may cache names
   unsigned max_write = 1u << 20;
+  unsigned max_read = 0;  // largest READ the kernel sends; 0: no limit of ours
   // Coherence (docs/coherence.md): leases from the authority, the kernel cache timeouts while
   // one is held, and write-back of data under a write lease (flushed past trans_max_pages).
   bool leases = true;

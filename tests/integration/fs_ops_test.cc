@@ -10,7 +10,9 @@
 
 #include <cerrno>
 #include <cstring>
+#include <random>
 #include <set>
+#include <sstream>
 
 #include "client/pohmelfs_ioctl.h"
 #include "tests/integration/fixture.h"
@@ -438,6 +440,39 @@ TEST(MountHelper, MountTypeFusePohmelfsWorks) {
   EXPECT_NE(ReadFile("/proc/mounts").find(s.mnt() + " fuse.pohmelfs"), std::string::npos);
   Unmount(s.mnt());
   EXPECT_EQ(ReadFile("/proc/mounts").find(s.mnt() + " "), std::string::npos);
+}
+
+// The mount's backing device ("0:NN") from /proc/self/mountinfo, or "".
+std::string MountDevice(const std::string& mountpoint) {
+  std::istringstream in(ReadFile("/proc/self/mountinfo"));
+  std::string line;
+  while (std::getline(in, line)) {
+    std::istringstream f(line);
+    std::string id, parent, dev, root, point;
+    if (f >> id >> parent >> dev >> root >> point && point == mountpoint) return dev;
+  }
+  return "";
+}
+
+// read_ahead_kb above the 1 MiB request size used to be capped back to 1 MiB by the kernel when
+// it got the INIT reply, and max_read made libfuse end the session at INIT.
+TEST(MountOptions, ReadAheadAboveOneMibAndMaxReadTakeEffect) {
+  StandaloneServer s("readopts");
+  ASSERT_TRUE(s.started) << s.server.Log();
+  std::string data(3 * 1024 * 1024 + 123, '\0');
+  std::mt19937 rng(42);
+  for (auto& c : data) c = static_cast<char>(rng());
+  WriteAll(s.export_dir() + "/big", data);
+  ASSERT_TRUE(
+      Mount(s.server.uri(), s.mnt(), s.log("mount.log"), "read_ahead_kb=4096,max_read=65536"))
+      << ReadFile(s.log("mount.log"));
+  const std::string got = Slurp(s.mnt() + "/big");
+  EXPECT_EQ(got.size(), data.size());
+  EXPECT_TRUE(got == data) << "the data read differs";
+  const std::string dev = MountDevice(fs::canonical(s.mnt()).string());
+  ASSERT_FALSE(dev.empty());
+  EXPECT_EQ(ReadFile("/sys/class/bdi/" + dev + "/read_ahead_kb"), "4096\n");
+  Unmount(s.mnt());
 }
 
 TEST(DeadServer, CallsFailWithErrnoWithinTheBound) {
