@@ -232,9 +232,10 @@ Status FsClient::Release(const Oid& oid) {
   return Do(POHMELFS_OP_RELEASE, b).status();
 }
 
-Result<size_t> FsClient::Read(const Oid& oid, uint64_t offset, size_t size, void* buf) {
-  size_t done = 0;
-  while (done < size) {
+Result<std::vector<uint8_t>> FsClient::Read(const Oid& oid, uint64_t offset, size_t size) {
+  std::vector<uint8_t> data;
+  while (data.size() < size) {
+    const size_t done = data.size();
     uint32_t chunk = static_cast<uint32_t>(std::min<size_t>(size - done, POHMELFS_IO_MAX));
     std::vector<uint8_t> b;
     Writer(&b).Put(pohmelfs_read_req{oid.ToWire(), to_le(offset + done), to_le(chunk), 0});
@@ -244,11 +245,14 @@ Result<size_t> FsClient::Read(const Oid& oid, uint64_t offset, size_t size, void
       return reply.status();
     }
     if (reply->size() > chunk) return Status::Error(EPROTO, "read reply longer than asked");
-    std::memcpy(static_cast<char*>(buf) + done, reply->data(), reply->size());
-    done += reply->size();
-    if (reply->size() < chunk) break;  // end of file
+    const bool short_read = reply->size() < chunk;
+    if (done == 0)
+      data = std::move(*reply);  // the usual case, one request: no copy
+    else
+      data.insert(data.end(), reply->begin(), reply->end());
+    if (short_read) break;  // end of file
   }
-  return done;
+  return data;
 }
 
 Result<size_t> FsClient::Write(const Oid& oid, uint64_t offset, const void* data, size_t size) {

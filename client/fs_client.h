@@ -81,8 +81,9 @@ class FsClient {
   Result<std::string> ReadLink(const Oid& oid);
   Result<Entry> Open(const Oid& oid, uint32_t flags);
   Status Release(const Oid& oid);
-  // Reads up to size bytes (several requests when size > IO_MAX); short at end of file.
-  Result<size_t> Read(const Oid& oid, uint64_t offset, size_t size, void* buf);
+  // Reads up to size bytes (several requests when size > IO_MAX); short at end of file. Up to
+  // IO_MAX, the bytes come back in the reply's own buffer, without a copy.
+  Result<std::vector<uint8_t>> Read(const Oid& oid, uint64_t offset, size_t size);
   // Writes all of data (several requests when needed). Returns bytes written.
   Result<size_t> Write(const Oid& oid, uint64_t offset, const void* data, size_t size);
   Status Fsync(const Oid& oid, bool datasync);

@@ -561,10 +561,9 @@ void Read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_info
     Status f = c->cache->Flush(*oid);  // reads see this client's delayed writes
     if (!f.ok()) return ReplyStatus(req, f);
   }
-  std::vector<char> buf(size);
-  auto n = Ctx(req)->fs->Read(*oid, static_cast<uint64_t>(off), size, buf.data());
-  if (!n.ok()) return ReplyStatus(req, n.status());
-  fuse_reply_buf(req, buf.data(), *n);
+  auto data = c->fs->Read(*oid, static_cast<uint64_t>(off), size);
+  if (!data.ok()) return ReplyStatus(req, data.status());
+  fuse_reply_buf(req, reinterpret_cast<const char*>(data->data()), data->size());
 }
 
 void Write(fuse_req_t req, fuse_ino_t ino, const char* data, size_t size, off_t off,

@@ -220,17 +220,17 @@ Status Resyncer::CopyData(const Oid& oid, uint64_t size) {
   trunc.valid = POHMELFS_SETATTR_SIZE;
   trunc.size = size;
   POHMELFS_RETURN_IF_ERROR(stale_.SetAttr(oid, trunc).status());
-  std::vector<uint8_t> buf(POHMELFS_IO_MAX);
   for (uint64_t off = 0; off < size;) {
     if (cancel_) return Status::Error(ECANCELED, "resync cancelled");
-    size_t want = static_cast<size_t>(std::min<uint64_t>(buf.size(), size - off));
-    auto n = good_.Read(oid, off, want, buf.data());
-    if (!n.ok()) return n.status();
-    if (*n == 0) break;  // shrank meanwhile: the size set above is corrected next pass
-    auto w = stale_.Write(oid, off, buf.data(), *n);
+    size_t want = static_cast<size_t>(std::min<uint64_t>(POHMELFS_IO_MAX, size - off));
+    auto data = good_.Read(oid, off, want);
+    if (!data.ok()) return data.status();
+    const size_t n = data->size();
+    if (n == 0) break;  // shrank meanwhile: the size set above is corrected next pass
+    auto w = stale_.Write(oid, off, data->data(), n);
     if (!w.ok()) return w.status();
-    off += *n;
-    st_->bytes += *n;
+    off += n;
+    st_->bytes += n;
   }
   return Status::Ok();
 }
