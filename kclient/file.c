@@ -4,7 +4,7 @@
  * readable), the page cache (read_folio, readahead, write_begin/write_end, writepages), fsync,
  * fallocate. Reads are received straight into the page cache's pages; writeback sends runs of
  * contiguous dirty pages, up to IO_MAX per WRITE, from the pages themselves. Dirty data is
- * written back at close (close-to-open consistency, like NFS).
+ * written back at close (close-to-open consistency, like NFS). O_DIRECT bypasses the cache.
  */
 #include <linux/fs.h>
 #include <linux/falloc.h>
@@ -47,8 +47,6 @@ static int pohmelfs_open(struct inode *inode, struct file *file)
 	int err;
 
 	err = generic_file_open(inode, file);
-	if (!err && (file->f_flags & O_DIRECT))
-		err = -EINVAL;
 	if (err) {
 		if (created_open)
 			release_handle(inode);
@@ -120,10 +118,171 @@ static int pohmelfs_fsync(struct file *file, loff_t start, loff_t end, int datas
 	return fsync_call(inode, datasync);
 }
 
+/*
+ * O_DIRECT: data moves between the caller's buffer and the servers without the page cache,
+ * through a bounce buffer of up to IO_MAX (one READ or WRITE per chunk; the receive thread
+ * cannot write into the caller's memory). Dirty cached pages of the range are written back
+ * first, so a direct read sees this client's buffered writes, and cached pages are dropped
+ * after a direct write, so a buffered read sees it. No alignment is required.
+ */
+static void *direct_buffer(size_t count)
+{
+	return kvmalloc(min_t(size_t, count, POHMELFS_IO_MAX), GFP_KERNEL);
+}
+
+static ssize_t direct_read(struct kiocb *iocb, struct iov_iter *to)
+{
+	struct inode *inode = file_inode(iocb->ki_filp);
+	size_t count = iov_iter_count(to);
+	loff_t pos = iocb->ki_pos;
+	ssize_t done = 0;
+	void *buf;
+	int err;
+
+	if (!count)
+		return 0;
+	if (iocb->ki_flags & IOCB_NOWAIT) /* every READ waits for a server */
+		return -EAGAIN;
+	err = filemap_write_and_wait_range(inode->i_mapping, pos, pos + count - 1);
+	if (err)
+		return err;
+	buf = direct_buffer(count);
+	if (!buf)
+		return -ENOMEM;
+	while (count) {
+		size_t len = min_t(size_t, count, POHMELFS_IO_MAX);
+		struct pohmelfs_read_req q = { .oid = POHMELFS_I(inode)->oid };
+		struct pohmelfs_msg m = { .opcode = POHMELFS_OP_READ };
+
+		q.offset = cpu_to_le64(pos);
+		q.size = cpu_to_le32(len);
+		pohmelfs_msg_add(&m, &q, sizeof(q));
+		m.reply = buf;
+		m.reply_cap = len;
+		err = pohmelfs_read_call(POHMELFS_SB(inode->i_sb), &m);
+		if (err)
+			break;
+		if (copy_to_iter(buf, m.reply_len, to) != m.reply_len) {
+			err = -EFAULT;
+			break;
+		}
+		pos += m.reply_len;
+		done += m.reply_len;
+		count -= m.reply_len;
+		if (m.reply_len < len)
+			break; /* end of file */
+	}
+	kvfree(buf);
+	iocb->ki_pos = pos;
+	return done ? done : err;
+}
+
+/* WRITE of len bytes of buf at pos to every writer: the bytes the server wrote. */
+static ssize_t direct_write_chunk(struct inode *inode, const void *buf, size_t len, loff_t pos)
+{
+	struct pohmelfs_write_req q = { .oid = POHMELFS_I(inode)->oid };
+	struct pohmelfs_write_rep rep;
+	struct pohmelfs_msg m = { .opcode = POHMELFS_OP_WRITE };
+	int err;
+
+	q.offset = cpu_to_le64(pos);
+	q.size = cpu_to_le32(len);
+	pohmelfs_msg_add(&m, &q, sizeof(q));
+	pohmelfs_msg_add(&m, buf, len);
+	m.reply = &rep;
+	m.reply_cap = sizeof(rep);
+	err = pohmelfs_change_call(POHMELFS_SB(inode->i_sb), &m);
+	if (err)
+		return err;
+	if (m.reply_len != sizeof(rep) || le64_to_cpu(rep.written) > len)
+		return -EIO;
+	return le64_to_cpu(rep.written);
+}
+
+static ssize_t direct_write_locked(struct kiocb *iocb, struct iov_iter *from)
+{
+	struct file *file = iocb->ki_filp;
+	struct inode *inode = file_inode(file);
+	loff_t start, pos;
+	ssize_t done = 0, n;
+	size_t count;
+	void *buf;
+	int err;
+
+	/* An append goes after what the server has now. */
+	if (iocb->ki_flags & IOCB_APPEND) {
+		err = pohmelfs_refresh(inode, true);
+		if (err)
+			return err;
+	}
+	n = generic_write_checks(iocb, from);
+	if (n <= 0)
+		return n;
+	err = file_modified(file);
+	if (err)
+		return err;
+	start = pos = iocb->ki_pos;
+	count = iov_iter_count(from);
+	err = filemap_write_and_wait_range(inode->i_mapping, pos, pos + count - 1);
+	if (err)
+		return err;
+	buf = direct_buffer(count);
+	if (!buf)
+		return -ENOMEM;
+	WRITE_ONCE(POHMELFS_I(inode)->local_changes, true);
+	while (count) {
+		size_t len = copy_from_iter(buf, min_t(size_t, count, POHMELFS_IO_MAX), from);
+
+		if (!len) {
+			err = -EFAULT;
+			break;
+		}
+		n = direct_write_chunk(inode, buf, len, pos);
+		if (n < 0) {
+			err = n;
+			break;
+		}
+		pos += n;
+		done += n;
+		count -= n;
+		if ((size_t)n < len)
+			break;
+	}
+	kvfree(buf);
+	if (done) {
+		invalidate_inode_pages2_range(inode->i_mapping, start >> PAGE_SHIFT,
+					      (pos - 1) >> PAGE_SHIFT);
+		spin_lock(&inode->i_lock);
+		if (pos > i_size_read(inode))
+			i_size_write(inode, pos);
+		spin_unlock(&inode->i_lock);
+	}
+	iocb->ki_pos = pos;
+	return done ? done : err;
+}
+
+static ssize_t direct_write(struct kiocb *iocb, struct iov_iter *from)
+{
+	struct inode *inode = file_inode(iocb->ki_filp);
+	ssize_t n;
+
+	if (iocb->ki_flags & IOCB_NOWAIT) /* every WRITE waits for the servers */
+		return -EAGAIN;
+	inode_lock(inode);
+	n = direct_write_locked(iocb, from);
+	inode_unlock(inode);
+	if (n > 0)
+		n = generic_write_sync(iocb, n); /* O_SYNC, O_DSYNC: FSYNC on the servers */
+	return n;
+}
+
 static ssize_t pohmelfs_read_iter(struct kiocb *iocb, struct iov_iter *to)
 {
-	int err = pohmelfs_refresh(file_inode(iocb->ki_filp), false);
+	int err;
 
+	if (iocb->ki_flags & IOCB_DIRECT)
+		return direct_read(iocb, to);
+	err = pohmelfs_refresh(file_inode(iocb->ki_filp), false);
 	if (err)
 		return err;
 	return generic_file_read_iter(iocb, to);
@@ -131,9 +290,12 @@ static ssize_t pohmelfs_read_iter(struct kiocb *iocb, struct iov_iter *to)
 
 static ssize_t pohmelfs_write_iter(struct kiocb *iocb, struct iov_iter *from)
 {
-	/* Appends go after what the server has now. */
-	int err = pohmelfs_refresh(file_inode(iocb->ki_filp), iocb->ki_flags & IOCB_APPEND);
+	int err;
 
+	if (iocb->ki_flags & IOCB_DIRECT)
+		return direct_write(iocb, from);
+	/* Appends go after what the server has now. */
+	err = pohmelfs_refresh(file_inode(iocb->ki_filp), iocb->ki_flags & IOCB_APPEND);
 	if (err)
 		return err;
 	return generic_file_write_iter(iocb, from);
@@ -470,4 +632,7 @@ const struct address_space_operations pohmelfs_aops = {
 	.write_end = pohmelfs_write_end,
 	.writepages = pohmelfs_writepages,
 	.dirty_folio = filemap_dirty_folio,
+	/* Never called: read_iter and write_iter handle O_DIRECT; its presence lets open(2) and
+	 * fcntl(F_SETFL) accept O_DIRECT. */
+	.direct_IO = noop_direct_IO,
 };

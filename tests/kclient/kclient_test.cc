@@ -911,6 +911,53 @@ TEST_F(KclientTest, AppendWrites) {
   EXPECT_SAME_BYTES(ReadAll(M("append")), model);
 }
 
+TEST_F(KclientTest, DirectIoBypassesTheCacheAndStaysCoherentWithIt) {
+  std::string model = RandomBytes(3 * kMiB + 77, 3000);
+  // Buffered writes left dirty in the page cache (no fsync, the descriptor stays open).
+  int b = open(M("direct").c_str(), O_RDWR | O_CREAT | O_EXCL, 0644);
+  ASSERT_GE(b, 0) << ErrnoText(errno);
+  ASSERT_TRUE(PwriteAll(b, model.data(), model.size(), 0)) << ErrnoText(errno);
+  int d = open(M("direct").c_str(), O_RDWR | O_DIRECT);
+  ASSERT_GE(d, 0) << ErrnoText(errno);
+  // A direct read sees them (unaligned offset and length, across MiB boundaries).
+  EXPECT_SAME_BYTES(PreadAll(d, model.size() + 100, 0), model);
+  EXPECT_SAME_BYTES(PreadAll(d, 2 * kMiB + 3, 5), model.substr(5, 2 * kMiB + 3));
+  // Direct writes: unaligned, larger than one request, and one past the end of the file.
+  uint64_t seed = 3100;
+  for (const auto& [o, n] : std::vector<std::pair<size_t, size_t>>{
+           {1, 10}, {kMiB - 7, kMiB + kMiB / 2}, {kPage, kPage}, {model.size() + 999, 5000}}) {
+    std::string data = RandomBytes(n, seed++);
+    ASSERT_TRUE(PwriteAll(d, data.data(), n, static_cast<off_t>(o))) << ErrnoText(errno);
+    if (model.size() < o + n) model.resize(o + n, '\0');
+    model.replace(o, n, data);
+    // The kernel client's direct writes reach the server before the call returns (the FUSE
+    // client may delay them under a write lease).
+    if (!ViaFuse()) {
+      EXPECT_SAME_BYTES(ReadFile(X("direct")), model) << "after " << o << "+" << n;
+    }
+  }
+  struct stat st;
+  ASSERT_EQ(fstat(b, &st), 0);
+  EXPECT_EQ(st.st_size, static_cast<off_t>(model.size()));
+  // The buffered descriptor does not see stale cached pages.
+  EXPECT_SAME_BYTES(PreadAll(b, model.size() + 100, 0), model);
+  EXPECT_SAME_BYTES(PreadAll(d, 100, static_cast<off_t>(model.size()) - 10),
+                    model.substr(model.size() - 10));
+  EXPECT_EQ(PreadAll(d, 100, static_cast<off_t>(model.size()) + 1), "");
+  // Appends with O_DIRECT, and O_DIRECT switched on by fcntl.
+  int a = open(M("direct").c_str(), O_WRONLY | O_APPEND | O_DIRECT);
+  ASSERT_GE(a, 0) << ErrnoText(errno);
+  std::string tail = RandomBytes(kPage + 3, seed++);
+  ASSERT_TRUE(WriteAllFd(a, tail)) << ErrnoText(errno);
+  model += tail;
+  ASSERT_EQ(fcntl(b, F_SETFL, fcntl(b, F_GETFL) | O_DIRECT), 0) << ErrnoText(errno);
+  EXPECT_SAME_BYTES(PreadAll(b, model.size(), 0), model);
+  for (int fd : {a, b, d}) ASSERT_EQ(close(fd), 0) << ErrnoText(errno);
+  EXPECT_SAME_BYTES(ReadFile(X("direct")), model);
+  Drop();
+  EXPECT_SAME_BYTES(ReadAll(M("direct")), model);
+}
+
 TEST_F(KclientTest, MmapSharedWriteAndMsync) {
   const size_t size = 3 * kPage + 100;
   std::string model = RandomBytes(size, 11);
