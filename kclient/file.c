@@ -43,6 +43,7 @@ static int pohmelfs_open(struct inode *inode, struct file *file)
 	struct pohmelfs_msg m = { .opcode = POHMELFS_OP_OPEN };
 	/* create() opened it already (CREATE_OPEN): one round trip for open(O_CREAT). */
 	bool created_open = test_and_clear_bit(POHMELFS_I_CREATED_OPEN, &POHMELFS_I(inode)->flags);
+	u64 since = pohmelfs_attr_seq(inode->i_sb);
 	struct pohmelfs_attr attr;
 	int err;
 
@@ -70,7 +71,7 @@ static int pohmelfs_open(struct inode *inode, struct file *file)
 		return err;
 	file->private_data = POHMELFS_FILE_HANDLE;
 	/* Close-to-open: fresh attributes, and the cache dropped if another client changed it. */
-	pohmelfs_apply_attr(inode, &attr);
+	pohmelfs_apply_attr(inode, &attr, since);
 	return 0;
 }
 
@@ -136,6 +137,7 @@ static ssize_t direct_read(struct kiocb *iocb, struct iov_iter *to)
 	size_t count = iov_iter_count(to);
 	loff_t pos = iocb->ki_pos;
 	ssize_t done = 0;
+	size_t copied;
 	void *buf;
 	int err;
 
@@ -162,18 +164,20 @@ static ssize_t direct_read(struct kiocb *iocb, struct iov_iter *to)
 		err = pohmelfs_read_call(POHMELFS_SB(inode->i_sb), &m);
 		if (err)
 			break;
-		if (copy_to_iter(buf, m.reply_len, to) != m.reply_len) {
+		copied = copy_to_iter(buf, m.reply_len, to);
+		pos += copied; /* what reached the caller counts, even on a fault */
+		done += copied;
+		count -= copied;
+		if (copied != m.reply_len) {
 			err = -EFAULT;
 			break;
 		}
-		pos += m.reply_len;
-		done += m.reply_len;
-		count -= m.reply_len;
 		if (m.reply_len < len)
 			break; /* end of file */
 	}
 	kvfree(buf);
 	iocb->ki_pos = pos;
+	file_accessed(iocb->ki_filp);
 	return done ? done : err;
 }
 
@@ -203,7 +207,7 @@ static ssize_t direct_write_locked(struct kiocb *iocb, struct iov_iter *from)
 {
 	struct file *file = iocb->ki_filp;
 	struct inode *inode = file_inode(file);
-	loff_t start, pos;
+	loff_t start, pos, end;
 	ssize_t done = 0, n;
 	size_t count;
 	void *buf;
@@ -229,7 +233,7 @@ static ssize_t direct_write_locked(struct kiocb *iocb, struct iov_iter *from)
 	buf = direct_buffer(count);
 	if (!buf)
 		return -ENOMEM;
-	WRITE_ONCE(POHMELFS_I(inode)->local_changes, true);
+	end = pos + count - 1;
 	while (count) {
 		size_t len = copy_from_iter(buf, min_t(size_t, count, POHMELFS_IO_MAX), from);
 
@@ -237,26 +241,27 @@ static ssize_t direct_write_locked(struct kiocb *iocb, struct iov_iter *from)
 			err = -EFAULT;
 			break;
 		}
+		/* Set per chunk: a refresh between chunks clears it. */
+		WRITE_ONCE(POHMELFS_I(inode)->local_changes, true);
 		n = direct_write_chunk(inode, buf, len, pos);
-		if (n < 0) {
-			err = n;
+		if (n <= 0) {
+			err = n ? n : -EIO; /* nothing written is an error, not a 0 return */
+			iov_iter_revert(from, len);
 			break;
 		}
 		pos += n;
 		done += n;
 		count -= n;
-		if ((size_t)n < len)
+		if ((size_t)n < len) {
+			iov_iter_revert(from, len - n);
 			break;
+		}
 	}
 	kvfree(buf);
-	if (done) {
-		invalidate_inode_pages2_range(inode->i_mapping, start >> PAGE_SHIFT,
-					      (pos - 1) >> PAGE_SHIFT);
-		spin_lock(&inode->i_lock);
-		if (pos > i_size_read(inode))
-			i_size_write(inode, pos);
-		spin_unlock(&inode->i_lock);
-	}
+	/* Even a failed WRITE may have reached a server: no cached page of the range is trusted. */
+	invalidate_inode_pages2_range(inode->i_mapping, start >> PAGE_SHIFT, end >> PAGE_SHIFT);
+	if (done)
+		pohmelfs_local_size(inode, pos);
 	iocb->ki_pos = pos;
 	return done ? done : err;
 }
@@ -519,13 +524,11 @@ static int pohmelfs_write_end(struct file *file, struct address_space *mapping, 
 		}
 		SetPageUptodate(page);
 	}
-	/* Dirty before the size grows, and the size under i_lock: apply_attr keeps a local size
-	 * larger than the server's only while pages are dirty. */
+	/* Dirty before the size grows: apply_attr keeps a local size larger than the server's
+	 * while pages are dirty, and against replies to requests sent before it grew. */
 	set_page_dirty(page);
-	spin_lock(&inode->i_lock);
 	if (pos + copied > i_size_read(inode))
-		i_size_write(inode, pos + copied);
-	spin_unlock(&inode->i_lock);
+		pohmelfs_local_size(inode, pos + copied);
 	WRITE_ONCE(POHMELFS_I(inode)->local_changes, true);
 out:
 	unlock_page(page);

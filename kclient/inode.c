@@ -35,7 +35,16 @@ static void invalidate_attr(struct inode *inode)
 	WRITE_ONCE(POHMELFS_I(inode)->attr_time, 0);
 }
 
-void pohmelfs_apply_attr(struct inode *inode, const struct pohmelfs_attr *attr)
+void pohmelfs_local_size(struct inode *inode, loff_t size)
+{
+	spin_lock(&inode->i_lock);
+	if (size > i_size_read(inode))
+		i_size_write(inode, size);
+	POHMELFS_I(inode)->size_changed = atomic64_inc_return(&POHMELFS_SB(inode->i_sb)->size_seq);
+	spin_unlock(&inode->i_lock);
+}
+
+void pohmelfs_apply_attr(struct inode *inode, const struct pohmelfs_attr *attr, u64 since)
 {
 	struct pohmelfs_inode *pi = POHMELFS_I(inode);
 	struct address_space *mapping = inode->i_mapping;
@@ -55,10 +64,12 @@ void pohmelfs_apply_attr(struct inode *inode, const struct pohmelfs_attr *attr)
 	inode->i_ctime.tv_sec = le64_to_cpu(attr->ctime_sec);
 	inode->i_ctime.tv_nsec = le32_to_cpu(attr->ctime_nsec);
 	inode->i_blocks = le64_to_cpu(attr->blocks);
-	/* Data written here but not yet on the server counts: keep the larger local size. */
+	/* Data written here but not yet on the server counts, and so does a size this client set
+	 * after the request was sent: keep the larger local size. */
 	if (!S_ISREG(inode->i_mode) ||
-	    !(mapping_tagged(mapping, PAGECACHE_TAG_DIRTY) ||
-	      mapping_tagged(mapping, PAGECACHE_TAG_WRITEBACK)) ||
+	    (!(mapping_tagged(mapping, PAGECACHE_TAG_DIRTY) ||
+	       mapping_tagged(mapping, PAGECACHE_TAG_WRITEBACK)) &&
+	     pi->size_changed <= since) ||
 	    size > i_size_read(inode))
 		i_size_write(inode, size);
 	if (S_ISREG(inode->i_mode) && pi->attr_time && version != pi->version && !pi->local_changes)
@@ -75,7 +86,7 @@ void pohmelfs_apply_attr(struct inode *inode, const struct pohmelfs_attr *attr)
 void pohmelfs_apply_own_attr(struct inode *inode, const struct pohmelfs_attr *attr)
 {
 	WRITE_ONCE(POHMELFS_I(inode)->local_changes, true);
-	pohmelfs_apply_attr(inode, attr);
+	pohmelfs_apply_attr(inode, attr, POHMELFS_SEQ_NOW);
 }
 
 static int iget_test(struct inode *inode, void *data)
@@ -89,7 +100,7 @@ static int iget_set(struct inode *inode, void *data)
 	return 0;
 }
 
-struct inode *pohmelfs_iget(struct super_block *sb, const struct pohmelfs_attr *attr)
+struct inode *pohmelfs_iget(struct super_block *sb, const struct pohmelfs_attr *attr, u64 since)
 {
 	struct pohmelfs_sb_info *sbi = POHMELFS_SB(sb);
 	struct pohmelfs_oid oid = attr->oid;
@@ -106,7 +117,7 @@ struct inode *pohmelfs_iget(struct super_block *sb, const struct pohmelfs_attr *
 			iput(inode);
 			return ERR_PTR(-ESTALE);
 		}
-		pohmelfs_apply_attr(inode, attr);
+		pohmelfs_apply_attr(inode, attr, since);
 		return inode;
 	}
 	inode->i_ino = ino;
@@ -130,7 +141,7 @@ struct inode *pohmelfs_iget(struct super_block *sb, const struct pohmelfs_attr *
 		init_special_inode(inode, mode, new_decode_dev(le64_to_cpu(attr->rdev)));
 		break;
 	}
-	pohmelfs_apply_attr(inode, attr);
+	pohmelfs_apply_attr(inode, attr, POHMELFS_SEQ_NOW);
 	unlock_new_inode(inode);
 	return inode;
 }
@@ -152,6 +163,7 @@ static int getattr_call(struct inode *inode, struct pohmelfs_attr *attr)
 
 int pohmelfs_refresh(struct inode *inode, bool force)
 {
+	u64 since = pohmelfs_attr_seq(inode->i_sb);
 	struct pohmelfs_attr attr;
 	int err;
 
@@ -161,7 +173,7 @@ int pohmelfs_refresh(struct inode *inode, bool force)
 	if (err == -ENOENT)
 		err = -ESTALE;
 	if (!err)
-		pohmelfs_apply_attr(inode, &attr);
+		pohmelfs_apply_attr(inode, &attr, since);
 	return err;
 }
 
@@ -194,6 +206,7 @@ static struct dentry *pohmelfs_lookup(struct inode *dir, struct dentry *dentry, 
 {
 	struct pohmelfs_attr attr;
 	struct inode *inode = NULL;
+	u64 since;
 	int err;
 
 	/* open(O_CREAT | O_EXCL): the create asks the server to fail on an existing name, so the
@@ -205,11 +218,12 @@ static struct dentry *pohmelfs_lookup(struct inode *dir, struct dentry *dentry, 
 		d_add(dentry, NULL);
 		return NULL;
 	}
+	since = pohmelfs_attr_seq(dir->i_sb);
 	err = lookup_call(dir, &dentry->d_name, &attr);
 	if (err && err != -ENOENT)
 		return ERR_PTR(err);
 	if (!err) {
-		inode = pohmelfs_iget(dir->i_sb, &attr);
+		inode = pohmelfs_iget(dir->i_sb, &attr, since);
 		if (IS_ERR(inode))
 			return ERR_CAST(inode);
 	}
@@ -223,6 +237,7 @@ static int pohmelfs_d_revalidate(struct dentry *dentry, unsigned int flags)
 	struct pohmelfs_attr attr;
 	struct dentry *parent;
 	struct inode *inode;
+	u64 since;
 	int err, ret;
 
 	if (time_before(jiffies, dentry->d_time + msecs_to_jiffies(sbi->attr_timeout_ms)))
@@ -230,6 +245,7 @@ static int pohmelfs_d_revalidate(struct dentry *dentry, unsigned int flags)
 	if (flags & LOOKUP_RCU)
 		return -ECHILD;
 	parent = dget_parent(dentry);
+	since = pohmelfs_attr_seq(dentry->d_sb);
 	err = lookup_call(d_inode(parent), &dentry->d_name, &attr);
 	dput(parent);
 	inode = d_inode(dentry);
@@ -242,7 +258,7 @@ static int pohmelfs_d_revalidate(struct dentry *dentry, unsigned int flags)
 		 ((inode->i_mode ^ le32_to_cpu(attr.mode)) & S_IFMT))
 		ret = 0;
 	else {
-		pohmelfs_apply_attr(inode, &attr);
+		pohmelfs_apply_attr(inode, &attr, since);
 		ret = 1;
 	}
 	if (ret == 1)
@@ -279,7 +295,7 @@ static bool is_new_object(const struct pohmelfs_attr *attr, size_t len,
 /* Replies with an attr: makes the inode and binds it to dentry. */
 static int instantiate(struct inode *dir, struct dentry *dentry, const struct pohmelfs_attr *attr)
 {
-	struct inode *inode = pohmelfs_iget(dir->i_sb, attr);
+	struct inode *inode = pohmelfs_iget(dir->i_sb, attr, POHMELFS_SEQ_NOW);
 
 	if (IS_ERR(inode))
 		return PTR_ERR(inode);

@@ -96,6 +96,9 @@ struct pohmelfs_sb_info {
 	atomic_t read_turn;	 /* round robin among equal readers */
 	wait_queue_head_t up_wq; /* a server came up */
 	bool shutting_down;
+	/* Counts local size changes (pohmelfs_local_size): a server's attributes for a request
+	 * sent before an inode's last one may hold an older size (pohmelfs_attr_seq). */
+	atomic64_t size_seq;
 };
 
 struct pohmelfs_inode {
@@ -103,6 +106,7 @@ struct pohmelfs_inode {
 	unsigned long attr_time; /* jiffies of the last attributes from a server */
 	u64 version;		 /* the server's change counter at that time */
 	bool local_changes;	 /* we changed it since: a newer version is ours */
+	u64 size_changed;	 /* size_seq of its last local size change (under i_lock) */
 	unsigned long flags;	 /* POHMELFS_I_* bits */
 	struct inode vfs_inode;
 };
@@ -180,8 +184,18 @@ extern const struct inode_operations pohmelfs_dir_iops;
 extern const struct inode_operations pohmelfs_file_iops;
 extern const struct inode_operations pohmelfs_symlink_iops;
 extern const struct dentry_operations pohmelfs_dentry_ops;
-struct inode *pohmelfs_iget(struct super_block *sb, const struct pohmelfs_attr *attr);
-void pohmelfs_apply_attr(struct inode *inode, const struct pohmelfs_attr *attr);
+/* Attributes from a server are applied with the size_seq read before their request was sent
+ * (pohmelfs_attr_seq): a size older than this client's last local size change is ignored. */
+static inline u64 pohmelfs_attr_seq(struct super_block *sb)
+{
+	return atomic64_read(&POHMELFS_SB(sb)->size_seq);
+}
+/* For replies that cannot predate the local size (new objects, replies to own changes). */
+#define POHMELFS_SEQ_NOW U64_MAX
+struct inode *pohmelfs_iget(struct super_block *sb, const struct pohmelfs_attr *attr, u64 since);
+void pohmelfs_apply_attr(struct inode *inode, const struct pohmelfs_attr *attr, u64 since);
+/* This client made the file at least size bytes long (a write past the end). */
+void pohmelfs_local_size(struct inode *inode, loff_t size);
 void pohmelfs_apply_own_attr(struct inode *inode, const struct pohmelfs_attr *attr);
 int pohmelfs_refresh(struct inode *inode, bool force);
 u64 pohmelfs_oid_ino(const struct pohmelfs_oid *oid);

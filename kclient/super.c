@@ -193,7 +193,7 @@ static int pohmelfs_fill_super(struct super_block *sb, struct fs_context *fc)
 		return err;
 	if (m.reply_len != sizeof(attr))
 		return -EIO;
-	root = pohmelfs_iget(sb, &attr);
+	root = pohmelfs_iget(sb, &attr, POHMELFS_SEQ_NOW);
 	if (IS_ERR(root))
 		return PTR_ERR(root);
 	sb->s_root = d_make_root(root);
@@ -209,6 +209,42 @@ static int pohmelfs_get_tree(struct fs_context *fc)
 	return get_tree_nodev(fc, pohmelfs_fill_super);
 }
 
+static bool same_server(const struct pohmelfs_server *a, const struct pohmelfs_server *b)
+{
+	return !memcmp(&a->addr, &b->addr, sizeof(a->addr)) && a->prio == b->prio &&
+	       a->may_read == b->may_read && a->may_write == b->may_write;
+}
+
+/*
+ * Remount: timeout_ms and attr_timeout_ms change (the parse started from the mount's current
+ * values, so options not given keep them), ro and rw switch. The servers and the name are
+ * the mount's identity: giving them again is accepted only unchanged (mount(8) may pass the
+ * mount's options back), anything else is refused.
+ */
+static int pohmelfs_reconfigure(struct fs_context *fc)
+{
+	struct pohmelfs_sb_info *want = fc->s_fs_info;
+	struct super_block *sb = fc->root->d_sb;
+	struct pohmelfs_sb_info *sbi = POHMELFS_SB(sb);
+	int i;
+
+	if (want->nr_servers) {
+		if (want->nr_servers != sbi->nr_servers)
+			return invalfc(fc, "the servers of a mount cannot change on remount");
+		for (i = 0; i < sbi->nr_servers; i++)
+			if (!same_server(&want->servers[i], &sbi->servers[i]))
+				return invalfc(fc,
+					       "the servers of a mount cannot change on remount");
+	}
+	if (strcmp(want->name, sbi->name))
+		return invalfc(fc, "the name of a mount cannot change on remount");
+	if (!(fc->sb_flags & SB_RDONLY) && (sb->s_flags & SB_RDONLY) && pohmelfs_read_only(sbi))
+		return invalfc(fc, "no server lets this client write");
+	WRITE_ONCE(sbi->timeout_ms, want->timeout_ms);
+	WRITE_ONCE(sbi->attr_timeout_ms, want->attr_timeout_ms);
+	return 0;
+}
+
 static void pohmelfs_free_fc(struct fs_context *fc)
 {
 	kfree(fc->s_fs_info);
@@ -217,6 +253,7 @@ static void pohmelfs_free_fc(struct fs_context *fc)
 static const struct fs_context_operations pohmelfs_context_ops = {
 	.parse_param = pohmelfs_parse_param,
 	.get_tree = pohmelfs_get_tree,
+	.reconfigure = pohmelfs_reconfigure,
 	.free = pohmelfs_free_fc,
 };
 
@@ -229,6 +266,13 @@ static int pohmelfs_init_fs_context(struct fs_context *fc)
 	sbi->timeout_ms = 30000;
 	sbi->attr_timeout_ms = 1000;
 	snprintf(sbi->name, sizeof(sbi->name), "%s", utsname()->nodename);
+	if (fc->purpose == FS_CONTEXT_FOR_RECONFIGURE) { /* options not given stay as they are */
+		const struct pohmelfs_sb_info *cur = POHMELFS_SB(fc->root->d_sb);
+
+		sbi->timeout_ms = cur->timeout_ms;
+		sbi->attr_timeout_ms = cur->attr_timeout_ms;
+		strscpy(sbi->name, cur->name, sizeof(sbi->name));
+	}
 	init_waitqueue_head(&sbi->up_wq);
 	fc->s_fs_info = sbi;
 	fc->ops = &pohmelfs_context_ops;

@@ -1142,6 +1142,54 @@ TEST_F(KclientTest, ErrnoOfFailures) {
 }
 
 // Last: unmount and mount again; everything written above is there, as on the server.
+// The options field of mnt's line in /proc/mounts.
+std::string MountOptionsOf(const std::string& mnt) {
+  std::istringstream in(ReadFile("/proc/mounts"));
+  std::string dev, point, type, opts;
+  while (in >> dev >> point >> type >> opts) {
+    std::string rest;
+    std::getline(in, rest);
+    if (point == mnt) return opts;
+  }
+  return "";
+}
+
+TEST_F(KclientTest, RemountChangesTimeoutsAndReadOnlyButNotTheServers) {
+  if (ViaFuse()) GTEST_SKIP() << "kernel mount options";
+  auto remount = [](unsigned long flags, const std::string& data) {
+    return mount("none", mount_root().c_str(), "pohmelfs", MS_REMOUNT | flags, data.c_str()) == 0
+               ? 0
+               : errno;
+  };
+  const std::string server = "server=" + server_->uri();
+  ASSERT_EQ(remount(0, "attr_timeout_ms=0,timeout_ms=7000"), 0) << ErrnoText(errno);
+  std::string opts = MountOptionsOf(mount_root());
+  EXPECT_NE(opts.find(",timeout_ms=7000,attr_timeout_ms=0"), std::string::npos) << opts;
+  // Nothing is cached now: a name made on the server is seen at once, though this mount
+  // looked it up (and found nothing) just before.
+  struct stat st;
+  EXPECT_EQ(ERRNO_OF(stat(M("remount-new").c_str(), &st)), ENOENT);
+  WriteFile(Raw("remount-new"), "made on the server");
+  EXPECT_EQ(ERRNO_OF(stat(M("remount-new").c_str(), &st)), 0);
+  // The mount's own options given back are accepted; other servers and names are not.
+  EXPECT_EQ(remount(0, server + ",timeout_ms=8000"), 0);
+  EXPECT_NE(MountOptionsOf(mount_root()).find(",timeout_ms=8000,attr_timeout_ms=0"),
+            std::string::npos);
+  EXPECT_EQ(remount(0, "server=tcp://127.0.0.1:1"), EINVAL);
+  EXPECT_EQ(remount(0, server + ",server=tcp://127.0.0.1:1"), EINVAL);
+  EXPECT_EQ(remount(0, "name=someone-else"), EINVAL);
+  EXPECT_NE(MountOptionsOf(mount_root()).find(",timeout_ms=8000,attr_timeout_ms=0"),
+            std::string::npos);
+  // Read-only and back.
+  ASSERT_EQ(remount(MS_RDONLY, ""), 0) << ErrnoText(errno);
+  EXPECT_EQ(ERRNO_OF(open(M("remount-ro").c_str(), O_WRONLY | O_CREAT, 0644)), EROFS);
+  ASSERT_EQ(remount(0, ""), 0) << ErrnoText(errno);
+  WriteFile(M("remount-rw"), "rw again");
+  EXPECT_EQ(ReadFile(X("remount-rw")), "rw again");
+  // The suite's other tests expect the defaults.
+  ASSERT_EQ(remount(0, "attr_timeout_ms=1000,timeout_ms=30000"), 0);
+}
+
 TEST_F(KclientTest, RemountSeesTheSameTree) {
   Tree before = Snapshot(mount_root());
   ASSERT_TRUE(KernelUnmount(mount_root()));
