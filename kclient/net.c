@@ -43,6 +43,67 @@ static int send_iter(struct socket *sock, struct msghdr *msg)
 	return 0;
 }
 
+/* The socket's write-space callback: also wakes senders waiting in conn_send_iter. */
+static void conn_write_space(struct sock *sk)
+{
+	struct pohmelfs_conn *conn;
+
+	read_lock_bh(&sk->sk_callback_lock);
+	conn = sk->sk_user_data;
+	if (conn) {
+		conn->saved_write_space(sk);
+		wake_up_all(&conn->send_wq);
+	}
+	read_unlock_bh(&sk->sk_callback_lock);
+}
+
+static void conn_set_write_space(struct pohmelfs_conn *conn, bool on)
+{
+	struct sock *sk = conn->sock->sk;
+
+	write_lock_bh(&sk->sk_callback_lock);
+	if (on) {
+		conn->saved_write_space = sk->sk_write_space;
+		sk->sk_user_data = conn;
+		sk->sk_write_space = conn_write_space;
+	} else {
+		sk->sk_write_space = conn->saved_write_space;
+		sk->sk_user_data = NULL;
+	}
+	write_unlock_bh(&sk->sk_callback_lock);
+}
+
+/*
+ * Sends the whole of msg's iterator without ever sleeping inside the socket: a non-blocking
+ * send never looks at signals, so not even SIGKILL can cut a message in half (which would
+ * break the stream, and with it every request on the connection). When the send buffer is
+ * full it waits uninterruptibly for room, woken by conn_write_space and looking again every
+ * second for a reset or a killed connection, at most the mount's timeout.
+ */
+static int conn_send_iter(struct pohmelfs_conn *conn, struct msghdr *msg)
+{
+	struct sock *sk = conn->sock->sk;
+	unsigned long deadline = jiffies + msecs_to_jiffies(conn->srv->sbi->timeout_ms);
+
+	msg->msg_flags |= MSG_DONTWAIT;
+	while (msg_data_left(msg)) {
+		int n = sock_sendmsg(conn->sock, msg);
+
+		if (n > 0)
+			continue;
+		if (n != -EAGAIN)
+			return n ? n : -EPIPE;
+		if (time_after_eq(jiffies, deadline))
+			return -ETIMEDOUT;
+		wait_event_timeout(conn->send_wq,
+				   sk_stream_is_writeable(sk) || READ_ONCE(sk->sk_err) ||
+					   (READ_ONCE(sk->sk_shutdown) & SEND_SHUTDOWN) ||
+					   READ_ONCE(conn->dead),
+				   min_t(long, HZ, (long)(deadline - jiffies)));
+	}
+	return 0;
+}
+
 static int recv_iter(struct socket *sock, struct iov_iter *iter)
 {
 	struct msghdr msg = { .msg_flags = MSG_WAITALL | MSG_NOSIGNAL };
@@ -384,6 +445,7 @@ int pohmelfs_conn_open(struct pohmelfs_server *srv, struct pohmelfs_conn **out)
 	kref_init(&conn->ref);
 	conn->srv = srv;
 	mutex_init(&conn->send_mutex);
+	init_waitqueue_head(&conn->send_wq);
 	xa_init(&conn->pending);
 	init_waitqueue_head(&conn->credit_wq);
 	INIT_DELAYED_WORK(&conn->watchdog, conn_watchdog);
@@ -411,6 +473,7 @@ int pohmelfs_conn_open(struct pohmelfs_server *srv, struct pohmelfs_conn **out)
 		goto release;
 	}
 	get_task_struct(conn->rx);
+	conn_set_write_space(conn, true);
 	wake_up_process(conn->rx);
 	schedule_delayed_work(&conn->watchdog, HZ);
 	*out = conn;
@@ -430,6 +493,7 @@ static void conn_release(struct kref *ref)
 	cancel_delayed_work_sync(&conn->watchdog);
 	kthread_stop(conn->rx);
 	put_task_struct(conn->rx);
+	conn_set_write_space(conn, false);
 	sock_release(conn->sock);
 	WARN_ON(!xa_empty(&conn->pending));
 	xa_destroy(&conn->pending);
@@ -447,6 +511,7 @@ void pohmelfs_conn_put(struct pohmelfs_conn *conn)
 void pohmelfs_conn_kill(struct pohmelfs_conn *conn)
 {
 	kernel_sock_shutdown(conn->sock, SHUT_RDWR);
+	wake_up_all(&conn->send_wq);
 }
 
 bool pohmelfs_conn_dead(struct pohmelfs_conn *conn)
@@ -471,7 +536,6 @@ int pohmelfs_conn_send(struct pohmelfs_conn *conn, struct pohmelfs_req *req, str
 	struct pohmelfs_hdr h;
 	struct kvec iov[5];
 	struct msghdr msg = { .msg_flags = MSG_NOSIGNAL };
-	sigset_t blocked, saved;
 	size_t body = 0, len;
 	u64 trans;
 	long left;
@@ -524,22 +588,18 @@ int pohmelfs_conn_send(struct pohmelfs_conn *conn, struct pohmelfs_req *req, str
 
 	iov[0].iov_base = &h;
 	iov[0].iov_len = sizeof(h);
-	/* A signal must not cut a message in half (that would close the connection): only
-	 * SIGKILL interrupts a send. */
-	siginitsetinv(&blocked, sigmask(SIGKILL));
-	sigprocmask(SIG_BLOCK, &blocked, &saved);
+	/* No signal cuts a message in half (conn_send_iter). */
 	mutex_lock(&conn->send_mutex);
 	if (m->ndata)
 		msg.msg_flags |= MSG_MORE;
 	iov_iter_kvec(&msg.msg_iter, ITER_SOURCE, iov, m->niov + 1, sizeof(h) + body);
-	err = send_iter(conn->sock, &msg);
+	err = conn_send_iter(conn, &msg);
 	if (!err && m->ndata) {
 		msg.msg_flags = MSG_NOSIGNAL;
 		iov_iter_bvec(&msg.msg_iter, ITER_SOURCE, m->data, m->ndata, m->data_len);
-		err = send_iter(conn->sock, &msg);
+		err = conn_send_iter(conn, &msg);
 	}
 	mutex_unlock(&conn->send_mutex);
-	sigprocmask(SIG_SETMASK, &saved, NULL);
 	/* A partial message breaks the stream: the receive thread fails the request. */
 	if (err)
 		pohmelfs_conn_kill(conn);

@@ -51,6 +51,8 @@ struct pohmelfs_conn {
 	struct socket *sock;
 	struct task_struct *rx;
 	struct mutex send_mutex;
+	wait_queue_head_t send_wq; /* room in the socket's send buffer (conn_write_space) */
+	void (*saved_write_space)(struct sock *sk);
 	struct xarray pending; /* trans -> struct pohmelfs_req */
 	wait_queue_head_t credit_wq;
 	struct delayed_work watchdog; /* kills the connection when a request is overdue */

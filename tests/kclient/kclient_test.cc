@@ -1458,5 +1458,103 @@ TEST_F(KclientRestartTest, RecoversFromTwoRestartsInARow) {
   EXPECT_EQ(ReadFile(M("x")), "x");
 }
 
+// ============================================================================================
+// A mount whose sockets have small buffers (the guest's tcp_wmem/tcp_rmem, restored after), so
+// that a 1 MiB message cannot fit in them while the server is stopped.
+
+class KclientSmallBuffersTest : public ::testing::Test {
+ protected:
+  static constexpr const char* kWmem = "/proc/sys/net/ipv4/tcp_wmem";
+  static constexpr const char* kRmem = "/proc/sys/net/ipv4/tcp_rmem";
+  void SetUp() override {
+    if (ViaFuse()) GTEST_SKIP() << "the kernel client's socket";
+    umask(0);
+    ASSERT_TRUE(ModuleLoaded()) << "pohmelfs is not in /proc/filesystems: insmod the module";
+    scratch_ = std::make_unique<ScratchDir>(CurrentTestName());
+    fs::create_directories(Path("export"));
+    fs::create_directories(mnt());
+    saved_wmem_ = ReadFile(kWmem);
+    saved_rmem_ = ReadFile(kRmem);
+    ASSERT_TRUE(WriteSysctl(kWmem, "4096 16384 65536"));
+    ASSERT_TRUE(WriteSysctl(kRmem, "4096 16384 65536"));
+    ASSERT_TRUE(server_.Start(Path("export"), Path("server.log"), kServerArgs)) << server_.Log();
+    int err = KernelMount(mnt(), {server_.uri()});
+    ASSERT_EQ(err, 0) << "mount: " << ErrnoText(err);
+    mounted_ = true;
+  }
+  void TearDown() override {
+    if (server_.Alive()) kill(server_.pid(), SIGCONT);
+    if (mounted_) {
+      EXPECT_TRUE(KernelUnmount(mnt())) << "umount2 failed";
+    }
+    server_.Stop(SIGKILL);
+    if (!saved_wmem_.empty()) WriteSysctl(kWmem, saved_wmem_);
+    if (!saved_rmem_.empty()) WriteSysctl(kRmem, saved_rmem_);
+  }
+  static bool WriteSysctl(const char* path, const std::string& value) {
+    std::ofstream f(path);
+    f << value;
+    f.flush();
+    return static_cast<bool>(f);
+  }
+  std::string Path(const std::string& rel) const { return (scratch_->path() / rel).string(); }
+  std::string mnt() const { return Path("mnt"); }
+  std::string M(const std::string& rel) const { return mnt() + "/" + rel; }
+
+  std::unique_ptr<ScratchDir> scratch_;
+  ServerProcess server_;
+  bool mounted_ = false;
+  std::string saved_wmem_, saved_rmem_;
+};
+
+size_t CountOf(const std::string& text, const std::string& what) {
+  size_t n = 0;
+  for (size_t at = text.find(what); at != std::string::npos; at = text.find(what, at + 1)) n++;
+  return n;
+}
+
+// A task killed while its request is half in the socket finishes sending it: the stream stays
+// whole, so the connection (and every other request on it) survives.
+TEST_F(KclientSmallBuffersTest, SigkillDuringASendDoesNotBreakTheConnection) {
+  WriteFile(M("before"), "before");
+  ASSERT_EQ(CountOf(server_.Log(), ": connected"), 1u) << server_.Log();
+  const std::string data = RandomBytes(4 * kMiB, 51);
+  // Opened (created on the server) before the server stops; the child inherits it.
+  int fd = open(M("big").c_str(), O_WRONLY | O_CREAT | O_DIRECT, 0644);
+  ASSERT_GE(fd, 0) << ErrnoText(errno);
+  ASSERT_EQ(kill(server_.pid(), SIGSTOP), 0);
+  pid_t child = fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) _exit(write(fd, data.data(), data.size()) >= 0 ? 0 : 1);
+  // The first 1 MiB WRITE cannot fit in the stopped server's and our buffers: the child sleeps
+  // in the middle of sending it.
+  std::string stack;
+  bool in_send = Eventually(
+      [&] {
+        stack = ReadFile("/proc/" + std::to_string(child) + "/stack");
+        return stack.find("pohmelfs_conn_send") != std::string::npos;
+      },
+      std::chrono::seconds(20));
+  ASSERT_EQ(kill(child, SIGKILL), 0);
+  ASSERT_EQ(kill(server_.pid(), SIGCONT), 0);
+  int status = 0;
+  ASSERT_TRUE(Eventually([&] { return waitpid(child, &status, WNOHANG) == child; },
+                         std::chrono::seconds(30)));
+  ASSERT_TRUE(in_send) << "the child never slept in a send; its stack:\n" << stack;
+  ASSERT_EQ(close(fd), 0) << ErrnoText(errno);
+  EXPECT_TRUE(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL);
+  // The same connection serves on: no reconnect, no disconnect on the server's side.
+  WriteFile(M("after"), "after");
+  EXPECT_EQ(ReadFile(M("after")), "after");
+  EXPECT_EQ(ReadFile(Path("export/after")), "after");
+  const std::string log = server_.Log();
+  EXPECT_EQ(CountOf(log, ": connected"), 1u) << log;
+  EXPECT_EQ(CountOf(log, "disconnected"), 0u) << log;
+  // What the killed task wrote landed in whole 1 MiB WRITEs, byte for byte.
+  std::string landed = ReadFile(Path("export/big"));
+  EXPECT_EQ(landed.size() % kMiB, 0u);
+  EXPECT_SAME_BYTES(landed, data.substr(0, landed.size()));
+}
+
 }  // namespace
 }  // namespace pohmelfs::testing
