@@ -126,9 +126,16 @@ static int pohmelfs_fsync(struct file *file, loff_t start, loff_t end, int datas
  * first, so a direct read sees this client's buffered writes, and cached pages are dropped
  * after a direct write, so a buffered read sees it. No alignment is required.
  */
-static void *direct_buffer(size_t count)
+/* Writes back the cached dirty pages of the range; then the bounce buffer (or an ERR_PTR). */
+static void *direct_begin(struct inode *inode, loff_t pos, size_t count)
 {
-	return kvmalloc(min_t(size_t, count, POHMELFS_IO_MAX), GFP_KERNEL);
+	int err = filemap_write_and_wait_range(inode->i_mapping, pos, pos + count - 1);
+	void *buf;
+
+	if (err)
+		return ERR_PTR(err);
+	buf = kvmalloc(min_t(size_t, count, POHMELFS_IO_MAX), GFP_KERNEL);
+	return buf ? buf : ERR_PTR(-ENOMEM);
 }
 
 static ssize_t direct_read(struct kiocb *iocb, struct iov_iter *to)
@@ -145,12 +152,9 @@ static ssize_t direct_read(struct kiocb *iocb, struct iov_iter *to)
 		return 0;
 	if (iocb->ki_flags & IOCB_NOWAIT) /* every READ waits for a server */
 		return -EAGAIN;
-	err = filemap_write_and_wait_range(inode->i_mapping, pos, pos + count - 1);
-	if (err)
-		return err;
-	buf = direct_buffer(count);
-	if (!buf)
-		return -ENOMEM;
+	buf = direct_begin(inode, pos, count);
+	if (IS_ERR(buf))
+		return PTR_ERR(buf);
 	while (count) {
 		size_t len = min_t(size_t, count, POHMELFS_IO_MAX);
 		struct pohmelfs_read_req q = { .oid = POHMELFS_I(inode)->oid };
@@ -227,12 +231,9 @@ static ssize_t direct_write_locked(struct kiocb *iocb, struct iov_iter *from)
 		return err;
 	start = pos = iocb->ki_pos;
 	count = iov_iter_count(from);
-	err = filemap_write_and_wait_range(inode->i_mapping, pos, pos + count - 1);
-	if (err)
-		return err;
-	buf = direct_buffer(count);
-	if (!buf)
-		return -ENOMEM;
+	buf = direct_begin(inode, pos, count);
+	if (IS_ERR(buf))
+		return PTR_ERR(buf);
 	end = pos + count - 1;
 	while (count) {
 		size_t len = copy_from_iter(buf, min_t(size_t, count, POHMELFS_IO_MAX), from);

@@ -1462,32 +1462,21 @@ TEST_F(KclientRestartTest, RecoversFromTwoRestartsInARow) {
 // A mount whose sockets have small buffers (the guest's tcp_wmem/tcp_rmem, restored after), so
 // that a 1 MiB message cannot fit in them while the server is stopped.
 
-class KclientSmallBuffersTest : public ::testing::Test {
+class KclientSmallBuffersTest : public KclientRestartTest {
  protected:
   static constexpr const char* kWmem = "/proc/sys/net/ipv4/tcp_wmem";
   static constexpr const char* kRmem = "/proc/sys/net/ipv4/tcp_rmem";
   void SetUp() override {
     if (ViaFuse()) GTEST_SKIP() << "the kernel client's socket";
-    umask(0);
-    ASSERT_TRUE(ModuleLoaded()) << "pohmelfs is not in /proc/filesystems: insmod the module";
-    scratch_ = std::make_unique<ScratchDir>(CurrentTestName());
-    fs::create_directories(Path("export"));
-    fs::create_directories(mnt());
     saved_wmem_ = ReadFile(kWmem);
     saved_rmem_ = ReadFile(kRmem);
     ASSERT_TRUE(WriteSysctl(kWmem, "4096 16384 65536"));
     ASSERT_TRUE(WriteSysctl(kRmem, "4096 16384 65536"));
-    ASSERT_TRUE(server_.Start(Path("export"), Path("server.log"), kServerArgs)) << server_.Log();
-    int err = KernelMount(mnt(), {server_.uri()});
-    ASSERT_EQ(err, 0) << "mount: " << ErrnoText(err);
-    mounted_ = true;
+    KclientRestartTest::SetUp();  // the server and the mount get the small buffers
   }
   void TearDown() override {
     if (server_.Alive()) kill(server_.pid(), SIGCONT);
-    if (mounted_) {
-      EXPECT_TRUE(KernelUnmount(mnt())) << "umount2 failed";
-    }
-    server_.Stop(SIGKILL);
+    KclientRestartTest::TearDown();
     if (!saved_wmem_.empty()) WriteSysctl(kWmem, saved_wmem_);
     if (!saved_rmem_.empty()) WriteSysctl(kRmem, saved_rmem_);
   }
@@ -1497,13 +1486,7 @@ class KclientSmallBuffersTest : public ::testing::Test {
     f.flush();
     return static_cast<bool>(f);
   }
-  std::string Path(const std::string& rel) const { return (scratch_->path() / rel).string(); }
-  std::string mnt() const { return Path("mnt"); }
-  std::string M(const std::string& rel) const { return mnt() + "/" + rel; }
 
-  std::unique_ptr<ScratchDir> scratch_;
-  ServerProcess server_;
-  bool mounted_ = false;
   std::string saved_wmem_, saved_rmem_;
 };
 
