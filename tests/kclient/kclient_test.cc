@@ -1155,6 +1155,8 @@ std::string MountOptionsOf(const std::string& mnt) {
 }
 
 TEST_F(KclientTest, RemountChangesTimeoutsAndReadOnlyButNotTheServers) {
+  // Skipped on the FUSE check run only: remount options are the kernel module's (a FUSE mount's
+  // remount is libfuse's and takes none of them). In the guest it always runs.
   if (ViaFuse()) GTEST_SKIP() << "kernel mount options";
   auto remount = [](unsigned long flags, const std::string& data) {
     return mount("none", mount_root().c_str(), "pohmelfs", MS_REMOUNT | flags, data.c_str()) == 0
@@ -1467,6 +1469,8 @@ class KclientSmallBuffersTest : public KclientRestartTest {
   static constexpr const char* kWmem = "/proc/sys/net/ipv4/tcp_wmem";
   static constexpr const char* kRmem = "/proc/sys/net/ipv4/tcp_rmem";
   void SetUp() override {
+    // Skipped on the FUSE check run only: it watches the kernel client's send path
+    // (/proc/PID/stack) and changes guest-wide TCP buffers. In the guest it always runs.
     if (ViaFuse()) GTEST_SKIP() << "the kernel client's socket";
     saved_wmem_ = ReadFile(kWmem);
     saved_rmem_ = ReadFile(kRmem);
