@@ -118,11 +118,24 @@ out:
 	return err;
 }
 
+/* Everything changed before it (delayed changes included) is on every writer's disk. */
+static int pohmelfs_dir_fsync(struct file *file, loff_t start, loff_t end, int datasync)
+{
+	struct inode *dir = file_inode(file);
+	struct pohmelfs_fsync_req q = { .oid = POHMELFS_I(dir)->oid };
+	struct pohmelfs_msg m = { .opcode = POHMELFS_OP_FSYNC };
+
+	q.datasync = cpu_to_le32(datasync);
+	pohmelfs_msg_add(&m, &q, sizeof(q));
+	pohmelfs_mq_sync(POHMELFS_SB(dir->i_sb));
+	return pohmelfs_change_call(POHMELFS_SB(dir->i_sb), &m);
+}
+
 const struct file_operations pohmelfs_dir_fops = {
 	.open = pohmelfs_dir_open,
 	.release = pohmelfs_dir_release,
 	.iterate_shared = pohmelfs_readdir,
 	.llseek = generic_file_llseek,
 	.read = generic_read_dir,
-	.fsync = noop_fsync,
+	.fsync = pohmelfs_dir_fsync,
 };

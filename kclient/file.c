@@ -112,8 +112,11 @@ static int fsync_call(struct inode *inode, int datasync)
 static int pohmelfs_fsync(struct file *file, loff_t start, loff_t end, int datasync)
 {
 	struct inode *inode = file_inode(file);
-	int err = file_write_and_wait_range(file, start, end);
+	int err;
 
+	/* A delayed create of this file that failed on the servers is reported here. */
+	pohmelfs_mq_sync(POHMELFS_SB(inode->i_sb));
+	err = file_write_and_wait_range(file, start, end);
 	if (err)
 		return err;
 	return fsync_call(inode, datasync);

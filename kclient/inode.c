@@ -89,6 +89,17 @@ void pohmelfs_apply_own_attr(struct inode *inode, const struct pohmelfs_attr *at
 	pohmelfs_apply_attr(inode, attr, POHMELFS_SEQ_NOW);
 }
 
+static int iget_test(struct inode *inode, void *data);
+
+struct inode *pohmelfs_ilookup(struct super_block *sb, const struct pohmelfs_oid *oid)
+{
+	struct pohmelfs_sb_info *sbi = POHMELFS_SB(sb);
+	u64 ino =
+		!memcmp(oid, &sbi->root, sizeof(*oid)) ? POHMELFS_ROOT_INO : pohmelfs_oid_ino(oid);
+
+	return ilookup5(sb, ino, iget_test, (void *)oid);
+}
+
 static int iget_test(struct inode *inode, void *data)
 {
 	return !memcmp(&POHMELFS_I(inode)->oid, data, sizeof(struct pohmelfs_oid));
@@ -206,9 +217,31 @@ static struct dentry *pohmelfs_lookup(struct inode *dir, struct dentry *dentry, 
 {
 	struct pohmelfs_attr attr;
 	struct inode *inode = NULL;
+	enum pohmelfs_known known;
+	struct pohmelfs_oid oid;
+	umode_t type = 0;
 	u64 since;
 	int err;
 
+	/* Under the directory's lease the names are known here. */
+	known = pohmelfs_lease_lookup(dir, &dentry->d_name, &oid, &type);
+	if (known == POHMELFS_ABSENT) {
+		dentry_fresh(dentry);
+		d_add(dentry, NULL);
+		return NULL;
+	}
+	if (known == POHMELFS_PRESENT) {
+		inode = pohmelfs_ilookup(dir->i_sb, &oid);
+		if (inode && ((inode->i_mode ^ type) & S_IFMT)) {
+			iput(inode);
+			inode = NULL;
+		}
+		if (inode) {
+			dentry_fresh(dentry);
+			return d_splice_alias(inode, dentry);
+		}
+		/* Not cached any more: the servers have it (the LOOKUP drains the queue). */
+	}
 	/* open(O_CREAT | O_EXCL): the create asks the server to fail on an existing name, so the
 	 * lookup is not worth a round trip. The negative dentry is born stale. */
 	if ((flags & (LOOKUP_CREATE | LOOKUP_EXCL)) == (LOOKUP_CREATE | LOOKUP_EXCL) &&
@@ -235,8 +268,10 @@ static int pohmelfs_d_revalidate(struct dentry *dentry, unsigned int flags)
 {
 	struct pohmelfs_sb_info *sbi = POHMELFS_SB(dentry->d_sb);
 	struct pohmelfs_attr attr;
+	enum pohmelfs_known known;
 	struct dentry *parent;
 	struct inode *inode;
+	umode_t type = 0;
 	u64 since;
 	int err, ret;
 
@@ -245,10 +280,23 @@ static int pohmelfs_d_revalidate(struct dentry *dentry, unsigned int flags)
 	if (flags & LOOKUP_RCU)
 		return -ECHILD;
 	parent = dget_parent(dentry);
+	inode = d_inode(dentry);
+	known = pohmelfs_lease_lookup(d_inode(parent), &dentry->d_name, &attr.oid, &type);
+	if (known != POHMELFS_UNKNOWN) {
+		dput(parent);
+		if (known == POHMELFS_ABSENT)
+			ret = !inode;
+		else
+			ret = inode &&
+			      !memcmp(&attr.oid, &POHMELFS_I(inode)->oid, sizeof(attr.oid)) &&
+			      !((inode->i_mode ^ type) & S_IFMT);
+		if (ret)
+			dentry_fresh(dentry);
+		return ret;
+	}
 	since = pohmelfs_attr_seq(dentry->d_sb);
 	err = lookup_call(d_inode(parent), &dentry->d_name, &attr);
 	dput(parent);
-	inode = d_inode(dentry);
 	if (err == -ENOENT)
 		ret = inode ? 0 : 1;
 	else if (
@@ -302,6 +350,7 @@ static int instantiate(struct inode *dir, struct dentry *dentry, const struct po
 	d_instantiate(dentry, inode);
 	dentry_fresh(dentry);
 	invalidate_attr(dir);
+	pohmelfs_lease_name_added(dir, &dentry->d_name, &attr->oid, inode->i_mode);
 	return 0;
 }
 
@@ -323,26 +372,94 @@ static int send_create(struct inode *dir, struct dentry *dentry, struct pohmelfs
 	return instantiate(dir, dentry, &attr);
 }
 
+/*
+ * Under the directory's lease: the object is made here with attributes the servers will give it
+ * too, and its create is queued (mq.c). -EAGAIN when the lease does not allow it.
+ */
+static int delayed_create(struct inode *dir, struct dentry *dentry,
+			  const struct pohmelfs_create_req *q, u16 opcode)
+{
+	umode_t mode = le32_to_cpu(q->mode);
+	struct pohmelfs_mq_cmd *cmd;
+	struct pohmelfs_attr attr;
+	struct timespec64 now;
+	struct inode *inode;
+	int err;
+
+	if (!READ_ONCE(POHMELFS_I(dir)->lease))
+		return -EAGAIN;
+	cmd = pohmelfs_mq_cmd_new(opcode, q, sizeof(*q), dentry->d_name.name, dentry->d_name.len,
+				  &q->parent, &q->new_oid, GFP_KERNEL);
+	if (!cmd)
+		return -EAGAIN;
+	err = pohmelfs_lease_add_delayed(dir, &dentry->d_name, &q->new_oid, mode, cmd,
+					 S_ISDIR(mode));
+	if (err) {
+		pohmelfs_mq_cmd_free(cmd);
+		return err;
+	}
+	memset(&attr, 0, sizeof(attr));
+	ktime_get_real_ts64(&now);
+	attr.oid = q->new_oid;
+	attr.mode = q->mode;
+	attr.uid = q->uid;
+	attr.gid = q->gid;
+	attr.rdev = q->rdev;
+	attr.nlink = cpu_to_le32(S_ISDIR(mode) ? 2 : 1);
+	attr.atime_sec = attr.mtime_sec = attr.ctime_sec = cpu_to_le64(now.tv_sec);
+	attr.atime_nsec = attr.mtime_nsec = attr.ctime_nsec = cpu_to_le32(now.tv_nsec);
+	inode = pohmelfs_iget(dir->i_sb, &attr, POHMELFS_SEQ_NOW);
+	if (IS_ERR(inode)) { /* queued all the same: let lookups ask the servers */
+		pohmelfs_lease_forget_names(dir);
+		return PTR_ERR(inode);
+	}
+	/* The servers' first attributes carry their change counter: not another client's. */
+	WRITE_ONCE(POHMELFS_I(inode)->local_changes, true);
+	if (S_ISDIR(mode))
+		pohmelfs_lease_bind(inode);
+	d_instantiate(dentry, inode);
+	dentry_fresh(dentry);
+	invalidate_attr(dir);
+	return 0;
+}
+
 static int create_call(struct inode *dir, struct dentry *dentry, u16 opcode, umode_t mode,
 		       dev_t rdev, u32 flags)
 {
+	struct pohmelfs_sb_info *sbi = POHMELFS_SB(dir->i_sb);
 	struct pohmelfs_create_req q = { .parent = POHMELFS_I(dir)->oid };
 	struct pohmelfs_msg m = { .opcode = opcode };
+	struct pohmelfs_dlease *lease = NULL;
 	u32 uid, gid;
+	int err;
 
 	if (dentry->d_name.len > POHMELFS_NAME_MAX)
 		return -ENAMETOOLONG;
 	new_owner(dir, &mode, &uid, &gid);
 	get_random_bytes(&q.new_oid, sizeof(q.new_oid));
+	/* A new directory comes with its WRITE lease: its entries are all known here. */
+	if (opcode == POHMELFS_OP_MKDIR && READ_ONCE(sbi->leases))
+		flags |= POHMELFS_CREATE_LEASE;
 	q.mode = cpu_to_le32(mode);
 	q.uid = cpu_to_le32(uid);
 	q.gid = cpu_to_le32(gid);
 	q.name_len = cpu_to_le32(dentry->d_name.len);
 	q.rdev = cpu_to_le64(new_encode_dev(rdev));
 	q.flags = cpu_to_le32(flags);
+	err = delayed_create(dir, dentry, &q, opcode);
+	if (err != -EAGAIN)
+		return err;
+	if (flags & POHMELFS_CREATE_LEASE) {
+		lease = pohmelfs_lease_expect(sbi, &q.new_oid);
+		if (!lease)
+			q.flags = cpu_to_le32(flags & ~POHMELFS_CREATE_LEASE);
+	}
 	pohmelfs_msg_add(&m, &q, sizeof(q));
 	pohmelfs_msg_add(&m, dentry->d_name.name, dentry->d_name.len);
-	return send_create(dir, dentry, &m, &q.new_oid, mode);
+	err = send_create(dir, dentry, &m, &q.new_oid, mode);
+	if (lease)
+		pohmelfs_lease_created(sbi, lease, err ? NULL : d_inode(dentry), err);
+	return err;
 }
 
 /* Always followed by ->open of the new file, so the server opens it too (CREATE_OPEN) and
@@ -406,10 +523,43 @@ static int name_call(struct inode *dir, struct dentry *dentry, u16 opcode)
 	return pohmelfs_change_call(POHMELFS_SB(dir->i_sb), &m);
 }
 
+/* Under the directory's lease: removed here, the UNLINK or RMDIR queued (mq.c). */
+static int delayed_remove(struct inode *dir, struct dentry *dentry, u16 opcode)
+{
+	struct pohmelfs_name_req q = { .parent = POHMELFS_I(dir)->oid };
+	struct inode *inode = d_inode(dentry);
+	struct pohmelfs_mq_cmd *cmd;
+	int err;
+
+	if (!READ_ONCE(POHMELFS_I(dir)->lease))
+		return -EAGAIN;
+	q.name_len = cpu_to_le32(dentry->d_name.len);
+	cmd = pohmelfs_mq_cmd_new(opcode, &q, sizeof(q), dentry->d_name.name, dentry->d_name.len,
+				  &q.parent, &POHMELFS_I(inode)->oid, GFP_KERNEL);
+	if (!cmd)
+		return -EAGAIN;
+	err = pohmelfs_lease_remove_delayed(dir, &dentry->d_name, inode, cmd);
+	if (err)
+		pohmelfs_mq_cmd_free(cmd);
+	return err;
+}
+
+static int remove_call(struct inode *dir, struct dentry *dentry, u16 opcode)
+{
+	int err = delayed_remove(dir, dentry, opcode);
+
+	if (err != -EAGAIN)
+		return err;
+	err = name_call(dir, dentry, opcode);
+	if (!err)
+		pohmelfs_lease_name_removed(dir, &dentry->d_name);
+	return err;
+}
+
 static int pohmelfs_unlink(struct inode *dir, struct dentry *dentry)
 {
 	struct inode *inode = d_inode(dentry);
-	int err = name_call(dir, dentry, POHMELFS_OP_UNLINK);
+	int err = remove_call(dir, dentry, POHMELFS_OP_UNLINK);
 
 	if (err)
 		return err;
@@ -422,7 +572,7 @@ static int pohmelfs_unlink(struct inode *dir, struct dentry *dentry)
 
 static int pohmelfs_rmdir(struct inode *dir, struct dentry *dentry)
 {
-	int err = name_call(dir, dentry, POHMELFS_OP_RMDIR);
+	int err = remove_call(dir, dentry, POHMELFS_OP_RMDIR);
 
 	if (err)
 		return err;
@@ -459,6 +609,15 @@ static int pohmelfs_rename(struct user_namespace *ns, struct inode *old_dir,
 	err = pohmelfs_change_call(POHMELFS_SB(old_dir->i_sb), &m);
 	if (err)
 		return err;
+	if (flags & RENAME_EXCHANGE) {
+		pohmelfs_lease_forget_names(old_dir);
+		pohmelfs_lease_forget_names(new_dir);
+	} else {
+		pohmelfs_lease_name_removed(old_dir, &old_dentry->d_name);
+		pohmelfs_lease_name_added(new_dir, &new_dentry->d_name,
+					  &POHMELFS_I(d_inode(old_dentry))->oid,
+					  d_inode(old_dentry)->i_mode);
+	}
 	if (target && !(flags & RENAME_EXCHANGE)) {
 		if (S_ISDIR(target->i_mode))
 			clear_nlink(target);
@@ -498,6 +657,7 @@ static int pohmelfs_link(struct dentry *old_dentry, struct inode *dir, struct de
 	d_instantiate(dentry, inode);
 	dentry_fresh(dentry);
 	invalidate_attr(dir);
+	pohmelfs_lease_name_added(dir, &dentry->d_name, &q.oid, inode->i_mode);
 	return 0;
 }
 

@@ -158,7 +158,7 @@ static int recv_hdr(struct socket *sock, struct pohmelfs_hdr *h)
 
 /* A server status as a kernel error: ordinary Linux errno values only (kernel-internal codes
  * such as EIOCBQUEUED must never reach the VFS from a server). */
-static int status_err(u32 status)
+int pohmelfs_status_err(u32 status)
 {
 	return status && status <= EHWPOISON ? -(int)status : -EIO;
 }
@@ -194,7 +194,7 @@ static int handshake_call(struct pohmelfs_server *srv, struct socket *sock, u16 
 		return -EPROTO;
 	if (status) {
 		recv_discard(sock, len);
-		return status_err(status);
+		return pohmelfs_status_err(status);
 	}
 	if (len > *reply_len)
 		return -EPROTO;
@@ -322,6 +322,26 @@ static void fail_pending(struct pohmelfs_conn *conn)
 	wake_up_all(&conn->credit_wq);
 }
 
+/* A message the server sends on its own: a LEASE_BREAK (lease.c handles it off this thread). */
+static int receive_callback(struct pohmelfs_conn *conn, const struct pohmelfs_hdr *h)
+{
+	u32 len = le32_to_cpu(h->length);
+	u8 buf[sizeof(struct pohmelfs_lease_break)];
+	int err;
+
+	if (le16_to_cpu(h->opcode) != POHMELFS_OP_LEASE_BREAK || len < sizeof(buf)) {
+		pr_warn("pohmelfs: server %s: callback opcode %u of %u bytes ignored\n",
+			conn->srv->uri, le16_to_cpu(h->opcode), len);
+		return recv_discard(conn->sock, len);
+	}
+	err = recv_buf(conn->sock, buf, sizeof(buf));
+	if (!err && len > sizeof(buf)) /* fields a newer server appended */
+		err = recv_discard(conn->sock, len - sizeof(buf));
+	if (!err)
+		pohmelfs_lease_break(conn->srv->sbi, buf, sizeof(buf));
+	return err;
+}
+
 static int receive_one(struct pohmelfs_conn *conn)
 {
 	struct pohmelfs_hdr h;
@@ -335,9 +355,9 @@ static int receive_one(struct pohmelfs_conn *conn)
 	len = le32_to_cpu(h.length);
 	flags = le32_to_cpu(h.flags);
 	if (flags & POHMELFS_FLAG_SEALED)
-		return -EPROTO;		    /* never negotiated */
-	if (flags & POHMELFS_FLAG_CALLBACK) /* lease breaks: never negotiated either */
-		return recv_discard(conn->sock, len);
+		return -EPROTO; /* never negotiated */
+	if (flags & POHMELFS_FLAG_CALLBACK)
+		return receive_callback(conn, &h);
 	if (!(flags & POHMELFS_FLAG_REPLY))
 		return -EPROTO;
 
@@ -355,7 +375,7 @@ static int receive_one(struct pohmelfs_conn *conn)
 
 	status = le32_to_cpu(h.status);
 	if (status) {
-		req->err = status_err(status);
+		req->err = pohmelfs_status_err(status);
 		err = recv_discard(conn->sock, len);
 	} else if (len > iov_iter_count(&req->dst)) {
 		pr_warn("pohmelfs: server %s: reply to %llu too long (%u bytes for opcode %u)\n",

@@ -7,13 +7,17 @@
  *            replies to requests by transaction id, credits, death of the connection;
  *   rpc.c    the mount's server set: reconnects, reads to one server with failover,
  *            changes to every writable server, stale-replica markers;
+ *   mq.c     the delayed-change queue: changes answered here, sent later in BATCHes, in order;
+ *   lease.c  directory WRITE leases: what makes answering those changes here safe;
  *   super.c, inode.c, dir.c, file.c, xattr.c: the VFS side.
  */
 #ifndef POHMELFS_KCLIENT_H
 #define POHMELFS_KCLIENT_H
 
 #include <linux/fs.h>
+#include <linux/hashtable.h>
 #include <linux/net.h>
+#include <linux/rbtree.h>
 #include <linux/socket.h>
 #include <linux/uio.h>
 #include <linux/workqueue.h>
@@ -86,6 +90,19 @@ struct pohmelfs_server {
 	struct delayed_work reconnect;
 };
 
+/* Changes answered here and sent later, in order (mq.c). */
+struct pohmelfs_mq {
+	spinlock_t lock;
+	struct list_head pending; /* struct pohmelfs_mq_cmd, oldest first */
+	unsigned int count;
+	u64 queued;		  /* number of the last command queued (under lock) */
+	atomic64_t done;	  /* every command up to this number was sent and answered */
+	struct mutex flush_mutex; /* one flush at a time */
+	struct delayed_work work; /* sends the queue delay_ms after its first command */
+	struct list_head failed;  /* struct pohmelfs_mq_failure, under lock */
+	struct work_struct failed_work;
+};
+
 struct pohmelfs_sb_info {
 	struct super_block *sb;
 	struct pohmelfs_server servers[POHMELFS_MAX_SERVERS];
@@ -101,15 +118,23 @@ struct pohmelfs_sb_info {
 	/* Counts local size changes (pohmelfs_local_size): a server's attributes for a request
 	 * sent before an inode's last one may hold an older size (pohmelfs_attr_seq). */
 	atomic64_t size_seq;
+	/* Directory leases (lease.c): on, and how long a delayed change may wait. */
+	bool leases;
+	unsigned int meta_delay_ms;
+	spinlock_t lease_lock;		   /* the table, every lease's state and names */
+	DECLARE_HASHTABLE(lease_table, 8); /* struct pohmelfs_dlease by oid */
+	atomic_t lease_works;		   /* break work queued or running */
+	struct pohmelfs_mq mq;
 };
 
 struct pohmelfs_inode {
 	struct pohmelfs_oid oid;
-	unsigned long attr_time; /* jiffies of the last attributes from a server */
-	u64 version;		 /* the server's change counter at that time */
-	bool local_changes;	 /* we changed it since: a newer version is ours */
-	u64 size_changed;	 /* size_seq of its last local size change (under i_lock) */
-	unsigned long flags;	 /* POHMELFS_I_* bits */
+	unsigned long attr_time;       /* jiffies of the last attributes from a server */
+	u64 version;		       /* the server's change counter at that time */
+	bool local_changes;	       /* we changed it since: a newer version is ours */
+	u64 size_changed;	       /* size_seq of its last local size change (under i_lock) */
+	unsigned long flags;	       /* POHMELFS_I_* bits */
+	struct pohmelfs_dlease *lease; /* a directory's lease (under sbi->lease_lock) */
 	struct inode vfs_inode;
 };
 
@@ -160,8 +185,12 @@ bool pohmelfs_conn_dead(struct pohmelfs_conn *conn);
 int pohmelfs_conn_send(struct pohmelfs_conn *conn, struct pohmelfs_req *req, struct pohmelfs_msg *m,
 		       bool resent);
 int pohmelfs_conn_wait(struct pohmelfs_conn *conn, struct pohmelfs_req *req);
+/* A server's status as a kernel error (Linux errno values only, else -EIO). */
+int pohmelfs_status_err(u32 status);
 
-/* rpc.c */
+/* rpc.c. Every call but change_call_queued and send_async_all first drains the mount's
+ * delayed-change queue (mq.c), so that no request overtakes a change made before it. */
+extern struct workqueue_struct *pohmelfs_wq;
 int pohmelfs_rpc_init(void);
 void pohmelfs_rpc_exit(void);
 /* From a connection's receive thread when the connection died: reconnect in the background. */
@@ -173,8 +202,13 @@ int pohmelfs_parse_server(struct pohmelfs_server *srv, const char *spec);
 int pohmelfs_read_call(struct pohmelfs_sb_info *sbi, struct pohmelfs_msg *m);
 /* A change: to every writable server; the result of the highest-priority one that answered. */
 int pohmelfs_change_call(struct pohmelfs_sb_info *sbi, struct pohmelfs_msg *m);
-/* A change nobody waits for (RELEASE): sent to every up writable server, answers ignored. */
+/* The queue's own BATCHes: change_call without draining. */
+int pohmelfs_change_call_queued(struct pohmelfs_sb_info *sbi, struct pohmelfs_msg *m);
+/* A change nobody waits for (RELEASE): sent to every up writable server, answers ignored; queued
+ * behind the delayed changes when there are any. */
 void pohmelfs_change_async(struct pohmelfs_sb_info *sbi, struct pohmelfs_msg *m);
+/* The same, never queued (LEASE RELEASE, which a BATCH cannot carry). */
+void pohmelfs_send_async_all(struct pohmelfs_sb_info *sbi, struct pohmelfs_msg *m);
 bool pohmelfs_read_only(struct pohmelfs_sb_info *sbi);
 /* A read-only command whose reply req->on_done handles: sent to one up reader, no failover.
  * 0, or an error when it could not be sent (req->on_done then never runs). */
@@ -201,6 +235,8 @@ void pohmelfs_local_size(struct inode *inode, loff_t size);
 void pohmelfs_apply_own_attr(struct inode *inode, const struct pohmelfs_attr *attr);
 int pohmelfs_refresh(struct inode *inode, bool force);
 u64 pohmelfs_oid_ino(const struct pohmelfs_oid *oid);
+/* The cached inode of oid (a reference), or NULL. */
+struct inode *pohmelfs_ilookup(struct super_block *sb, const struct pohmelfs_oid *oid);
 
 /* dir.c */
 extern const struct file_operations pohmelfs_dir_fops;
@@ -209,6 +245,63 @@ extern const struct file_operations pohmelfs_dir_fops;
 extern const struct file_operations pohmelfs_file_fops;
 extern const struct address_space_operations pohmelfs_aops;
 void pohmelfs_release_created(struct inode *inode);
+
+/* mq.c: a change sent later. Commands are sent in the order queued, before any other request
+ * of the mount (every rpc.c call drains the queue first), as BATCHes to every writer. */
+struct pohmelfs_mq_cmd;
+/* A command: opcode, body in up to two pieces; parent and obj (either may be NULL) are the
+ * directory whose lease knowledge and the object whose mapping take the blame for a failure. */
+struct pohmelfs_mq_cmd *pohmelfs_mq_cmd_new(u16 opcode, const void *a, size_t alen, const void *b,
+					    size_t blen, const struct pohmelfs_oid *parent,
+					    const struct pohmelfs_oid *obj, gfp_t gfp);
+void pohmelfs_mq_cmd_free(struct pohmelfs_mq_cmd *cmd);
+/* Queues it (no allocation, no sleep: callable under spinlocks). */
+void pohmelfs_mq_push(struct pohmelfs_sb_info *sbi, struct pohmelfs_mq_cmd *cmd);
+/* Whether commands are queued or in flight (a later request must wait for them). */
+bool pohmelfs_mq_busy(struct pohmelfs_sb_info *sbi);
+/* Sends everything queued so far and waits for the answers. */
+void pohmelfs_mq_drain(struct pohmelfs_sb_info *sbi);
+/* Drains, and marks the objects of failed commands (their next fsync reports the error). */
+void pohmelfs_mq_sync(struct pohmelfs_sb_info *sbi);
+void pohmelfs_mq_init(struct pohmelfs_sb_info *sbi);
+void pohmelfs_mq_stop(struct pohmelfs_sb_info *sbi);
+
+/* lease.c: WRITE leases on directories this mount created (MKDIR with CREATE_LEASE). While one
+ * is held, the directory's entries are known here completely: lookups are answered here, and
+ * creates, unlinks, mkdirs and rmdirs in it are answered here and queued (mq.c). */
+struct pohmelfs_dlease;
+enum pohmelfs_known { POHMELFS_UNKNOWN, POHMELFS_ABSENT, POHMELFS_PRESENT };
+/* Before a MKDIR with CREATE_LEASE: the lease to be (a break may arrive before the reply). */
+struct pohmelfs_dlease *pohmelfs_lease_expect(struct pohmelfs_sb_info *sbi,
+					      const struct pohmelfs_oid *oid);
+/* After it: err from the servers; dir the new directory's inode (NULL on error). */
+void pohmelfs_lease_created(struct pohmelfs_sb_info *sbi, struct pohmelfs_dlease *l,
+			    struct inode *dir, int err);
+/* What the lease of dir says of name; on PRESENT, *oid and *type (S_IFMT bits) of the entry. */
+enum pohmelfs_known pohmelfs_lease_lookup(struct inode *dir, const struct qstr *name,
+					  struct pohmelfs_oid *oid, umode_t *type);
+/* The namespace changed by a change already sent: keep the names right, or forget them. */
+void pohmelfs_lease_name_added(struct inode *dir, const struct qstr *name,
+			       const struct pohmelfs_oid *oid, umode_t type);
+void pohmelfs_lease_name_removed(struct inode *dir, const struct qstr *name);
+void pohmelfs_lease_forget_names(struct inode *dir);
+void pohmelfs_lease_forget_names_of(struct pohmelfs_sb_info *sbi, const struct pohmelfs_oid *dir);
+/* Delayed namespace changes: 0 when answered here and queued; -EAGAIN when not possible (send
+ * it now instead). The caller made cmd; it is consumed on 0. */
+int pohmelfs_lease_add_delayed(struct inode *dir, const struct qstr *name,
+			       const struct pohmelfs_oid *oid, umode_t type,
+			       struct pohmelfs_mq_cmd *cmd, bool new_dir);
+int pohmelfs_lease_remove_delayed(struct inode *dir, const struct qstr *name, struct inode *victim,
+				  struct pohmelfs_mq_cmd *cmd);
+/* A directory inode made for a lease taken with its create: bind them. */
+void pohmelfs_lease_bind(struct inode *dir);
+void pohmelfs_lease_evict(struct inode *inode);
+/* From a receive thread: a LEASE_BREAK payload. */
+void pohmelfs_lease_break(struct pohmelfs_sb_info *sbi, const void *payload, size_t len);
+/* A connection to a writer was lost: breaks may have been missed, forget every lease. */
+void pohmelfs_leases_drop_all(struct pohmelfs_sb_info *sbi);
+/* Unmount: drops them and waits for break work in progress. */
+void pohmelfs_leases_stop(struct pohmelfs_sb_info *sbi);
 
 /* xattr.c */
 extern const struct xattr_handler *pohmelfs_xattr_handlers[];

@@ -19,7 +19,7 @@
 
 #define POHMELFS_RECONNECT_MS 1000
 
-static struct workqueue_struct *pohmelfs_wq;
+struct workqueue_struct *pohmelfs_wq;
 
 int pohmelfs_rpc_init(void)
 {
@@ -208,8 +208,12 @@ out:
 
 void pohmelfs_server_conn_lost(struct pohmelfs_server *srv)
 {
-	if (!READ_ONCE(srv->sbi->shutting_down))
-		queue_delayed_work(pohmelfs_wq, &srv->reconnect, 0);
+	if (READ_ONCE(srv->sbi->shutting_down))
+		return;
+	/* A break sent while the connection was going down is lost: leases are not trusted. */
+	if (srv->may_write)
+		pohmelfs_leases_drop_all(srv->sbi);
+	queue_delayed_work(pohmelfs_wq, &srv->reconnect, 0);
 }
 
 int pohmelfs_servers_start(struct pohmelfs_sb_info *sbi)
@@ -337,6 +341,7 @@ int pohmelfs_read_call(struct pohmelfs_sb_info *sbi, struct pohmelfs_msg *m)
 	/* A send cut by SIGKILL would break the connection for every user of it. */
 	if (fatal_signal_pending(current))
 		return -EINTR;
+	pohmelfs_mq_drain(sbi);
 	for (;;) {
 		struct pohmelfs_server *srv = pick_reader(sbi, tried);
 		struct pohmelfs_conn *conn;
@@ -371,10 +376,13 @@ int pohmelfs_read_call(struct pohmelfs_sb_info *sbi, struct pohmelfs_msg *m)
 int pohmelfs_read_send(struct pohmelfs_sb_info *sbi, struct pohmelfs_msg *m,
 		       struct pohmelfs_req *req)
 {
-	struct pohmelfs_server *srv = pick_reader(sbi, 0);
-	struct pohmelfs_conn *conn = srv ? server_conn(srv) : NULL;
+	struct pohmelfs_server *srv;
+	struct pohmelfs_conn *conn;
 	int err;
 
+	pohmelfs_mq_drain(sbi);
+	srv = pick_reader(sbi, 0);
+	conn = srv ? server_conn(srv) : NULL;
 	if (!conn)
 		return -ENOTCONN;
 	err = pohmelfs_conn_send(conn, req, m, false);
@@ -440,6 +448,24 @@ static void mark_stale(struct pohmelfs_sb_info *sbi, struct pohmelfs_server *mis
 
 void pohmelfs_change_async(struct pohmelfs_sb_info *sbi, struct pohmelfs_msg *m)
 {
+	/* Behind delayed changes it goes into their queue: sent now, it could overtake them. */
+	if (pohmelfs_mq_busy(sbi) && m->niov >= 1 && m->niov <= 2 && !m->ndata) {
+		struct pohmelfs_mq_cmd *cmd = pohmelfs_mq_cmd_new(
+			m->opcode, m->iov[0].iov_base, m->iov[0].iov_len,
+			m->niov > 1 ? m->iov[1].iov_base : NULL,
+			m->niov > 1 ? m->iov[1].iov_len : 0, NULL, NULL, GFP_NOFS);
+
+		if (cmd) {
+			pohmelfs_mq_push(sbi, cmd);
+			return;
+		}
+	}
+	pohmelfs_mq_drain(sbi);
+	pohmelfs_send_async_all(sbi, m);
+}
+
+void pohmelfs_send_async_all(struct pohmelfs_sb_info *sbi, struct pohmelfs_msg *m)
+{
 	int i;
 
 	for (i = 0; i < sbi->nr_servers; i++) {
@@ -474,6 +500,14 @@ struct change_slot {
 
 int pohmelfs_change_call(struct pohmelfs_sb_info *sbi, struct pohmelfs_msg *m)
 {
+	if (fatal_signal_pending(current))
+		return -EINTR; /* see read_call: nothing sent, nothing diverges */
+	pohmelfs_mq_drain(sbi);
+	return pohmelfs_change_call_queued(sbi, m);
+}
+
+int pohmelfs_change_call_queued(struct pohmelfs_sb_info *sbi, struct pohmelfs_msg *m)
+{
 	unsigned long deadline = jiffies + msecs_to_jiffies(sbi->timeout_ms);
 	struct change_slot *slots;
 	void *const reply = m->reply;
@@ -484,8 +518,6 @@ int pohmelfs_change_call(struct pohmelfs_sb_info *sbi, struct pohmelfs_msg *m)
 		writers += sbi->servers[i].may_write;
 	if (!writers)
 		return -EROFS;
-	if (fatal_signal_pending(current))
-		return -EINTR; /* see read_call: nothing sent, nothing diverges */
 	slots = kcalloc(sbi->nr_servers, sizeof(*slots), GFP_NOFS);
 	if (!slots)
 		return -ENOMEM;

@@ -28,6 +28,7 @@ static struct inode *pohmelfs_alloc_inode(struct super_block *sb)
 	pi->version = 0;
 	pi->local_changes = false;
 	pi->flags = 0;
+	pi->lease = NULL;
 	return &pi->vfs_inode;
 }
 
@@ -47,6 +48,8 @@ static void pohmelfs_evict_inode(struct inode *inode)
 {
 	if (S_ISREG(inode->i_mode))
 		pohmelfs_release_created(inode);
+	if (S_ISDIR(inode->i_mode))
+		pohmelfs_lease_evict(inode);
 	truncate_inode_pages_final(&inode->i_data);
 	clear_inode(inode);
 }
@@ -88,27 +91,40 @@ static int pohmelfs_show_options(struct seq_file *m, struct dentry *root)
 		seq_puts(m, ",server=");
 		seq_escape(m, sbi->servers[i].uri, ", \t\n\\");
 	}
-	seq_printf(m, ",timeout_ms=%u,attr_timeout_ms=%u", sbi->timeout_ms, sbi->attr_timeout_ms);
+	seq_printf(m, ",timeout_ms=%u,attr_timeout_ms=%u,leases=%d,meta_delay_ms=%u",
+		   sbi->timeout_ms, sbi->attr_timeout_ms, READ_ONCE(sbi->leases),
+		   READ_ONCE(sbi->meta_delay_ms));
 	seq_puts(m, ",name=");
 	seq_escape(m, sbi->name, ", \t\n\\");
 	return 0;
 }
 
+/* sync(2), syncfs(2) and unmount: the delayed changes reach the servers. */
+static int pohmelfs_sync_fs(struct super_block *sb, int wait)
+{
+	if (wait)
+		pohmelfs_mq_sync(POHMELFS_SB(sb));
+	return 0;
+}
+
 static const struct super_operations pohmelfs_sops = {
 	.alloc_inode = pohmelfs_alloc_inode,
+	.sync_fs = pohmelfs_sync_fs,
 	.free_inode = pohmelfs_free_inode,
 	.evict_inode = pohmelfs_evict_inode,
 	.statfs = pohmelfs_statfs,
 	.show_options = pohmelfs_show_options,
 };
 
-enum { Opt_server, Opt_timeout_ms, Opt_attr_timeout_ms, Opt_name };
+enum { Opt_server, Opt_timeout_ms, Opt_attr_timeout_ms, Opt_name, Opt_leases, Opt_meta_delay_ms };
 
 static const struct fs_parameter_spec pohmelfs_params[] = {
 	fsparam_string("server", Opt_server),
 	fsparam_u32("timeout_ms", Opt_timeout_ms),
 	fsparam_u32("attr_timeout_ms", Opt_attr_timeout_ms),
 	fsparam_string("name", Opt_name),
+	fsparam_u32("leases", Opt_leases),
+	fsparam_u32("meta_delay_ms", Opt_meta_delay_ms),
 	{}
 };
 
@@ -143,6 +159,16 @@ static int pohmelfs_parse_param(struct fs_context *fc, struct fs_parameter *para
 		if (strlen(param->string) >= sizeof(sbi->name))
 			return invalfc(fc, "name too long");
 		strscpy(sbi->name, param->string, sizeof(sbi->name));
+		break;
+	case Opt_leases:
+		if (result.uint_32 > 1)
+			return invalfc(fc, "leases is 0 or 1");
+		sbi->leases = result.uint_32;
+		break;
+	case Opt_meta_delay_ms:
+		if (result.uint_32 > 600000)
+			return invalfc(fc, "meta_delay_ms is at most 600000");
+		sbi->meta_delay_ms = result.uint_32;
 		break;
 	}
 	return 0;
@@ -242,6 +268,8 @@ static int pohmelfs_reconfigure(struct fs_context *fc)
 		return invalfc(fc, "no server lets this client write");
 	WRITE_ONCE(sbi->timeout_ms, want->timeout_ms);
 	WRITE_ONCE(sbi->attr_timeout_ms, want->attr_timeout_ms);
+	WRITE_ONCE(sbi->leases, want->leases);
+	WRITE_ONCE(sbi->meta_delay_ms, want->meta_delay_ms);
 	return 0;
 }
 
@@ -265,15 +293,23 @@ static int pohmelfs_init_fs_context(struct fs_context *fc)
 		return -ENOMEM;
 	sbi->timeout_ms = 30000;
 	sbi->attr_timeout_ms = 1000;
+	sbi->leases = true;
+	sbi->meta_delay_ms = 5;
 	snprintf(sbi->name, sizeof(sbi->name), "%s", utsname()->nodename);
 	if (fc->purpose == FS_CONTEXT_FOR_RECONFIGURE) { /* options not given stay as they are */
 		const struct pohmelfs_sb_info *cur = POHMELFS_SB(fc->root->d_sb);
 
 		sbi->timeout_ms = cur->timeout_ms;
 		sbi->attr_timeout_ms = cur->attr_timeout_ms;
+		sbi->leases = cur->leases;
+		sbi->meta_delay_ms = cur->meta_delay_ms;
 		strscpy(sbi->name, cur->name, sizeof(sbi->name));
 	}
 	init_waitqueue_head(&sbi->up_wq);
+	spin_lock_init(&sbi->lease_lock);
+	hash_init(sbi->lease_table);
+	atomic_set(&sbi->lease_works, 0);
+	pohmelfs_mq_init(sbi);
 	fc->s_fs_info = sbi;
 	fc->ops = &pohmelfs_context_ops;
 	return 0;
@@ -283,10 +319,14 @@ static void pohmelfs_kill_sb(struct super_block *sb)
 {
 	struct pohmelfs_sb_info *sbi = POHMELFS_SB(sb);
 
-	/* Writes back and evicts every inode while the servers are still there. */
+	/* Writes back, sends the delayed changes (sync_fs) and evicts every inode while the
+	 * servers are still there; then the RELEASEs that eviction queued. */
 	kill_anon_super(sb);
 	if (sbi) {
+		pohmelfs_mq_drain(sbi);
 		pohmelfs_servers_stop(sbi);
+		pohmelfs_leases_stop(sbi);
+		pohmelfs_mq_stop(sbi);
 		kfree(sbi);
 	}
 }

@@ -203,8 +203,10 @@ bool ViaFuse() {
   return v != nullptr && std::string(v) == "1";
 }
 
-// mount(2) of the servers (URIs with their ?prio=&perm= parts); returns 0 or errno.
-int KernelMount(const std::string& mnt, const std::vector<std::string>& servers) {
+// mount(2) of the servers (URIs with their ?prio=&perm= parts) with more options (",a=b,...")
+// for the kernel client; returns 0 or errno.
+int KernelMount(const std::string& mnt, const std::vector<std::string>& servers,
+                const std::string& more_options = "") {
   if (ViaFuse()) {
     std::string uris;
     for (const auto& s : servers) uris += (uris.empty() ? "" : ",") + s;
@@ -212,6 +214,7 @@ int KernelMount(const std::string& mnt, const std::vector<std::string>& servers)
   }
   std::string data;
   for (const auto& s : servers) data += (data.empty() ? "server=" : ",server=") + s;
+  data += more_options;
   return mount("none", mnt.c_str(), "pohmelfs", 0, data.c_str()) == 0 ? 0 : errno;
 }
 
@@ -1541,6 +1544,164 @@ TEST_F(KclientSmallBuffersTest, SigkillDuringASendDoesNotBreakTheConnection) {
   std::string landed = ReadFile(Path("export/big"));
   EXPECT_EQ(landed.size() % kMiB, 0u);
   EXPECT_SAME_BYTES(landed, data.substr(0, landed.size()));
+}
+
+// ============================================================================================
+// Directory leases: a mount whose delayed changes wait until something sends them (the queue's
+// own timer is 10 minutes), and whose attributes stay cached for a minute, so that nothing but
+// the test's own steps reaches the server. One server per test.
+
+class KclientLeaseTest : public KclientRestartTest {
+ protected:
+  void SetUp() override {
+    // The kernel client's leases and options; the FUSE client has its own tests of leases.
+    if (ViaFuse()) GTEST_SKIP() << "kernel client options";
+    umask(0);
+    ASSERT_TRUE(ModuleLoaded()) << "pohmelfs is not in /proc/filesystems: insmod the module";
+    scratch_ = std::make_unique<ScratchDir>(CurrentTestName());
+    fs::create_directories(Path("export"));
+    fs::create_directories(mnt());
+    ASSERT_TRUE(server_.Start(Path("export"), Path("server.log"), kServerArgs)) << server_.Log();
+    int err = KernelMount(mnt(), {server_.uri()}, ",meta_delay_ms=600000,attr_timeout_ms=60000");
+    ASSERT_EQ(err, 0) << "mount: " << ErrnoText(err);
+    mounted_ = true;
+  }
+  std::string X(const std::string& rel) const { return Path("export/" + rel); }
+  static void Create(const std::string& path, mode_t mode = 0640) {
+    int fd = open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, mode);
+    ASSERT_GE(fd, 0) << path << ": " << ErrnoText(errno);
+    ASSERT_EQ(close(fd), 0) << path << ": " << ErrnoText(errno);
+  }
+  static std::vector<std::string> Names(const std::string& prefix, int from, int to) {
+    std::vector<std::string> out;
+    for (int i = from; i < to; i++) out.push_back(prefix + std::to_string(i));
+    std::sort(out.begin(), out.end());
+    return out;
+  }
+};
+
+TEST_F(KclientLeaseTest, ChangesInADirectoryItCreatedWaitForSyncfsAndArriveInOrder) {
+  ASSERT_EQ(mkdir(M("d").c_str(), 0755), 0) << ErrnoText(errno);
+  struct stat st;
+  ASSERT_EQ(stat(X("d").c_str(), &st), 0) << "a mkdir outside a leased directory is sent at once";
+  // 58 commands in all (a create and a RELEASE per file): fewer than a full BATCH, which
+  // would be sent at once.
+  for (int i = 0; i < 20; i++) Create(M("d/f" + std::to_string(i)));
+  ASSERT_EQ(mkdir(M("d/sub").c_str(), 0700), 0) << ErrnoText(errno);
+  Create(M("d/sub/inner"), 0600);
+  ASSERT_EQ(mkdir(M("d/gone").c_str(), 0700), 0);
+  Create(M("d/gone/x"));
+  ASSERT_EQ(unlink(M("d/gone/x").c_str()), 0) << ErrnoText(errno);
+  ASSERT_EQ(rmdir(M("d/gone").c_str()), 0) << ErrnoText(errno);
+  for (int i = 0; i < 10; i++) ASSERT_EQ(unlink(M("d/f" + std::to_string(i)).c_str()), 0) << i;
+  // Answered here: the names, their types and modes; nothing reached the server yet.
+  ASSERT_EQ(stat(M("d/f16").c_str(), &st), 0) << ErrnoText(errno);
+  EXPECT_TRUE(S_ISREG(st.st_mode));
+  EXPECT_EQ(st.st_mode & 07777, 0640u);
+  EXPECT_EQ(ERRNO_OF(stat(M("d/f6").c_str(), &st)), ENOENT);
+  EXPECT_EQ(ERRNO_OF(stat(M("d/gone").c_str(), &st)), ENOENT);
+  EXPECT_EQ(ERRNO_OF(open(M("d/f16").c_str(), O_WRONLY | O_CREAT | O_EXCL, 0600)), EEXIST);
+  EXPECT_EQ(ListDir(X("d")), std::vector<std::string>{}) << "sent before syncfs";
+  // syncfs sends them, in order (the unlinks after the creates, the rmdir after the unlink).
+  SyncMount(mnt());
+  std::vector<std::string> want = Names("f", 10, 20);
+  want.push_back("sub");
+  std::sort(want.begin(), want.end());
+  EXPECT_EQ(ListDir(X("d")), want);
+  EXPECT_EQ(ListDir(X("d/sub")), std::vector<std::string>{"inner"});
+  ASSERT_EQ(stat(X("d/f16").c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 07777, 0640u);
+  ASSERT_EQ(stat(X("d/sub").c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 07777, 0700u);
+  ASSERT_EQ(stat(X("d/sub/inner").c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 07777, 0600u);
+  EXPECT_EQ(ListDir(M("d")), want);
+}
+
+TEST_F(KclientLeaseTest, AnotherClientLookingBreaksTheLeaseAndSeesEveryDelayedChange) {
+  ASSERT_EQ(mkdir(M("d").c_str(), 0755), 0) << ErrnoText(errno);
+  for (int i = 0; i < 25; i++) Create(M("d/f" + std::to_string(i)));  // under a full BATCH
+  ASSERT_EQ(ListDir(X("d")), std::vector<std::string>{}) << "sent before anyone asked";
+  // A FUSE mount (leases on) lists the directory: its READ lease breaks this mount's WRITE
+  // lease, which sends the queue and gives the lease back well before the break timeout.
+  std::string fuse_mnt = Path("fuse");
+  fs::create_directories(fuse_mnt);
+  ASSERT_TRUE(Mount(server_.uri(), fuse_mnt, Path("fuse.log"))) << ReadFile(Path("fuse.log"));
+  auto start = Clock::now();
+  std::vector<std::string> seen = ListDir(fuse_mnt + "/d");
+  auto took = Clock::now() - start;
+  Unmount(fuse_mnt);
+  EXPECT_EQ(seen, Names("f", 0, 25));
+  EXPECT_LT(took, std::chrono::seconds(4)) << "the break waited for an eviction";
+  const std::string log = server_.Log();
+  EXPECT_GE(CountOf(log, "lease break"), 1u) << log;
+  EXPECT_EQ(CountOf(log, "evicted from its"), 0u) << log;
+  // The lease is gone: a create is sent at once now.
+  Create(M("d/late"));
+  struct stat st;
+  EXPECT_EQ(stat(X("d/late").c_str(), &st), 0) << "a create without the lease was delayed";
+}
+
+TEST_F(KclientLeaseTest, ADelayedCreateThatFailsIsReportedAtFsyncAndLosesNothing) {
+  ASSERT_EQ(mkdir(M("d").c_str(), 0755), 0) << ErrnoText(errno);
+  // Made behind the lease's back, straight in the export: the mount believes "x" is free.
+  WriteFile(X("d/x"), "theirs");
+  WriteFile(X("d/y"), "also theirs");
+  int fd = open(M("d/x").c_str(), O_RDWR | O_CREAT | O_EXCL, 0600);
+  ASSERT_GE(fd, 0) << "answered here under the lease: " << ErrnoText(errno);
+  EXPECT_EQ(ERRNO_OF(fsync(fd)), EIO) << "the create failed on the server (EEXIST)";
+  close(fd);
+  EXPECT_EQ(ReadFile(X("d/x")), "theirs");
+  // After the failure the mount asks the server about the directory again.
+  EXPECT_EQ(ReadFile(M("d/y")), "also theirs");
+}
+
+TEST_F(KclientLeaseTest, RenameLinkSymlinkAndRemovalsKeepTheNamesRight) {
+  ASSERT_EQ(mkdir(M("d").c_str(), 0755), 0) << ErrnoText(errno);
+  ASSERT_EQ(mkdir(M("d/a").c_str(), 0755), 0);
+  Create(M("d/a/f"));
+  ASSERT_EQ(unlink(M("d/a/f").c_str()), 0) << ErrnoText(errno);
+  ASSERT_EQ(rmdir(M("d/a").c_str()), 0) << ErrnoText(errno);
+  Create(M("d/b"));
+  ASSERT_EQ(rename(M("d/b").c_str(), M("d/c").c_str()), 0) << ErrnoText(errno);
+  ASSERT_EQ(link(M("d/c").c_str(), M("d/l").c_str()), 0) << ErrnoText(errno);
+  ASSERT_EQ(symlink("c", M("d/s").c_str()), 0) << ErrnoText(errno);
+  ASSERT_EQ(mkdir(M("d/a").c_str(), 0711), 0) << "the name is free again: " << ErrnoText(errno);
+  struct stat st, lst;
+  EXPECT_EQ(ERRNO_OF(stat(M("d/b").c_str(), &st)), ENOENT);
+  ASSERT_EQ(stat(M("d/c").c_str(), &st), 0) << ErrnoText(errno);
+  ASSERT_EQ(stat(M("d/l").c_str(), &lst), 0) << ErrnoText(errno);
+  EXPECT_EQ(st.st_ino, lst.st_ino);
+  char target[16] = {};
+  EXPECT_EQ(readlink(M("d/s").c_str(), target, sizeof(target) - 1), 1);
+  EXPECT_STREQ(target, "c");
+  EXPECT_EQ(ERRNO_OF(rename(M("d/c").c_str(), M("d/a").c_str())), EISDIR);
+  const std::vector<std::string> want = {"a", "c", "l", "s"};
+  EXPECT_EQ(ListDir(M("d")), want);
+  SyncMount(mnt());
+  EXPECT_EQ(ListDir(X("d")), want);
+  ASSERT_EQ(stat(X("d/a").c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 07777, 0711u);
+  ASSERT_EQ(stat(X("d/c").c_str(), &st), 0);
+  ASSERT_EQ(stat(X("d/l").c_str(), &lst), 0);
+  EXPECT_EQ(st.st_ino, lst.st_ino);
+}
+
+TEST_F(KclientLeaseTest, LeasesOffOnRemountSendsChangesAtOnce) {
+  ASSERT_EQ(mount("none", mnt().c_str(), "pohmelfs", MS_REMOUNT, "leases=0"), 0)
+      << ErrnoText(errno);
+  EXPECT_NE(ReadFile("/proc/mounts").find("leases=0"), std::string::npos);
+  ASSERT_EQ(mkdir(M("d").c_str(), 0755), 0) << ErrnoText(errno);
+  Create(M("d/now"));
+  struct stat st;
+  EXPECT_EQ(stat(X("d/now").c_str(), &st), 0) << "delayed with leases=0";
+  ASSERT_EQ(mount("none", mnt().c_str(), "pohmelfs", MS_REMOUNT, "leases=1"), 0)
+      << ErrnoText(errno);
+  ASSERT_EQ(mkdir(M("e").c_str(), 0755), 0);
+  Create(M("e/later"));
+  EXPECT_EQ(ERRNO_OF(stat(X("e/later").c_str(), &st)), ENOENT) << "not delayed with leases=1";
+  SyncMount(mnt());
+  EXPECT_EQ(stat(X("e/later").c_str(), &st), 0);
 }
 
 }  // namespace

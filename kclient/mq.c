@@ -1,0 +1,379 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * The delayed-change queue (docs/kclient.md, "Directory leases"). Creates, mkdirs, unlinks and
+ * rmdirs answered here under a directory lease (lease.c), and the RELEASEs that must not
+ * overtake them, wait here and go to every writer as BATCHes of up to POHMELFS_BATCH_MAX
+ * commands. A server runs a batch's commands in order and stops at the first failure; the
+ * commands after a failed one are sent again. Every other request of the mount waits until
+ * everything queued before it was answered (rpc.c drains first), so the servers see the changes
+ * in the order they were made here.
+ *
+ * The queue is sent meta_delay_ms after its first command, at once when it holds a full batch,
+ * and by every drain: another request, a lease break, fsync, syncfs, unmount.
+ *
+ * A command that fails on the servers was already reported done to the application: the
+ * failure is logged, the directory's names are forgotten (asked from the servers again) and
+ * the object's mapping carries the error, so that its next fsync reports it.
+ */
+#include <linux/pagemap.h>
+#include <linux/sched/mm.h>
+#include <linux/slab.h>
+
+#include "pohmelfs.h"
+
+struct pohmelfs_mq_cmd {
+	struct list_head list;
+	u64 seq;
+	u16 opcode;
+	bool has_parent, has_obj;
+	struct pohmelfs_oid parent, obj;
+	u32 len;
+	u8 body[];
+};
+
+/* A failed command's objects, marked by failed_work (not on the flushing thread, which may be
+ * writing back an inode that a lookup here could end up evicting). */
+struct pohmelfs_mq_failure {
+	struct list_head list;
+	bool has_parent, has_obj;
+	struct pohmelfs_oid parent, obj;
+};
+
+struct pohmelfs_mq_cmd *pohmelfs_mq_cmd_new(u16 opcode, const void *a, size_t alen, const void *b,
+					    size_t blen, const struct pohmelfs_oid *parent,
+					    const struct pohmelfs_oid *obj, gfp_t gfp)
+{
+	struct pohmelfs_mq_cmd *cmd = kmalloc(sizeof(*cmd) + alen + blen, gfp);
+
+	if (!cmd)
+		return NULL;
+	cmd->opcode = opcode;
+	cmd->len = alen + blen;
+	memcpy(cmd->body, a, alen);
+	if (blen)
+		memcpy(cmd->body + alen, b, blen);
+	cmd->has_parent = parent;
+	if (parent)
+		cmd->parent = *parent;
+	cmd->has_obj = obj;
+	if (obj)
+		cmd->obj = *obj;
+	return cmd;
+}
+
+void pohmelfs_mq_cmd_free(struct pohmelfs_mq_cmd *cmd)
+{
+	kfree(cmd);
+}
+
+void pohmelfs_mq_push(struct pohmelfs_sb_info *sbi, struct pohmelfs_mq_cmd *cmd)
+{
+	struct pohmelfs_mq *mq = &sbi->mq;
+
+	spin_lock(&mq->lock);
+	cmd->seq = ++mq->queued;
+	list_add_tail(&cmd->list, &mq->pending);
+	if (++mq->count >= POHMELFS_BATCH_MAX)
+		mod_delayed_work(pohmelfs_wq, &mq->work, 0);
+	else if (mq->count == 1)
+		queue_delayed_work(pohmelfs_wq, &mq->work,
+				   msecs_to_jiffies(READ_ONCE(sbi->meta_delay_ms)));
+	spin_unlock(&mq->lock);
+}
+
+bool pohmelfs_mq_busy(struct pohmelfs_sb_info *sbi)
+{
+	return atomic64_read(&sbi->mq.done) < READ_ONCE(sbi->mq.queued);
+}
+
+/* The name a command carries, for the log. */
+static void cmd_name(const struct pohmelfs_mq_cmd *cmd, const char **op, const char **name,
+		     int *name_len)
+{
+	size_t fixed = 0;
+
+	*op = "change";
+	switch (cmd->opcode) {
+	case POHMELFS_OP_MKNOD:
+		*op = "create";
+		fixed = sizeof(struct pohmelfs_create_req);
+		break;
+	case POHMELFS_OP_MKDIR:
+		*op = "mkdir";
+		fixed = sizeof(struct pohmelfs_create_req);
+		break;
+	case POHMELFS_OP_UNLINK:
+		*op = "unlink";
+		fixed = sizeof(struct pohmelfs_name_req);
+		break;
+	case POHMELFS_OP_RMDIR:
+		*op = "rmdir";
+		fixed = sizeof(struct pohmelfs_name_req);
+		break;
+	case POHMELFS_OP_RELEASE:
+		*op = "release";
+		break;
+	}
+	*name = fixed && cmd->len > fixed ? (const char *)cmd->body + fixed : "";
+	*name_len = fixed && cmd->len > fixed ? cmd->len - fixed : 0;
+}
+
+static void fail_cmd(struct pohmelfs_sb_info *sbi, struct pohmelfs_mq_cmd *cmd, int err)
+{
+	struct pohmelfs_mq_failure *f;
+	const char *op, *name;
+	int name_len;
+
+	cmd_name(cmd, &op, &name, &name_len);
+	pr_warn("pohmelfs: a delayed %s '%.*s' failed on the servers (%d); it was reported done\n",
+		op, name_len, name, err);
+	if (!cmd->has_parent && !cmd->has_obj)
+		return;
+	f = kmalloc(sizeof(*f), GFP_NOFS);
+	if (!f)
+		return;
+	f->has_parent = cmd->has_parent;
+	f->parent = cmd->parent;
+	f->has_obj = cmd->has_obj;
+	f->obj = cmd->obj;
+	spin_lock(&sbi->mq.lock);
+	list_add_tail(&f->list, &sbi->mq.failed);
+	spin_unlock(&sbi->mq.lock);
+	queue_work(pohmelfs_wq, &sbi->mq.failed_work);
+}
+
+static void failed_work(struct work_struct *work)
+{
+	struct pohmelfs_sb_info *sbi = container_of(work, struct pohmelfs_sb_info, mq.failed_work);
+	LIST_HEAD(failed);
+	struct pohmelfs_mq_failure *f, *tmp;
+
+	spin_lock(&sbi->mq.lock);
+	list_splice_init(&sbi->mq.failed, &failed);
+	spin_unlock(&sbi->mq.lock);
+	list_for_each_entry_safe (f, tmp, &failed, list) {
+		if (f->has_parent)
+			pohmelfs_lease_forget_names_of(sbi, &f->parent);
+		if (f->has_obj) {
+			struct inode *inode = pohmelfs_ilookup(sbi->sb, &f->obj);
+
+			if (inode) {
+				/* fsync's errno for "what you wrote did not land" */
+				mapping_set_error(inode->i_mapping, -EIO);
+				WRITE_ONCE(POHMELFS_I(inode)->attr_time, 0);
+				iput(inode);
+			}
+		}
+		list_del(&f->list);
+		kfree(f);
+	}
+}
+
+static int fail_all(struct pohmelfs_sb_info *sbi, struct list_head *batch, int err)
+{
+	struct pohmelfs_mq_cmd *cmd;
+	int n = 0;
+
+	list_for_each_entry (cmd, batch, list) {
+		fail_cmd(sbi, cmd, err);
+		n++;
+	}
+	return n;
+}
+
+/*
+ * Sends the commands on batch as one BATCH and checks every length of the reply. Returns how
+ * many of them are dealt with (answered, or failed and reported): the caller sends the rest
+ * (the ones after a failed command, which the servers did not run) again.
+ */
+static int send_batch(struct pohmelfs_sb_info *sbi, struct list_head *batch)
+{
+	struct pohmelfs_msg m = { .opcode = POHMELFS_OP_BATCH };
+	struct pohmelfs_batch_req *bq;
+	struct pohmelfs_batch_rep br;
+	struct pohmelfs_mq_cmd *cmd;
+	size_t len = sizeof(*bq), cap = sizeof(br), off;
+	u32 n = 0, count, i;
+	u8 *buf = NULL, *rep = NULL;
+	int err, dealt;
+
+	list_for_each_entry (cmd, batch, list) {
+		len += sizeof(struct pohmelfs_cmd) + POHMELFS_PAD8(cmd->len);
+		cap += sizeof(struct pohmelfs_cmd_rep) +
+		       POHMELFS_PAD8(sizeof(struct pohmelfs_attr));
+		n++;
+	}
+	buf = kvzalloc(len, GFP_NOFS);
+	rep = kvmalloc(cap, GFP_NOFS);
+	if (!buf || !rep) {
+		dealt = fail_all(sbi, batch, -ENOMEM);
+		goto out;
+	}
+	bq = (struct pohmelfs_batch_req *)buf;
+	bq->count = cpu_to_le32(n);
+	off = sizeof(*bq);
+	list_for_each_entry (cmd, batch, list) {
+		struct pohmelfs_cmd *c = (struct pohmelfs_cmd *)(buf + off);
+
+		c->opcode = cpu_to_le16(cmd->opcode);
+		c->length = cpu_to_le32(cmd->len);
+		memcpy(buf + off + sizeof(*c), cmd->body, cmd->len);
+		off += sizeof(*c) + POHMELFS_PAD8(cmd->len);
+	}
+	pohmelfs_msg_add(&m, buf, len);
+	m.reply = rep;
+	m.reply_cap = cap;
+	err = pohmelfs_change_call_queued(sbi, &m);
+	if (err) {
+		dealt = fail_all(sbi, batch, err);
+		goto out;
+	}
+	memcpy(&br, rep, min(m.reply_len, sizeof(br)));
+	count = m.reply_len >= sizeof(br) ? le32_to_cpu(br.count) : 0;
+	if (!count || count > n) {
+		pr_warn("pohmelfs: BATCH reply of %zu bytes counts %u of %u commands\n",
+			m.reply_len, count, n);
+		dealt = fail_all(sbi, batch, -EIO);
+		goto out;
+	}
+	off = sizeof(br);
+	i = 0;
+	list_for_each_entry (cmd, batch, list) {
+		struct pohmelfs_cmd_rep cr;
+		u32 status, clen;
+
+		if (i == count)
+			break;
+		if (m.reply_len - off < sizeof(cr))
+			goto short_reply;
+		memcpy(&cr, rep + off, sizeof(cr));
+		off += sizeof(cr);
+		clen = le32_to_cpu(cr.length);
+		if (clen > m.reply_len - off)
+			goto short_reply;
+		off += min_t(size_t, POHMELFS_PAD8(clen), m.reply_len - off);
+		status = le32_to_cpu(cr.status);
+		i++;
+		if (status) {
+			fail_cmd(sbi, cmd, pohmelfs_status_err(status));
+			dealt = i; /* the servers stopped here: the rest go again */
+			goto out;
+		}
+	}
+	if (count < n) {
+		pr_warn("pohmelfs: BATCH stopped after %u of %u commands without a failure\n",
+			count, n);
+		dealt = fail_all(sbi, batch, -EIO);
+		goto out;
+	}
+	dealt = n;
+	goto out;
+short_reply:
+	pr_warn("pohmelfs: BATCH reply of %zu bytes is cut short\n", m.reply_len);
+	dealt = fail_all(sbi, batch, -EIO);
+out:
+	kvfree(buf);
+	kvfree(rep);
+	return dealt;
+}
+
+/* Under flush_mutex: sends the queue until it is empty. */
+static void flush_locked(struct pohmelfs_sb_info *sbi)
+{
+	struct pohmelfs_mq *mq = &sbi->mq;
+	unsigned int noio = memalloc_noio_save();
+
+	for (;;) {
+		struct pohmelfs_mq_cmd *cmd, *tmp;
+		LIST_HEAD(batch);
+		unsigned int n = 0;
+		u64 last = 0;
+
+		spin_lock(&mq->lock);
+		while (n < POHMELFS_BATCH_MAX && !list_empty(&mq->pending)) {
+			cmd = list_first_entry(&mq->pending, struct pohmelfs_mq_cmd, list);
+			list_move_tail(&cmd->list, &batch);
+			last = cmd->seq;
+			mq->count--;
+			n++;
+		}
+		spin_unlock(&mq->lock);
+		if (!n)
+			break;
+		while (!list_empty(&batch)) {
+			int dealt = send_batch(sbi, &batch);
+
+			list_for_each_entry_safe (cmd, tmp, &batch, list) {
+				if (dealt-- <= 0)
+					break;
+				list_del(&cmd->list);
+				kfree(cmd);
+			}
+		}
+		atomic64_set(&mq->done, last);
+	}
+	memalloc_noio_restore(noio);
+}
+
+void pohmelfs_mq_drain(struct pohmelfs_sb_info *sbi)
+{
+	struct pohmelfs_mq *mq = &sbi->mq;
+	u64 target = READ_ONCE(mq->queued);
+
+	if (atomic64_read(&mq->done) >= target)
+		return;
+	mutex_lock(&mq->flush_mutex);
+	if (atomic64_read(&mq->done) < target)
+		flush_locked(sbi);
+	mutex_unlock(&mq->flush_mutex);
+}
+
+void pohmelfs_mq_sync(struct pohmelfs_sb_info *sbi)
+{
+	pohmelfs_mq_drain(sbi);
+	flush_work(&sbi->mq.failed_work);
+}
+
+static void mq_work(struct work_struct *work)
+{
+	struct pohmelfs_sb_info *sbi =
+		container_of(to_delayed_work(work), struct pohmelfs_sb_info, mq.work);
+
+	mutex_lock(&sbi->mq.flush_mutex);
+	flush_locked(sbi);
+	mutex_unlock(&sbi->mq.flush_mutex);
+}
+
+void pohmelfs_mq_init(struct pohmelfs_sb_info *sbi)
+{
+	struct pohmelfs_mq *mq = &sbi->mq;
+
+	spin_lock_init(&mq->lock);
+	INIT_LIST_HEAD(&mq->pending);
+	INIT_LIST_HEAD(&mq->failed);
+	mutex_init(&mq->flush_mutex);
+	atomic64_set(&mq->done, 0);
+	INIT_DELAYED_WORK(&mq->work, mq_work);
+	INIT_WORK(&mq->failed_work, failed_work);
+}
+
+/* Unmount, after the last drain: anything still queued could not be sent. */
+void pohmelfs_mq_stop(struct pohmelfs_sb_info *sbi)
+{
+	struct pohmelfs_mq *mq = &sbi->mq;
+	struct pohmelfs_mq_cmd *cmd, *tmp;
+	struct pohmelfs_mq_failure *f, *ftmp;
+
+	cancel_delayed_work_sync(&mq->work);
+	cancel_work_sync(&mq->failed_work);
+	if (mq->count)
+		pr_warn("pohmelfs: %u delayed changes could not be sent before unmount\n",
+			mq->count);
+	list_for_each_entry_safe (cmd, tmp, &mq->pending, list)
+		kfree(cmd);
+	list_for_each_entry_safe (f, ftmp, &mq->failed, list)
+		kfree(f);
+	INIT_LIST_HEAD(&mq->pending);
+	INIT_LIST_HEAD(&mq->failed);
+	mq->count = 0;
+}
