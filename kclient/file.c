@@ -551,6 +551,45 @@ struct wb_run {
 	int err;
 };
 
+/* Largest run of a new file's pages (POHMELFS_I_NEW_UNDER_LEASE) queued as a delayed WRITE. */
+#define POHMELFS_DELAYED_WRITE_MAX (64u << 10)
+
+/* A new file's small run: copied into a WRITE queued behind its create (mq.c), so that close
+ * does not wait for the servers. false: send it now. */
+static bool wb_delay(struct wb_run *run)
+{
+	struct inode *inode = run->inode;
+	struct pohmelfs_write_req q = { .oid = POHMELFS_I(inode)->oid };
+	struct pohmelfs_mq_cmd *cmd;
+	u8 *p;
+	int i;
+
+	if (run->len > POHMELFS_DELAYED_WRITE_MAX ||
+	    !test_bit(POHMELFS_I_NEW_UNDER_LEASE, &POHMELFS_I(inode)->flags))
+		return false;
+	q.offset = cpu_to_le64(run->pos);
+	q.size = cpu_to_le32(run->len);
+	cmd = pohmelfs_mq_cmd_new(POHMELFS_OP_WRITE, &q, sizeof(q), NULL, run->len, NULL, &q.oid,
+				  GFP_NOFS);
+	if (!cmd)
+		return false;
+	p = pohmelfs_mq_cmd_tail(cmd, sizeof(q));
+	for (i = 0; i < run->n; i++) {
+		memcpy_from_page(p, run->pages[i], 0, run->bv[i].bv_len);
+		p += run->bv[i].bv_len;
+	}
+	WRITE_ONCE(POHMELFS_I(inode)->local_changes, true);
+	if (pohmelfs_lease_delay_change(inode, cmd)) {
+		pohmelfs_mq_cmd_free(cmd);
+		return false;
+	}
+	for (i = 0; i < run->n; i++)
+		end_page_writeback(run->pages[i]);
+	run->n = 0;
+	run->len = 0;
+	return true;
+}
+
 static void wb_flush(struct wb_run *run)
 {
 	struct pohmelfs_write_req q = { .oid = POHMELFS_I(run->inode)->oid };
@@ -558,7 +597,7 @@ static void wb_flush(struct wb_run *run)
 	struct pohmelfs_msg m = { .opcode = POHMELFS_OP_WRITE };
 	int i, err;
 
-	if (!run->n)
+	if (!run->n || wb_delay(run))
 		return;
 	q.offset = cpu_to_le64(run->pos);
 	q.size = cpu_to_le32(run->len);

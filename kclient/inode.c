@@ -415,6 +415,8 @@ static int delayed_create(struct inode *dir, struct dentry *dentry,
 	}
 	/* The servers' first attributes carry their change counter: not another client's. */
 	WRITE_ONCE(POHMELFS_I(inode)->local_changes, true);
+	POHMELFS_I(inode)->parent = q->parent;
+	set_bit(POHMELFS_I_NEW_UNDER_LEASE, &POHMELFS_I(inode)->flags);
 	if (S_ISDIR(mode))
 		pohmelfs_lease_bind(inode);
 	d_instantiate(dentry, inode);
@@ -661,47 +663,81 @@ static int pohmelfs_link(struct dentry *old_dentry, struct inode *dir, struct de
 	return 0;
 }
 
+/* The request for ia; times the VFS filled in ("now") are sent as given when explicit_times,
+ * so that a delayed SETATTR sets what this client shows. Returns the valid bits. */
+static u32 setattr_req(struct pohmelfs_setattr_req *q, const struct iattr *ia, bool explicit_times)
+{
+	u32 valid = 0;
+
+	if (ia->ia_valid & ATTR_MODE) {
+		valid |= POHMELFS_SETATTR_MODE;
+		q->mode = cpu_to_le32(ia->ia_mode & ~S_IFMT);
+	}
+	if (ia->ia_valid & ATTR_UID) {
+		valid |= POHMELFS_SETATTR_UID;
+		q->uid = cpu_to_le32(from_kuid(&init_user_ns, ia->ia_uid));
+	}
+	if (ia->ia_valid & ATTR_GID) {
+		valid |= POHMELFS_SETATTR_GID;
+		q->gid = cpu_to_le32(from_kgid(&init_user_ns, ia->ia_gid));
+	}
+	if (ia->ia_valid & ATTR_SIZE) {
+		valid |= POHMELFS_SETATTR_SIZE;
+		q->size = cpu_to_le64(ia->ia_size);
+	}
+	if (ia->ia_valid & (explicit_times ? ATTR_ATIME : ATTR_ATIME_SET)) {
+		valid |= POHMELFS_SETATTR_ATIME;
+		q->atime_sec = cpu_to_le64(ia->ia_atime.tv_sec);
+		q->atime_nsec = cpu_to_le32(ia->ia_atime.tv_nsec);
+	} else if (ia->ia_valid & ATTR_ATIME) {
+		valid |= POHMELFS_SETATTR_ATIME_NOW;
+	}
+	if (ia->ia_valid & (explicit_times ? ATTR_MTIME : ATTR_MTIME_SET)) {
+		valid |= POHMELFS_SETATTR_MTIME;
+		q->mtime_sec = cpu_to_le64(ia->ia_mtime.tv_sec);
+		q->mtime_nsec = cpu_to_le32(ia->ia_mtime.tv_nsec);
+	} else if (ia->ia_valid & ATTR_MTIME) {
+		valid |= POHMELFS_SETATTR_MTIME_NOW;
+	}
+	q->valid = cpu_to_le32(valid);
+	return valid;
+}
+
+/* Of an object created here under a lease still held: applied here, the SETATTR queued. */
+static int delayed_setattr(struct inode *inode, struct iattr *ia)
+{
+	struct pohmelfs_setattr_req q = { .oid = POHMELFS_I(inode)->oid };
+	struct pohmelfs_mq_cmd *cmd;
+	int err;
+
+	if ((ia->ia_valid & ATTR_SIZE) ||
+	    !test_bit(POHMELFS_I_NEW_UNDER_LEASE, &POHMELFS_I(inode)->flags))
+		return -EAGAIN;
+	if (!setattr_req(&q, ia, true))
+		return 0;
+	cmd = pohmelfs_mq_cmd_new(POHMELFS_OP_SETATTR, &q, sizeof(q), NULL, 0, NULL, &q.oid,
+				  GFP_KERNEL);
+	if (!cmd)
+		return -EAGAIN;
+	err = pohmelfs_lease_delay_change(inode, cmd);
+	if (err) {
+		pohmelfs_mq_cmd_free(cmd);
+		return err;
+	}
+	setattr_copy(&init_user_ns, inode, ia);
+	WRITE_ONCE(POHMELFS_I(inode)->local_changes, true);
+	return 0;
+}
+
 static int setattr_call(struct inode *inode, struct iattr *ia)
 {
 	struct pohmelfs_setattr_req q = { .oid = POHMELFS_I(inode)->oid };
 	struct pohmelfs_msg m = { .opcode = POHMELFS_OP_SETATTR };
 	struct pohmelfs_attr attr;
-	u32 valid = 0;
 	int err;
 
-	if (ia->ia_valid & ATTR_MODE) {
-		valid |= POHMELFS_SETATTR_MODE;
-		q.mode = cpu_to_le32(ia->ia_mode & ~S_IFMT);
-	}
-	if (ia->ia_valid & ATTR_UID) {
-		valid |= POHMELFS_SETATTR_UID;
-		q.uid = cpu_to_le32(from_kuid(&init_user_ns, ia->ia_uid));
-	}
-	if (ia->ia_valid & ATTR_GID) {
-		valid |= POHMELFS_SETATTR_GID;
-		q.gid = cpu_to_le32(from_kgid(&init_user_ns, ia->ia_gid));
-	}
-	if (ia->ia_valid & ATTR_SIZE) {
-		valid |= POHMELFS_SETATTR_SIZE;
-		q.size = cpu_to_le64(ia->ia_size);
-	}
-	if (ia->ia_valid & ATTR_ATIME_SET) {
-		valid |= POHMELFS_SETATTR_ATIME;
-		q.atime_sec = cpu_to_le64(ia->ia_atime.tv_sec);
-		q.atime_nsec = cpu_to_le32(ia->ia_atime.tv_nsec);
-	} else if (ia->ia_valid & ATTR_ATIME) {
-		valid |= POHMELFS_SETATTR_ATIME_NOW;
-	}
-	if (ia->ia_valid & ATTR_MTIME_SET) {
-		valid |= POHMELFS_SETATTR_MTIME;
-		q.mtime_sec = cpu_to_le64(ia->ia_mtime.tv_sec);
-		q.mtime_nsec = cpu_to_le32(ia->ia_mtime.tv_nsec);
-	} else if (ia->ia_valid & ATTR_MTIME) {
-		valid |= POHMELFS_SETATTR_MTIME_NOW;
-	}
-	if (!valid)
+	if (!setattr_req(&q, ia, false))
 		return 0;
-	q.valid = cpu_to_le32(valid);
 	pohmelfs_msg_add(&m, &q, sizeof(q));
 	m.reply = &attr;
 	m.reply_cap = sizeof(attr);
@@ -720,6 +756,9 @@ static int pohmelfs_setattr(struct user_namespace *ns, struct dentry *dentry, st
 
 	err = setattr_prepare(&init_user_ns, dentry, ia);
 	if (err)
+		return err;
+	err = delayed_setattr(inode, ia);
+	if (err != -EAGAIN)
 		return err;
 	if ((ia->ia_valid & ATTR_SIZE) && S_ISREG(inode->i_mode)) {
 		/* Written data must not land after the new size is set on the server. */

@@ -8,6 +8,8 @@
  *   - lookups and dentry revalidation in it are answered from the names kept here;
  *   - create, mknod, mkdir (which takes the new directory's lease the same way), unlink and
  *     rmdir (of a directory known empty) are answered here and queued (mq.c);
+ *   - so are setattrs (not truncation) and writes of up to 64 KiB at a time to the objects
+ *     created that way: nobody else can reach them without a lookup in the directory;
  *   - changes sent at once (rename, link, symlink...) keep the names up to date.
  *
  * Another client that asks for the directory's lease makes the server send LEASE_BREAK: the
@@ -387,6 +389,27 @@ int pohmelfs_lease_remove_delayed(struct inode *dir, const struct qstr *name, st
 no:
 	spin_unlock(&sbi->lease_lock);
 	return -EAGAIN;
+}
+
+int pohmelfs_lease_delay_change(struct inode *inode, struct pohmelfs_mq_cmd *cmd)
+{
+	struct pohmelfs_sb_info *sbi = POHMELFS_SB(inode->i_sb);
+	struct pohmelfs_inode *pi = POHMELFS_I(inode);
+	struct pohmelfs_dlease *l;
+	int err = -EAGAIN;
+
+	if (!READ_ONCE(sbi->leases) || !test_bit(POHMELFS_I_NEW_UNDER_LEASE, &pi->flags))
+		return -EAGAIN;
+	spin_lock(&sbi->lease_lock);
+	l = find_lease(sbi, &pi->parent);
+	if (l && l->state == LEASE_HELD) {
+		pohmelfs_mq_push(sbi, cmd);
+		err = 0;
+	}
+	spin_unlock(&sbi->lease_lock);
+	if (err) /* the directory's lease went: from now on like any object */
+		clear_bit(POHMELFS_I_NEW_UNDER_LEASE, &pi->flags);
+	return err;
 }
 
 void pohmelfs_lease_evict(struct inode *inode)

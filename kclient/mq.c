@@ -21,6 +21,10 @@
 
 #include "pohmelfs.h"
 
+/* A BATCH carries at most this much command data (small delayed WRITEs add up), well inside a
+ * message's payload limit; a queue holding that much is sent at once. */
+#define POHMELFS_MQ_BATCH_BYTES (512u << 10)
+
 struct pohmelfs_mq_cmd {
 	struct list_head list;
 	u64 seq;
@@ -50,7 +54,7 @@ struct pohmelfs_mq_cmd *pohmelfs_mq_cmd_new(u16 opcode, const void *a, size_t al
 	cmd->opcode = opcode;
 	cmd->len = alen + blen;
 	memcpy(cmd->body, a, alen);
-	if (blen)
+	if (b && blen)
 		memcpy(cmd->body + alen, b, blen);
 	cmd->has_parent = parent;
 	if (parent)
@@ -66,6 +70,11 @@ void pohmelfs_mq_cmd_free(struct pohmelfs_mq_cmd *cmd)
 	kfree(cmd);
 }
 
+void *pohmelfs_mq_cmd_tail(struct pohmelfs_mq_cmd *cmd, size_t alen)
+{
+	return cmd->body + alen;
+}
+
 void pohmelfs_mq_push(struct pohmelfs_sb_info *sbi, struct pohmelfs_mq_cmd *cmd)
 {
 	struct pohmelfs_mq *mq = &sbi->mq;
@@ -73,7 +82,8 @@ void pohmelfs_mq_push(struct pohmelfs_sb_info *sbi, struct pohmelfs_mq_cmd *cmd)
 	spin_lock(&mq->lock);
 	cmd->seq = ++mq->queued;
 	list_add_tail(&cmd->list, &mq->pending);
-	if (++mq->count >= POHMELFS_BATCH_MAX)
+	mq->bytes += cmd->len;
+	if (++mq->count >= POHMELFS_BATCH_MAX || mq->bytes >= POHMELFS_MQ_BATCH_BYTES)
 		mod_delayed_work(pohmelfs_wq, &mq->work, 0);
 	else if (mq->count == 1)
 		queue_delayed_work(pohmelfs_wq, &mq->work,
@@ -112,6 +122,12 @@ static void cmd_name(const struct pohmelfs_mq_cmd *cmd, const char **op, const c
 		break;
 	case POHMELFS_OP_RELEASE:
 		*op = "release";
+		break;
+	case POHMELFS_OP_WRITE:
+		*op = "write";
+		break;
+	case POHMELFS_OP_SETATTR:
+		*op = "setattr";
 		break;
 	}
 	*name = fixed && cmd->len > fixed ? (const char *)cmd->body + fixed : "";
@@ -287,13 +303,18 @@ static void flush_locked(struct pohmelfs_sb_info *sbi)
 		struct pohmelfs_mq_cmd *cmd, *tmp;
 		LIST_HEAD(batch);
 		unsigned int n = 0;
+		size_t bytes = 0;
 		u64 last = 0;
 
 		spin_lock(&mq->lock);
 		while (n < POHMELFS_BATCH_MAX && !list_empty(&mq->pending)) {
 			cmd = list_first_entry(&mq->pending, struct pohmelfs_mq_cmd, list);
+			if (n && bytes + cmd->len > POHMELFS_MQ_BATCH_BYTES)
+				break;
 			list_move_tail(&cmd->list, &batch);
 			last = cmd->seq;
+			bytes += cmd->len;
+			mq->bytes -= cmd->len;
 			mq->count--;
 			n++;
 		}
@@ -376,4 +397,5 @@ void pohmelfs_mq_stop(struct pohmelfs_sb_info *sbi)
 	INIT_LIST_HEAD(&mq->pending);
 	INIT_LIST_HEAD(&mq->failed);
 	mq->count = 0;
+	mq->bytes = 0;
 }

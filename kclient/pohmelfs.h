@@ -95,6 +95,7 @@ struct pohmelfs_mq {
 	spinlock_t lock;
 	struct list_head pending; /* struct pohmelfs_mq_cmd, oldest first */
 	unsigned int count;
+	size_t bytes;		  /* of the queued command bodies */
 	u64 queued;		  /* number of the last command queued (under lock) */
 	atomic64_t done;	  /* every command up to this number was sent and answered */
 	struct mutex flush_mutex; /* one flush at a time */
@@ -135,11 +136,15 @@ struct pohmelfs_inode {
 	u64 size_changed;	       /* size_seq of its last local size change (under i_lock) */
 	unsigned long flags;	       /* POHMELFS_I_* bits */
 	struct pohmelfs_dlease *lease; /* a directory's lease (under sbi->lease_lock) */
+	struct pohmelfs_oid parent;    /* with POHMELFS_I_NEW_UNDER_LEASE: its directory */
 	struct inode vfs_inode;
 };
 
 /* Created with CREATE_OPEN: the servers hold a handle for the ->open that follows. */
 #define POHMELFS_I_CREATED_OPEN 0
+/* Created here by a delayed create: while the directory's lease is held nobody else can have
+ * reached it, so its setattrs and small writes may be delayed too. */
+#define POHMELFS_I_NEW_UNDER_LEASE 1
 
 static inline struct pohmelfs_inode *POHMELFS_I(struct inode *inode)
 {
@@ -249,12 +254,14 @@ void pohmelfs_release_created(struct inode *inode);
 /* mq.c: a change sent later. Commands are sent in the order queued, before any other request
  * of the mount (every rpc.c call drains the queue first), as BATCHes to every writer. */
 struct pohmelfs_mq_cmd;
-/* A command: opcode, body in up to two pieces; parent and obj (either may be NULL) are the
- * directory whose lease knowledge and the object whose mapping take the blame for a failure. */
+/* A command: opcode, body in up to two pieces (b NULL: blen bytes left for the caller to fill
+ * through pohmelfs_mq_cmd_tail); parent and obj (either may be NULL) are the directory whose
+ * lease knowledge and the object whose mapping take the blame for a failure. */
 struct pohmelfs_mq_cmd *pohmelfs_mq_cmd_new(u16 opcode, const void *a, size_t alen, const void *b,
 					    size_t blen, const struct pohmelfs_oid *parent,
 					    const struct pohmelfs_oid *obj, gfp_t gfp);
 void pohmelfs_mq_cmd_free(struct pohmelfs_mq_cmd *cmd);
+void *pohmelfs_mq_cmd_tail(struct pohmelfs_mq_cmd *cmd, size_t alen);
 /* Queues it (no allocation, no sleep: callable under spinlocks). */
 void pohmelfs_mq_push(struct pohmelfs_sb_info *sbi, struct pohmelfs_mq_cmd *cmd);
 /* Whether commands are queued or in flight (a later request must wait for them). */
@@ -293,6 +300,9 @@ int pohmelfs_lease_add_delayed(struct inode *dir, const struct qstr *name,
 			       struct pohmelfs_mq_cmd *cmd, bool new_dir);
 int pohmelfs_lease_remove_delayed(struct inode *dir, const struct qstr *name, struct inode *victim,
 				  struct pohmelfs_mq_cmd *cmd);
+/* A change to an object created here under its directory's lease (POHMELFS_I_NEW_UNDER_LEASE):
+ * queued while that lease is held (0), else -EAGAIN. cmd is consumed on 0. */
+int pohmelfs_lease_delay_change(struct inode *inode, struct pohmelfs_mq_cmd *cmd);
 /* A directory inode made for a lease taken with its create: bind them. */
 void pohmelfs_lease_bind(struct inode *dir);
 void pohmelfs_lease_evict(struct inode *inode);

@@ -1584,9 +1584,18 @@ TEST_F(KclientLeaseTest, ChangesInADirectoryItCreatedWaitForSyncfsAndArriveInOrd
   ASSERT_EQ(mkdir(M("d").c_str(), 0755), 0) << ErrnoText(errno);
   struct stat st;
   ASSERT_EQ(stat(X("d").c_str(), &st), 0) << "a mkdir outside a leased directory is sent at once";
-  // 58 commands in all (a create and a RELEASE per file): fewer than a full BATCH, which
+  // 61 commands in all (a create and a RELEASE per file): fewer than a full BATCH, which
   // would be sent at once.
-  for (int i = 0; i < 20; i++) Create(M("d/f" + std::to_string(i)));
+  for (int i = 0; i < 19; i++) Create(M("d/f" + std::to_string(i)));
+  // A new file's data, mode and times are delayed too.
+  const std::string data = RandomBytes(10000, 61);
+  int fd = open(M("d/f19").c_str(), O_WRONLY | O_CREAT | O_EXCL, 0644);
+  ASSERT_GE(fd, 0) << ErrnoText(errno);
+  ASSERT_TRUE(WriteAllFd(fd, data));
+  ASSERT_EQ(close(fd), 0) << ErrnoText(errno);
+  ASSERT_EQ(chmod(M("d/f13").c_str(), 0604), 0) << ErrnoText(errno);
+  const struct timespec times[2] = {{1000000000, 5}, {1200000000, 7}};
+  ASSERT_EQ(utimensat(AT_FDCWD, M("d/f14").c_str(), times, 0), 0) << ErrnoText(errno);
   ASSERT_EQ(mkdir(M("d/sub").c_str(), 0700), 0) << ErrnoText(errno);
   Create(M("d/sub/inner"), 0600);
   ASSERT_EQ(mkdir(M("d/gone").c_str(), 0700), 0);
@@ -1601,6 +1610,12 @@ TEST_F(KclientLeaseTest, ChangesInADirectoryItCreatedWaitForSyncfsAndArriveInOrd
   EXPECT_EQ(ERRNO_OF(stat(M("d/f6").c_str(), &st)), ENOENT);
   EXPECT_EQ(ERRNO_OF(stat(M("d/gone").c_str(), &st)), ENOENT);
   EXPECT_EQ(ERRNO_OF(open(M("d/f16").c_str(), O_WRONLY | O_CREAT | O_EXCL, 0600)), EEXIST);
+  ASSERT_EQ(stat(M("d/f13").c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 07777, 0604u);
+  ASSERT_EQ(stat(M("d/f14").c_str(), &st), 0);
+  EXPECT_EQ(st.st_mtim.tv_sec, 1200000000);
+  ASSERT_EQ(stat(M("d/f19").c_str(), &st), 0);
+  EXPECT_EQ(st.st_size, static_cast<off_t>(data.size()));
   EXPECT_EQ(ListDir(X("d")), std::vector<std::string>{}) << "sent before syncfs";
   // syncfs sends them, in order (the unlinks after the creates, the rmdir after the unlink).
   SyncMount(mnt());
@@ -1611,6 +1626,14 @@ TEST_F(KclientLeaseTest, ChangesInADirectoryItCreatedWaitForSyncfsAndArriveInOrd
   EXPECT_EQ(ListDir(X("d/sub")), std::vector<std::string>{"inner"});
   ASSERT_EQ(stat(X("d/f16").c_str(), &st), 0);
   EXPECT_EQ(st.st_mode & 07777, 0640u);
+  ASSERT_EQ(stat(X("d/f13").c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 07777, 0604u);
+  ASSERT_EQ(stat(X("d/f14").c_str(), &st), 0);
+  EXPECT_EQ(st.st_atim.tv_sec, 1000000000);
+  EXPECT_EQ(st.st_atim.tv_nsec, 5);
+  EXPECT_EQ(st.st_mtim.tv_sec, 1200000000);
+  EXPECT_EQ(st.st_mtim.tv_nsec, 7);
+  EXPECT_SAME_BYTES(ReadFile(X("d/f19")), data);
   ASSERT_EQ(stat(X("d/sub").c_str(), &st), 0);
   EXPECT_EQ(st.st_mode & 07777, 0700u);
   ASSERT_EQ(stat(X("d/sub/inner").c_str(), &st), 0);
