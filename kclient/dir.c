@@ -124,10 +124,15 @@ static int pohmelfs_dir_fsync(struct file *file, loff_t start, loff_t end, int d
 	struct inode *dir = file_inode(file);
 	struct pohmelfs_fsync_req q = { .oid = POHMELFS_I(dir)->oid };
 	struct pohmelfs_msg m = { .opcode = POHMELFS_OP_FSYNC };
+	int err;
 
 	q.datasync = cpu_to_le32(datasync);
 	pohmelfs_msg_add(&m, &q, sizeof(q));
+	/* A delayed change in it that failed on the servers is reported here. */
 	pohmelfs_mq_sync(POHMELFS_SB(dir->i_sb));
+	err = file_check_and_advance_wb_err(file);
+	if (err)
+		return err;
 	return pohmelfs_change_call(POHMELFS_SB(dir->i_sb), &m);
 }
 

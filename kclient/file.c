@@ -112,11 +112,13 @@ static int fsync_call(struct inode *inode, int datasync)
 static int pohmelfs_fsync(struct file *file, loff_t start, loff_t end, int datasync)
 {
 	struct inode *inode = file_inode(file);
-	int err;
+	int err = file_write_and_wait_range(file, start, end);
 
-	/* A delayed create of this file that failed on the servers is reported here. */
+	/* Writeback may have queued the data (a new file's): the queue goes first, and a delayed
+	 * create or write of this file that failed on the servers is reported here. */
 	pohmelfs_mq_sync(POHMELFS_SB(inode->i_sb));
-	err = file_write_and_wait_range(file, start, end);
+	if (!err)
+		err = file_check_and_advance_wb_err(file);
 	if (err)
 		return err;
 	return fsync_call(inode, datasync);
@@ -565,7 +567,8 @@ static bool wb_delay(struct wb_run *run)
 	int i;
 
 	if (run->len > POHMELFS_DELAYED_WRITE_MAX ||
-	    !test_bit(POHMELFS_I_NEW_UNDER_LEASE, &POHMELFS_I(inode)->flags))
+	    !test_bit(POHMELFS_I_NEW_UNDER_LEASE, &POHMELFS_I(inode)->flags) ||
+	    pohmelfs_mq_full(POHMELFS_SB(inode->i_sb)))
 		return false;
 	q.offset = cpu_to_le64(run->pos);
 	q.size = cpu_to_le32(run->len);

@@ -388,16 +388,6 @@ static int delayed_create(struct inode *dir, struct dentry *dentry,
 
 	if (!READ_ONCE(POHMELFS_I(dir)->lease))
 		return -EAGAIN;
-	cmd = pohmelfs_mq_cmd_new(opcode, q, sizeof(*q), dentry->d_name.name, dentry->d_name.len,
-				  &q->parent, &q->new_oid, GFP_KERNEL);
-	if (!cmd)
-		return -EAGAIN;
-	err = pohmelfs_lease_add_delayed(dir, &dentry->d_name, &q->new_oid, mode, cmd,
-					 S_ISDIR(mode));
-	if (err) {
-		pohmelfs_mq_cmd_free(cmd);
-		return err;
-	}
 	memset(&attr, 0, sizeof(attr));
 	ktime_get_real_ts64(&now);
 	attr.oid = q->new_oid;
@@ -408,15 +398,26 @@ static int delayed_create(struct inode *dir, struct dentry *dentry,
 	attr.nlink = cpu_to_le32(S_ISDIR(mode) ? 2 : 1);
 	attr.atime_sec = attr.mtime_sec = attr.ctime_sec = cpu_to_le64(now.tv_sec);
 	attr.atime_nsec = attr.mtime_nsec = attr.ctime_nsec = cpu_to_le32(now.tv_nsec);
+	/* The inode first: once the create is queued, it must not fail. */
 	inode = pohmelfs_iget(dir->i_sb, &attr, POHMELFS_SEQ_NOW);
-	if (IS_ERR(inode)) { /* queued all the same: let lookups ask the servers */
-		pohmelfs_lease_forget_names(dir);
-		return PTR_ERR(inode);
-	}
+	if (IS_ERR(inode))
+		return -EAGAIN;
 	/* The servers' first attributes carry their change counter: not another client's. */
 	WRITE_ONCE(POHMELFS_I(inode)->local_changes, true);
 	POHMELFS_I(inode)->parent = q->parent;
 	set_bit(POHMELFS_I_NEW_UNDER_LEASE, &POHMELFS_I(inode)->flags);
+	cmd = pohmelfs_mq_cmd_new(opcode, q, sizeof(*q), dentry->d_name.name, dentry->d_name.len,
+				  &q->parent, &q->new_oid, GFP_KERNEL);
+	err = cmd ? pohmelfs_lease_add_delayed(dir, &dentry->d_name, &q->new_oid, mode, cmd,
+					       le32_to_cpu(q->flags) & POHMELFS_CREATE_LEASE)
+		  : -EAGAIN;
+	if (err) { /* never existed: the inode goes at once */
+		pohmelfs_mq_cmd_free(cmd);
+		clear_bit(POHMELFS_I_NEW_UNDER_LEASE, &POHMELFS_I(inode)->flags);
+		clear_nlink(inode);
+		iput(inode);
+		return err;
+	}
 	if (S_ISDIR(mode))
 		pohmelfs_lease_bind(inode);
 	d_instantiate(dentry, inode);
@@ -440,7 +441,7 @@ static int create_call(struct inode *dir, struct dentry *dentry, u16 opcode, umo
 	new_owner(dir, &mode, &uid, &gid);
 	get_random_bytes(&q.new_oid, sizeof(q.new_oid));
 	/* A new directory comes with its WRITE lease: its entries are all known here. */
-	if (opcode == POHMELFS_OP_MKDIR && READ_ONCE(sbi->leases))
+	if (opcode == POHMELFS_OP_MKDIR && READ_ONCE(sbi->leases) && pohmelfs_writers_lease(sbi))
 		flags |= POHMELFS_CREATE_LEASE;
 	q.mode = cpu_to_le32(mode);
 	q.uid = cpu_to_le32(uid);
@@ -611,6 +612,10 @@ static int pohmelfs_rename(struct user_namespace *ns, struct inode *old_dir,
 	err = pohmelfs_change_call(POHMELFS_SB(old_dir->i_sb), &m);
 	if (err)
 		return err;
+	/* Reachable without a lookup in its first directory now: its changes are sent at once. */
+	clear_bit(POHMELFS_I_NEW_UNDER_LEASE, &POHMELFS_I(d_inode(old_dentry))->flags);
+	if (target)
+		clear_bit(POHMELFS_I_NEW_UNDER_LEASE, &POHMELFS_I(target)->flags);
 	if (flags & RENAME_EXCHANGE) {
 		pohmelfs_lease_forget_names(old_dir);
 		pohmelfs_lease_forget_names(new_dir);
@@ -655,6 +660,7 @@ static int pohmelfs_link(struct dentry *old_dentry, struct inode *dir, struct de
 	if (err)
 		return err;
 	pohmelfs_apply_own_attr(inode, &attr);
+	clear_bit(POHMELFS_I_NEW_UNDER_LEASE, &POHMELFS_I(inode)->flags); /* reachable elsewhere */
 	ihold(inode);
 	d_instantiate(dentry, inode);
 	dentry_fresh(dentry);
@@ -708,6 +714,7 @@ static int delayed_setattr(struct inode *inode, struct iattr *ia)
 {
 	struct pohmelfs_setattr_req q = { .oid = POHMELFS_I(inode)->oid };
 	struct pohmelfs_mq_cmd *cmd;
+	struct iattr before;
 	int err;
 
 	if ((ia->ia_valid & ATTR_SIZE) ||
@@ -719,12 +726,32 @@ static int delayed_setattr(struct inode *inode, struct iattr *ia)
 				  GFP_KERNEL);
 	if (!cmd)
 		return -EAGAIN;
+	/* Applied here first: the mode sent is the one setattr_copy settles on (it may drop
+	 * the set-group-ID bit); put back if the change cannot be queued. */
+	before.ia_valid = ATTR_MODE | ATTR_UID | ATTR_GID | ATTR_ATIME | ATTR_MTIME | ATTR_CTIME;
+	before.ia_mode = inode->i_mode;
+	before.ia_uid = inode->i_uid;
+	before.ia_gid = inode->i_gid;
+	before.ia_atime = inode->i_atime;
+	before.ia_mtime = inode->i_mtime;
+	before.ia_ctime = inode->i_ctime;
+	setattr_copy(&init_user_ns, inode, ia);
+	if (ia->ia_valid & ATTR_MODE) {
+		struct pohmelfs_setattr_req *cq = pohmelfs_mq_cmd_tail(cmd, 0);
+
+		cq->mode = cpu_to_le32(inode->i_mode & ~S_IFMT);
+	}
 	err = pohmelfs_lease_delay_change(inode, cmd);
 	if (err) {
 		pohmelfs_mq_cmd_free(cmd);
+		inode->i_mode = before.ia_mode;
+		inode->i_uid = before.ia_uid;
+		inode->i_gid = before.ia_gid;
+		inode->i_atime = before.ia_atime;
+		inode->i_mtime = before.ia_mtime;
+		inode->i_ctime = before.ia_ctime;
 		return err;
 	}
-	setattr_copy(&init_user_ns, inode, ia);
 	WRITE_ONCE(POHMELFS_I(inode)->local_changes, true);
 	return 0;
 }

@@ -312,6 +312,17 @@ void pohmelfs_lease_forget_names(struct inode *dir)
 	spin_unlock(&sbi->lease_lock);
 }
 
+void pohmelfs_lease_drop(struct pohmelfs_sb_info *sbi, const struct pohmelfs_oid *oid)
+{
+	struct pohmelfs_dlease *l;
+
+	spin_lock(&sbi->lease_lock);
+	l = find_lease(sbi, oid);
+	if (l && l->state == LEASE_HELD)
+		free_lease(l);
+	spin_unlock(&sbi->lease_lock);
+}
+
 void pohmelfs_lease_forget_names_of(struct pohmelfs_sb_info *sbi, const struct pohmelfs_oid *dir)
 {
 	struct pohmelfs_dlease *l;
@@ -331,7 +342,7 @@ int pohmelfs_lease_add_delayed(struct inode *dir, const struct qstr *name,
 	struct pohmelfs_dlease *l, *nl = NULL;
 	struct pohmelfs_name *n;
 
-	if (!READ_ONCE(sbi->leases) || !READ_ONCE(POHMELFS_I(dir)->lease))
+	if (!READ_ONCE(sbi->leases) || !READ_ONCE(POHMELFS_I(dir)->lease) || pohmelfs_mq_full(sbi))
 		return -EAGAIN;
 	n = new_name(name, oid, type);
 	if (new_dir)
@@ -368,7 +379,7 @@ int pohmelfs_lease_remove_delayed(struct inode *dir, const struct qstr *name, st
 	struct pohmelfs_dlease *l, *vl = NULL;
 	struct pohmelfs_name *n;
 
-	if (!READ_ONCE(sbi->leases) || !READ_ONCE(POHMELFS_I(dir)->lease))
+	if (!READ_ONCE(sbi->leases) || !READ_ONCE(POHMELFS_I(dir)->lease) || pohmelfs_mq_full(sbi))
 		return -EAGAIN;
 	spin_lock(&sbi->lease_lock);
 	l = usable(dir);
@@ -398,7 +409,8 @@ int pohmelfs_lease_delay_change(struct inode *inode, struct pohmelfs_mq_cmd *cmd
 	struct pohmelfs_dlease *l;
 	int err = -EAGAIN;
 
-	if (!READ_ONCE(sbi->leases) || !test_bit(POHMELFS_I_NEW_UNDER_LEASE, &pi->flags))
+	if (!READ_ONCE(sbi->leases) || !test_bit(POHMELFS_I_NEW_UNDER_LEASE, &pi->flags) ||
+	    pohmelfs_mq_full(sbi))
 		return -EAGAIN;
 	spin_lock(&sbi->lease_lock);
 	l = find_lease(sbi, &pi->parent);
@@ -475,7 +487,7 @@ void pohmelfs_lease_break(struct pohmelfs_sb_info *sbi, const void *payload, siz
 	bw->oid = b.oid;
 	INIT_WORK(&bw->work, lease_break_work);
 	atomic_inc(&sbi->lease_works);
-	queue_work(pohmelfs_wq, &bw->work);
+	queue_work(pohmelfs_meta_wq, &bw->work);
 }
 
 void pohmelfs_leases_drop_all(struct pohmelfs_sb_info *sbi)

@@ -24,6 +24,9 @@
 /* A BATCH carries at most this much command data (small delayed WRITEs add up), well inside a
  * message's payload limit; a queue holding that much is sent at once. */
 #define POHMELFS_MQ_BATCH_BYTES (512u << 10)
+/* Past this the queue takes no more: changes are sent at once (after the queue) instead. */
+#define POHMELFS_MQ_MAX_COUNT 4096u
+#define POHMELFS_MQ_MAX_BYTES (16u << 20)
 
 struct pohmelfs_mq_cmd {
 	struct list_head list;
@@ -39,6 +42,7 @@ struct pohmelfs_mq_cmd {
  * writing back an inode that a lookup here could end up evicting). */
 struct pohmelfs_mq_failure {
 	struct list_head list;
+	u16 opcode;
 	bool has_parent, has_obj;
 	struct pohmelfs_oid parent, obj;
 };
@@ -84,11 +88,17 @@ void pohmelfs_mq_push(struct pohmelfs_sb_info *sbi, struct pohmelfs_mq_cmd *cmd)
 	list_add_tail(&cmd->list, &mq->pending);
 	mq->bytes += cmd->len;
 	if (++mq->count >= POHMELFS_BATCH_MAX || mq->bytes >= POHMELFS_MQ_BATCH_BYTES)
-		mod_delayed_work(pohmelfs_wq, &mq->work, 0);
+		mod_delayed_work(pohmelfs_meta_wq, &mq->work, 0);
 	else if (mq->count == 1)
-		queue_delayed_work(pohmelfs_wq, &mq->work,
+		queue_delayed_work(pohmelfs_meta_wq, &mq->work,
 				   msecs_to_jiffies(READ_ONCE(sbi->meta_delay_ms)));
 	spin_unlock(&mq->lock);
+}
+
+bool pohmelfs_mq_full(struct pohmelfs_sb_info *sbi)
+{
+	return READ_ONCE(sbi->mq.count) >= POHMELFS_MQ_MAX_COUNT ||
+	       READ_ONCE(sbi->mq.bytes) >= POHMELFS_MQ_MAX_BYTES;
 }
 
 bool pohmelfs_mq_busy(struct pohmelfs_sb_info *sbi)
@@ -143,11 +153,14 @@ static void fail_cmd(struct pohmelfs_sb_info *sbi, struct pohmelfs_mq_cmd *cmd, 
 	cmd_name(cmd, &op, &name, &name_len);
 	pr_warn("pohmelfs: a delayed %s '%.*s' failed on the servers (%d); it was reported done\n",
 		op, name_len, name, err);
+	/* syncfs(2) reports it, whatever else is lost below. */
+	errseq_set(&sbi->sb->s_wb_err, -EIO);
 	if (!cmd->has_parent && !cmd->has_obj)
 		return;
 	f = kmalloc(sizeof(*f), GFP_NOFS);
 	if (!f)
 		return;
+	f->opcode = cmd->opcode;
 	f->has_parent = cmd->has_parent;
 	f->parent = cmd->parent;
 	f->has_obj = cmd->has_obj;
@@ -155,7 +168,7 @@ static void fail_cmd(struct pohmelfs_sb_info *sbi, struct pohmelfs_mq_cmd *cmd, 
 	spin_lock(&sbi->mq.lock);
 	list_add_tail(&f->list, &sbi->mq.failed);
 	spin_unlock(&sbi->mq.lock);
-	queue_work(pohmelfs_wq, &sbi->mq.failed_work);
+	queue_work(pohmelfs_meta_wq, &sbi->mq.failed_work);
 }
 
 static void failed_work(struct work_struct *work)
@@ -168,8 +181,19 @@ static void failed_work(struct work_struct *work)
 	list_splice_init(&sbi->mq.failed, &failed);
 	spin_unlock(&sbi->mq.lock);
 	list_for_each_entry_safe (f, tmp, &failed, list) {
-		if (f->has_parent)
+		if (f->has_parent) {
+			struct inode *dir = pohmelfs_ilookup(sbi->sb, &f->parent);
+
 			pohmelfs_lease_forget_names_of(sbi, &f->parent);
+			if (dir) { /* fsync of the directory reports it */
+				mapping_set_error(dir->i_mapping, -EIO);
+				WRITE_ONCE(POHMELFS_I(dir)->attr_time, 0);
+				iput(dir);
+			}
+		}
+		/* A directory that was never made holds no lease and nothing can go in it. */
+		if (f->opcode == POHMELFS_OP_MKDIR && f->has_obj)
+			pohmelfs_lease_drop(sbi, &f->obj);
 		if (f->has_obj) {
 			struct inode *inode = pohmelfs_ilookup(sbi->sb, &f->obj);
 
@@ -185,24 +209,52 @@ static void failed_work(struct work_struct *work)
 	}
 }
 
-static int fail_all(struct pohmelfs_sb_info *sbi, struct list_head *batch, int err)
+/* Reports the commands of batch from the k-th on as failed; returns how many there are in all. */
+static int fail_from(struct pohmelfs_sb_info *sbi, struct list_head *batch, int k, int err)
 {
 	struct pohmelfs_mq_cmd *cmd;
 	int n = 0;
 
-	list_for_each_entry (cmd, batch, list) {
-		fail_cmd(sbi, cmd, err);
-		n++;
-	}
+	list_for_each_entry (cmd, batch, list)
+		if (n++ >= k)
+			fail_cmd(sbi, cmd, err);
 	return n;
 }
 
+/* A command the server ran: its reply body must be what the command makes. */
+static int check_reply(const struct pohmelfs_mq_cmd *cmd, const u8 *body, u32 len)
+{
+	if (cmd->opcode == POHMELFS_OP_WRITE) {
+		const struct pohmelfs_write_req *q = (const void *)cmd->body;
+		struct pohmelfs_write_rep rep;
+
+		if (len != sizeof(rep))
+			return -EIO;
+		memcpy(&rep, body, sizeof(rep));
+		return le64_to_cpu(rep.written) == le32_to_cpu(q->size) ? 0 : -EIO;
+	}
+	if (cmd->opcode == POHMELFS_OP_MKNOD || cmd->opcode == POHMELFS_OP_MKDIR) {
+		const struct pohmelfs_create_req *q = (const void *)cmd->body;
+		struct pohmelfs_attr attr;
+
+		if (len != sizeof(attr))
+			return -EIO;
+		memcpy(&attr, body, sizeof(attr));
+		return !memcmp(&attr.oid, &q->new_oid, sizeof(attr.oid)) &&
+				       !((le32_to_cpu(attr.mode) ^ le32_to_cpu(q->mode)) & S_IFMT)
+			       ? 0
+			       : -EIO;
+	}
+	return 0;
+}
+
 /*
- * Sends the commands on batch as one BATCH and checks every length of the reply. Returns how
- * many of them are dealt with (answered, or failed and reported): the caller sends the rest
- * (the ones after a failed command, which the servers did not run) again.
+ * Sends the first `limit` commands on batch as one BATCH and checks every length of the reply.
+ * Returns how many of them are dealt with (answered, or failed and reported): the caller sends
+ * the rest (those after a failed command, which the servers did not run) again. A negative
+ * errno: the servers refused the BATCH as a whole (nothing reported yet).
  */
-static int send_batch(struct pohmelfs_sb_info *sbi, struct list_head *batch)
+static int send_batch(struct pohmelfs_sb_info *sbi, struct list_head *batch, unsigned int limit)
 {
 	struct pohmelfs_msg m = { .opcode = POHMELFS_OP_BATCH };
 	struct pohmelfs_batch_req *bq;
@@ -211,9 +263,12 @@ static int send_batch(struct pohmelfs_sb_info *sbi, struct list_head *batch)
 	size_t len = sizeof(*bq), cap = sizeof(br), off;
 	u32 n = 0, count, i;
 	u8 *buf = NULL, *rep = NULL;
+	bool answered = false;
 	int err, dealt;
 
 	list_for_each_entry (cmd, batch, list) {
+		if (n == limit)
+			break;
 		len += sizeof(struct pohmelfs_cmd) + POHMELFS_PAD8(cmd->len);
 		cap += sizeof(struct pohmelfs_cmd_rep) +
 		       POHMELFS_PAD8(sizeof(struct pohmelfs_attr));
@@ -222,15 +277,18 @@ static int send_batch(struct pohmelfs_sb_info *sbi, struct list_head *batch)
 	buf = kvzalloc(len, GFP_NOFS);
 	rep = kvmalloc(cap, GFP_NOFS);
 	if (!buf || !rep) {
-		dealt = fail_all(sbi, batch, -ENOMEM);
+		dealt = fail_from(sbi, batch, 0, -ENOMEM);
 		goto out;
 	}
 	bq = (struct pohmelfs_batch_req *)buf;
 	bq->count = cpu_to_le32(n);
 	off = sizeof(*bq);
+	i = 0;
 	list_for_each_entry (cmd, batch, list) {
 		struct pohmelfs_cmd *c = (struct pohmelfs_cmd *)(buf + off);
 
+		if (i++ == n)
+			break;
 		c->opcode = cpu_to_le16(cmd->opcode);
 		c->length = cpu_to_le32(cmd->len);
 		memcpy(buf + off + sizeof(*c), cmd->body, cmd->len);
@@ -239,9 +297,13 @@ static int send_batch(struct pohmelfs_sb_info *sbi, struct list_head *batch)
 	pohmelfs_msg_add(&m, buf, len);
 	m.reply = rep;
 	m.reply_cap = cap;
-	err = pohmelfs_change_call_queued(sbi, &m);
-	if (err) {
-		dealt = fail_all(sbi, batch, err);
+	err = pohmelfs_change_call_queued(sbi, &m, &answered);
+	if (err && answered) {
+		dealt = err;
+		goto out;
+	}
+	if (err) { /* no writer answered within the timeout: the whole queue fails alike */
+		dealt = fail_from(sbi, batch, 0, err);
 		goto out;
 	}
 	memcpy(&br, rep, min(m.reply_len, sizeof(br)));
@@ -249,7 +311,7 @@ static int send_batch(struct pohmelfs_sb_info *sbi, struct list_head *batch)
 	if (!count || count > n) {
 		pr_warn("pohmelfs: BATCH reply of %zu bytes counts %u of %u commands\n",
 			m.reply_len, count, n);
-		dealt = fail_all(sbi, batch, -EIO);
+		dealt = fail_from(sbi, batch, 0, -EIO);
 		goto out;
 	}
 	off = sizeof(br);
@@ -267,11 +329,13 @@ static int send_batch(struct pohmelfs_sb_info *sbi, struct list_head *batch)
 		clen = le32_to_cpu(cr.length);
 		if (clen > m.reply_len - off)
 			goto short_reply;
-		off += min_t(size_t, POHMELFS_PAD8(clen), m.reply_len - off);
 		status = le32_to_cpu(cr.status);
+		err = status ? pohmelfs_status_err(status) : check_reply(cmd, rep + off, clen);
+		off += min_t(size_t, POHMELFS_PAD8(clen), m.reply_len - off);
 		i++;
+		if (err)
+			fail_cmd(sbi, cmd, err);
 		if (status) {
-			fail_cmd(sbi, cmd, pohmelfs_status_err(status));
 			dealt = i; /* the servers stopped here: the rest go again */
 			goto out;
 		}
@@ -279,14 +343,16 @@ static int send_batch(struct pohmelfs_sb_info *sbi, struct list_head *batch)
 	if (count < n) {
 		pr_warn("pohmelfs: BATCH stopped after %u of %u commands without a failure\n",
 			count, n);
-		dealt = fail_all(sbi, batch, -EIO);
+		fail_from(sbi, batch, count, -EIO);
+		dealt = n;
 		goto out;
 	}
 	dealt = n;
 	goto out;
 short_reply:
 	pr_warn("pohmelfs: BATCH reply of %zu bytes is cut short\n", m.reply_len);
-	dealt = fail_all(sbi, batch, -EIO);
+	fail_from(sbi, batch, i, -EIO);
+	dealt = n;
 out:
 	kvfree(buf);
 	kvfree(rep);
@@ -303,6 +369,7 @@ static void flush_locked(struct pohmelfs_sb_info *sbi)
 		struct pohmelfs_mq_cmd *cmd, *tmp;
 		LIST_HEAD(batch);
 		unsigned int n = 0;
+		bool one_by_one = false;
 		size_t bytes = 0;
 		u64 last = 0;
 
@@ -322,8 +389,20 @@ static void flush_locked(struct pohmelfs_sb_info *sbi)
 		if (!n)
 			break;
 		while (!list_empty(&batch)) {
-			int dealt = send_batch(sbi, &batch);
+			int dealt = send_batch(sbi, &batch, one_by_one ? 1 : n);
 
+			/* Refused as a whole (one command fenced, say): one at a time, so that only
+			 * the culprit fails. */
+			if (dealt < 0 && !one_by_one) {
+				one_by_one = true;
+				continue;
+			}
+			if (dealt < 0) {
+				fail_cmd(sbi,
+					 list_first_entry(&batch, struct pohmelfs_mq_cmd, list),
+					 dealt);
+				dealt = 1;
+			}
 			list_for_each_entry_safe (cmd, tmp, &batch, list) {
 				if (dealt-- <= 0)
 					break;

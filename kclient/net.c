@@ -225,7 +225,8 @@ static int handshake(struct pohmelfs_server *srv, struct socket *sock, struct po
 	hello.q.version_max = cpu_to_le16(POHMELFS_PROTO_VERSION_MAX);
 	hello.q.max_payload = cpu_to_le32(POHMELFS_PAYLOAD_MAX);
 	hello.q.features =
-		cpu_to_le64(POHMELFS_FEAT_XATTR | POHMELFS_FEAT_FALLOCATE | POHMELFS_FEAT_REPLICA);
+		cpu_to_le64(POHMELFS_FEAT_BATCH | POHMELFS_FEAT_LEASE | POHMELFS_FEAT_XATTR |
+			    POHMELFS_FEAT_FALLOCATE | POHMELFS_FEAT_REPLICA);
 	hello.q.resume_session = cpu_to_le64(srv->session);
 	hello.q.credits = cpu_to_le32(256);
 	/* This client has no keys yet: it offers the unprotected channel only. */
@@ -265,6 +266,7 @@ static int handshake(struct pohmelfs_server *srv, struct socket *sock, struct po
 		goto out;
 	}
 	conn->session = le64_to_cpu(rep->session);
+	conn->features = le64_to_cpu(rep->features);
 	conn->credits = max(le32_to_cpu(rep->credits), 1u);
 	conn->read_only = le16_to_cpu(rep->flags) & POHMELFS_HELLO_READONLY;
 	if (sbi->have_root && memcmp(&sbi->root, &rep->root, sizeof(sbi->root))) {

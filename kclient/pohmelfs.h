@@ -64,6 +64,7 @@ struct pohmelfs_conn {
 	u32 inflight;		      /* under pending's lock */
 	bool dead;		      /* under pending's lock */
 	u64 session;
+	u64 features;	/* POHMELFS_FEAT_* the server granted */
 	bool read_only; /* the server's allow list gives us read access only */
 };
 
@@ -196,6 +197,9 @@ int pohmelfs_status_err(u32 status);
 /* rpc.c. Every call but change_call_queued and send_async_all first drains the mount's
  * delayed-change queue (mq.c), so that no request overtakes a change made before it. */
 extern struct workqueue_struct *pohmelfs_wq;
+/* The queue's flusher, its failures and lease breaks: apart from reconnects, which they may
+ * wait for. */
+extern struct workqueue_struct *pohmelfs_meta_wq;
 int pohmelfs_rpc_init(void);
 void pohmelfs_rpc_exit(void);
 /* From a connection's receive thread when the connection died: reconnect in the background. */
@@ -207,14 +211,18 @@ int pohmelfs_parse_server(struct pohmelfs_server *srv, const char *spec);
 int pohmelfs_read_call(struct pohmelfs_sb_info *sbi, struct pohmelfs_msg *m);
 /* A change: to every writable server; the result of the highest-priority one that answered. */
 int pohmelfs_change_call(struct pohmelfs_sb_info *sbi, struct pohmelfs_msg *m);
-/* The queue's own BATCHes: change_call without draining. */
-int pohmelfs_change_call_queued(struct pohmelfs_sb_info *sbi, struct pohmelfs_msg *m);
+/* The queue's own BATCHes: change_call without draining; *answered (if not NULL) tells a
+ * server's answer from no answer within the timeout. */
+int pohmelfs_change_call_queued(struct pohmelfs_sb_info *sbi, struct pohmelfs_msg *m,
+				bool *answered);
 /* A change nobody waits for (RELEASE): sent to every up writable server, answers ignored; queued
  * behind the delayed changes when there are any. */
 void pohmelfs_change_async(struct pohmelfs_sb_info *sbi, struct pohmelfs_msg *m);
 /* The same, never queued (LEASE RELEASE, which a BATCH cannot carry). */
 void pohmelfs_send_async_all(struct pohmelfs_sb_info *sbi, struct pohmelfs_msg *m);
 bool pohmelfs_read_only(struct pohmelfs_sb_info *sbi);
+/* Every up writer granted BATCH and LEASE: new directories may come with their lease. */
+bool pohmelfs_writers_lease(struct pohmelfs_sb_info *sbi);
 /* A read-only command whose reply req->on_done handles: sent to one up reader, no failover.
  * 0, or an error when it could not be sent (req->on_done then never runs). */
 int pohmelfs_read_send(struct pohmelfs_sb_info *sbi, struct pohmelfs_msg *m,
@@ -264,6 +272,8 @@ void pohmelfs_mq_cmd_free(struct pohmelfs_mq_cmd *cmd);
 void *pohmelfs_mq_cmd_tail(struct pohmelfs_mq_cmd *cmd, size_t alen);
 /* Queues it (no allocation, no sleep: callable under spinlocks). */
 void pohmelfs_mq_push(struct pohmelfs_sb_info *sbi, struct pohmelfs_mq_cmd *cmd);
+/* Whether the queue is too long to take more (the change is then sent at once). */
+bool pohmelfs_mq_full(struct pohmelfs_sb_info *sbi);
 /* Whether commands are queued or in flight (a later request must wait for them). */
 bool pohmelfs_mq_busy(struct pohmelfs_sb_info *sbi);
 /* Sends everything queued so far and waits for the answers. */
@@ -293,6 +303,8 @@ void pohmelfs_lease_name_added(struct inode *dir, const struct qstr *name,
 void pohmelfs_lease_name_removed(struct inode *dir, const struct qstr *name);
 void pohmelfs_lease_forget_names(struct inode *dir);
 void pohmelfs_lease_forget_names_of(struct pohmelfs_sb_info *sbi, const struct pohmelfs_oid *dir);
+/* Forgets the lease of oid (a directory whose delayed mkdir failed). */
+void pohmelfs_lease_drop(struct pohmelfs_sb_info *sbi, const struct pohmelfs_oid *oid);
 /* Delayed namespace changes: 0 when answered here and queued; -EAGAIN when not possible (send
  * it now instead). The caller made cmd; it is consumed on 0. */
 int pohmelfs_lease_add_delayed(struct inode *dir, const struct qstr *name,

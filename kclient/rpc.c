@@ -20,15 +20,24 @@
 #define POHMELFS_RECONNECT_MS 1000
 
 struct workqueue_struct *pohmelfs_wq;
+struct workqueue_struct *pohmelfs_meta_wq;
 
 int pohmelfs_rpc_init(void)
 {
 	pohmelfs_wq = alloc_workqueue("pohmelfs", WQ_MEM_RECLAIM | WQ_UNBOUND, 0);
-	return pohmelfs_wq ? 0 : -ENOMEM;
+	if (!pohmelfs_wq)
+		return -ENOMEM;
+	pohmelfs_meta_wq = alloc_workqueue("pohmelfs_meta", WQ_MEM_RECLAIM | WQ_UNBOUND, 0);
+	if (!pohmelfs_meta_wq) {
+		destroy_workqueue(pohmelfs_wq);
+		return -ENOMEM;
+	}
+	return 0;
 }
 
 void pohmelfs_rpc_exit(void)
 {
+	destroy_workqueue(pohmelfs_meta_wq);
 	destroy_workqueue(pohmelfs_wq);
 }
 
@@ -297,6 +306,30 @@ bool pohmelfs_read_only(struct pohmelfs_sb_info *sbi)
 	return ro || !writers;
 }
 
+bool pohmelfs_writers_lease(struct pohmelfs_sb_info *sbi)
+{
+	const u64 need = POHMELFS_FEAT_BATCH | POHMELFS_FEAT_LEASE;
+	int i, up = 0;
+
+	for (i = 0; i < sbi->nr_servers; i++) {
+		struct pohmelfs_server *srv = &sbi->servers[i];
+		struct pohmelfs_conn *conn;
+		bool ok;
+
+		if (!srv->may_write)
+			continue;
+		conn = server_conn(srv);
+		if (!conn)
+			continue;
+		ok = (conn->features & need) == need;
+		pohmelfs_conn_put(conn);
+		if (!ok)
+			return false;
+		up++;
+	}
+	return up;
+}
+
 static bool is_transport_error(int err)
 {
 	return err == -ENOTCONN || err == -ETIMEDOUT;
@@ -503,10 +536,42 @@ int pohmelfs_change_call(struct pohmelfs_sb_info *sbi, struct pohmelfs_msg *m)
 	if (fatal_signal_pending(current))
 		return -EINTR; /* see read_call: nothing sent, nothing diverges */
 	pohmelfs_mq_drain(sbi);
-	return pohmelfs_change_call_queued(sbi, m);
+	return pohmelfs_change_call_queued(sbi, m, NULL);
 }
 
-int pohmelfs_change_call_queued(struct pohmelfs_sb_info *sbi, struct pohmelfs_msg *m)
+/* The outcome of a BATCH: how many commands ran and each one's status. Two servers that
+ * answered the same BATCH differently diverged, even if both answered it with status 0. */
+static bool batch_replies_agree(const u8 *a, size_t alen, const u8 *b, size_t blen)
+{
+	struct pohmelfs_batch_rep ra, rb;
+	size_t ao = sizeof(ra), bo = sizeof(rb);
+	u32 i;
+
+	if (alen < sizeof(ra) || blen < sizeof(rb))
+		return alen == blen;
+	memcpy(&ra, a, sizeof(ra));
+	memcpy(&rb, b, sizeof(rb));
+	if (ra.count != rb.count)
+		return false;
+	for (i = 0; i < le32_to_cpu(ra.count); i++) {
+		struct pohmelfs_cmd_rep ca, cb;
+
+		if (alen - ao < sizeof(ca) || blen - bo < sizeof(cb))
+			return alen - ao == blen - bo;
+		memcpy(&ca, a + ao, sizeof(ca));
+		memcpy(&cb, b + bo, sizeof(cb));
+		if (ca.status != cb.status)
+			return false;
+		ao += sizeof(ca) +
+		      min_t(size_t, POHMELFS_PAD8(le32_to_cpu(ca.length)), alen - ao - sizeof(ca));
+		bo += sizeof(cb) +
+		      min_t(size_t, POHMELFS_PAD8(le32_to_cpu(cb.length)), blen - bo - sizeof(cb));
+	}
+	return true;
+}
+
+int pohmelfs_change_call_queued(struct pohmelfs_sb_info *sbi, struct pohmelfs_msg *m,
+				bool *answered)
 {
 	unsigned long deadline = jiffies + msecs_to_jiffies(sbi->timeout_ms);
 	struct change_slot *slots;
@@ -579,8 +644,11 @@ int pohmelfs_change_call_queued(struct pohmelfs_sb_info *sbi, struct pohmelfs_ms
 			if (chosen < 0 || srv->prio > sbi->servers[chosen].prio)
 				chosen = i;
 		}
-		if (chosen >= 0)
+		if (chosen >= 0) {
+			if (answered)
+				*answered = true;
 			break;
+		}
 		/* Nobody answered: wait for a writer and send again (resent where it was sent, so
 		 * a server that did apply it answers from its reply record). */
 		{
@@ -599,6 +667,16 @@ int pohmelfs_change_call_queued(struct pohmelfs_sb_info *sbi, struct pohmelfs_ms
 		memcpy(reply, slots[chosen].reply, min(m->reply_len, m->reply_cap));
 	/* A server that answered differently from the chosen one diverged: treat it as stale. */
 	for (i = 0; i < sbi->nr_servers; i++) {
+		if ((applied & BIT(i)) && i != chosen && !result && !slots[i].err &&
+		    m->opcode == POHMELFS_OP_BATCH && slots[i].reply &&
+		    !batch_replies_agree(slots[i].reply, slots[i].req.reply_len,
+					 slots[chosen].reply, m->reply_len)) {
+			pr_warn("pohmelfs: server %s ran a BATCH differently from %s\n",
+				sbi->servers[i].uri, sbi->servers[chosen].uri);
+			applied &= ~BIT(i);
+			missed |= BIT(i);
+			continue;
+		}
 		if ((applied & BIT(i)) && slots[i].err != result) {
 			pr_warn("pohmelfs: server %s answered %d where %s answered %d (opcode %u)\n",
 				sbi->servers[i].uri, slots[i].err, sbi->servers[chosen].uri, result,

@@ -55,26 +55,58 @@ bool Server::Fenced(Session* session, uint16_t opcode, std::span<const uint8_t> 
   return oid && leases_->TakeFence(session->id(), *oid);
 }
 
-void Server::GrantCreated(Session* session, uint16_t opcode, std::span<const uint8_t> payload) {
-  auto one = [&](uint16_t op, std::span<const uint8_t> body) {
+std::vector<Server::CreateGrant> Server::GrantCreates(Session* session, uint16_t opcode,
+                                                     std::span<const uint8_t> payload) {
+  std::vector<CreateGrant> granted;
+  auto one = [&](uint32_t index, uint16_t op, std::span<const uint8_t> body) {
     if ((op != POHMELFS_OP_MKNOD && op != POHMELFS_OP_MKDIR) ||
         body.size() < sizeof(pohmelfs_create_req))
       return;
     pohmelfs_create_req q;
     std::memcpy(&q, body.data(), sizeof(q));
-    if (from_le(q.flags) & POHMELFS_CREATE_LEASE)
-      leases_->GrantNew(session->id(), Oid::FromWire(q.new_oid));
+    if (!(from_le(q.flags) & POHMELFS_CREATE_LEASE)) return;
+    const Oid oid = Oid::FromWire(q.new_oid);
+    leases_->GrantNew(session->id(), oid);
+    granted.push_back({index, oid});
   };
-  if (opcode != POHMELFS_OP_BATCH) return one(opcode, payload);
+  if (opcode != POHMELFS_OP_BATCH) {
+    one(0, opcode, payload);
+    return granted;
+  }
   proto::Reader r(payload);
   pohmelfs_batch_req b;
-  if (!r.Get(&b)) return;
+  if (!r.Get(&b)) return granted;
   for (uint32_t i = 0; i < from_le(b.count); i++) {
     pohmelfs_cmd c;
     std::string_view body;
-    if (!r.Get(&c) || !r.Bytes(POHMELFS_PAD8(from_le(c.length)), &body)) return;
-    one(from_le(c.opcode), {reinterpret_cast<const uint8_t*>(body.data()), body.size()});
+    if (!r.Get(&c) || !r.Bytes(POHMELFS_PAD8(from_le(c.length)), &body)) break;
+    one(i, from_le(c.opcode), {reinterpret_cast<const uint8_t*>(body.data()), body.size()});
   }
+  return granted;
+}
+
+void Server::DropFailedGrants(Session* session, uint16_t opcode, const Status& s,
+                              std::span<const uint8_t> reply,
+                              const std::vector<CreateGrant>& granted) {
+  if (granted.empty()) return;
+  // Index of each executed command -> its status; commands not executed are missing.
+  std::vector<uint32_t> status;
+  if (s.ok() && opcode != POHMELFS_OP_BATCH) status.push_back(0);
+  if (s.ok() && opcode == POHMELFS_OP_BATCH) {
+    proto::Reader r(reply);
+    pohmelfs_batch_rep rep;
+    if (r.Get(&rep)) {
+      for (uint32_t i = 0; i < from_le(rep.count); i++) {
+        pohmelfs_cmd_rep cr;
+        std::string_view body;
+        if (!r.Get(&cr) || !r.Bytes(POHMELFS_PAD8(from_le(cr.length)), &body)) break;
+        status.push_back(from_le(cr.status));
+      }
+    }
+  }
+  for (const auto& g : granted)
+    if (g.index >= status.size() || status[g.index] != 0)
+      leases_->Release(session->id(), g.oid, POHMELFS_LEASE_NONE);
 }
 
 bool Server::SendBreak(uint64_t session, const Oid& oid, uint32_t keep, uint64_t seq) {

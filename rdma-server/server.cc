@@ -499,11 +499,16 @@ void Server::Execute(const ConnectionPtr& conn, const std::shared_ptr<ConnState>
               opts_.max_open_handles,
               crypto::AsSecure(conn)->send_mode(),
               crypto_pool_.get()};
-    Status s = st->read_only && ChangesExport(h.opcode, m.payload)
-                   ? Status::Error(EROFS, "this client may only read (allow list)")
-               : Fenced(session, h.opcode, m.payload)
-                   ? Status::Error(EIO, "the session lost its lease on the object (evicted)")
-                   : ExecuteRequest(env, h.opcode, &r, &reply);
+    Status s = Status::Ok();
+    if (st->read_only && ChangesExport(h.opcode, m.payload)) {
+      s = Status::Error(EROFS, "this client may only read (allow list)");
+    } else if (Fenced(session, h.opcode, m.payload)) {
+      s = Status::Error(EIO, "the session lost its lease on the object (evicted)");
+    } else {
+      const auto granted = GrantCreates(session, h.opcode, m.payload);
+      s = ExecuteRequest(env, h.opcode, &r, &reply);
+      DropFailedGrants(session, h.opcode, s, reply, granted);
+    }
     if (!s.ok()) {
       reply.clear();
       // Protocol violations are worth a line; ordinary errors (ENOENT...) are not.
@@ -511,7 +516,6 @@ void Server::Execute(const ConnectionPtr& conn, const std::shared_ptr<ConnState>
         spdlog::warn("{}: trans {}: {}: {}", conn->Peer(), h.trans, proto::OpcodeName(h.opcode),
                      s.ToString());
     }
-    if (s.ok()) GrantCreated(session, h.opcode, m.payload);
     ConnectionPtr target = conn;
     if (mutating) target = session->FinishTrans(h.trans, {static_cast<uint32_t>(s.code()), reply});
     if (mutating && DropReplyForTest(conn, h)) target = nullptr;

@@ -131,8 +131,17 @@ class Server {
   bool SendBreak(uint64_t session, const Oid& oid, uint32_t keep, uint64_t seq);
   // Whether a request changes an object the session was evicted from (it then fails with EIO).
   bool Fenced(Session* session, uint16_t opcode, std::span<const uint8_t> payload);
-  // Gives the creator a WRITE lease on what a request created with POHMELFS_CREATE_LEASE.
-  void GrantCreated(Session* session, uint16_t opcode, std::span<const uint8_t> payload);
+  // CREATE_LEASE: the WRITE lease of each new object is granted before the create runs (so
+  // that a client that finds the new object and asks for its lease breaks the creator's), and
+  // dropped again for the creates that failed or did not run.
+  struct CreateGrant {
+    uint32_t index;  // of the command in its BATCH (0 alone)
+    Oid oid;
+  };
+  std::vector<CreateGrant> GrantCreates(Session* session, uint16_t opcode,
+                                        std::span<const uint8_t> payload);
+  void DropFailedGrants(Session* session, uint16_t opcode, const Status& s,
+                        std::span<const uint8_t> reply, const std::vector<CreateGrant>& granted);
   // A request has been answered: frees its credit.
   void Done(const transport::ConnectionPtr& conn, ConnState* st);
   // True (and logged) when the reply to this executed mutating request is to be dropped.

@@ -1670,10 +1670,20 @@ TEST_F(KclientLeaseTest, ADelayedCreateThatFailsIsReportedAtFsyncAndLosesNothing
   // Made behind the lease's back, straight in the export: the mount believes "x" is free.
   WriteFile(X("d/x"), "theirs");
   WriteFile(X("d/y"), "also theirs");
+  // Opened before the failure, so that they see it: the directory and the mount.
+  int dfd = open(M("d").c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  ASSERT_GE(dfd, 0) << ErrnoText(errno);
+  int rootfd = open(mnt().c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  ASSERT_GE(rootfd, 0) << ErrnoText(errno);
   int fd = open(M("d/x").c_str(), O_RDWR | O_CREAT | O_EXCL, 0600);
   ASSERT_GE(fd, 0) << "answered here under the lease: " << ErrnoText(errno);
   EXPECT_EQ(ERRNO_OF(fsync(fd)), EIO) << "the create failed on the server (EEXIST)";
   close(fd);
+  EXPECT_EQ(ERRNO_OF(fsync(dfd)), EIO) << "fsync of the directory reports it";
+  EXPECT_EQ(fsync(dfd), 0) << "once";
+  EXPECT_EQ(ERRNO_OF(syncfs(rootfd)), EIO) << "syncfs reports it";
+  close(dfd);
+  close(rootfd);
   EXPECT_EQ(ReadFile(X("d/x")), "theirs");
   // After the failure the mount asks the server about the directory again.
   EXPECT_EQ(ReadFile(M("d/y")), "also theirs");
