@@ -281,7 +281,10 @@ struct pohmelfs_create_req {
   (1u << 1) /* MKNOD of a regular file: also OPEN it (one round trip) \
              */
 /* MKNOD, MKDIR: the creating session takes a WRITE lease on the new object (version 3), so
- * that it may go on caching and delaying changes to it without asking. */
+ * that it may go on caching and delaying changes to it without asking. The server grants it
+ * before the create runs (a session that finds the new object and asks for it breaks the
+ * creator's lease, which may reach the creator before the create's reply) and drops it again
+ * when the create fails or, in a BATCH, does not run. */
 #define POHMELFS_CREATE_LEASE (1u << 2)
 
 /* OPEN: checks the object and applies O_TRUNC; the handle lives in the client. Reply: attr. */

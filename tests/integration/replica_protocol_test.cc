@@ -1,6 +1,7 @@
 // The server side of replication against a real server process, over a raw socket: the
-// server's identity in HELLO, stale-replica markers (REPLICA), and a transaction whose reply was
-// lost (--test-drop-replies) answered from the reply record when the client resends it.
+// server's identity in HELLO, stale-replica markers (REPLICA), a transaction whose reply was
+// lost (--test-drop-replies) answered from the reply record when the client resends it, and
+// the leases creates give (CREATE_LEASE) to the creates of a BATCH that ran and to no others.
 #include <algorithm>
 #include <cstring>
 #include <memory>
@@ -203,6 +204,83 @@ TEST(ReplicaProtocolTest, DroppedReplyIsAnsweredFromTheRecordWhenResent) {
   EXPECT_EQ(Oid::FromWire(de.attr.oid), id);
   q.new_oid = Oid::Random().ToWire();
   EXPECT_EQ(Call(p.get(), POHMELFS_OP_MKDIR, RawPeer::Bytes(q, "second!"), 702).hdr.status, 0u);
+}
+
+// One MKDIR command of a BATCH: pohmelfs_cmd, then the create and the name, padded to 8.
+void AddMkdir(std::vector<uint8_t>* batch, const Oid& oid, const std::string& name) {
+  pohmelfs_create_req q{};
+  q.parent = Oid::Root().ToWire();
+  q.new_oid = oid.ToWire();
+  q.mode = to_le(uint32_t{0755});
+  q.name_len = to_le(static_cast<uint32_t>(name.size()));
+  q.flags = to_le(uint32_t{POHMELFS_CREATE_LEASE});
+  auto body = RawPeer::Bytes(q, name);
+  pohmelfs_cmd c{to_le(uint16_t{POHMELFS_OP_MKDIR}), 0, to_le(static_cast<uint32_t>(body.size()))};
+  auto head = RawPeer::Bytes(c);
+  batch->insert(batch->end(), head.begin(), head.end());
+  batch->insert(batch->end(), body.begin(), body.end());
+  batch->resize(POHMELFS_PAD8(batch->size()));
+}
+
+std::vector<uint8_t> LeaseReq(const Oid& oid, uint32_t cmd, uint32_t mode) {
+  pohmelfs_lease_req q{};
+  q.oid = oid.ToWire();
+  q.cmd = to_le(cmd);
+  q.mode = to_le(mode);
+  return RawPeer::Bytes(q);
+}
+
+// The creator holds the WRITE lease of each directory its BATCH made, and none of a create that
+// failed or never ran: another session asking for those gets its answer at once, not after a
+// break timeout (a minute here) spent waiting for a holder that does not exist.
+TEST(ReplicaProtocolTest, CreateLeasesAreHeldOnlyForTheCreatesThatRan) {
+  ScratchDir scratch("create-leases");
+  std::string export_dir = (scratch.path() / "export").string();
+  fs::create_directories(export_dir + "/taken");
+  ServerProcess server;
+  ASSERT_TRUE(server.Start(export_dir, (scratch.path() / "server.log").string(),
+                           {"--lease-break-timeout-ms", "60000"}))
+      << server.Log();
+  auto a = Peer(server);
+  auto b = Peer(server);
+  const Oid made = Oid::Random(), failed = Oid::Random(), skipped = Oid::Random();
+  std::vector<uint8_t> batch = RawPeer::Bytes(pohmelfs_batch_req{to_le(uint32_t{3}), 0});
+  AddMkdir(&batch, made, "made");
+  AddMkdir(&batch, failed, "taken");  // EEXIST: the batch stops here
+  AddMkdir(&batch, skipped, "skipped");
+  RawReply r = Call(a.get(), POHMELFS_OP_BATCH, batch, 10);
+  ASSERT_EQ(r.hdr.status, 0u);
+  pohmelfs_batch_rep rep{};
+  ASSERT_GE(r.payload.size(), sizeof(rep));
+  std::memcpy(&rep, r.payload.data(), sizeof(rep));
+  ASSERT_EQ(from_le(rep.count), 2u);
+  EXPECT_TRUE(fs::is_directory(fs::path(export_dir) / "made"));
+  EXPECT_FALSE(fs::exists(fs::path(export_dir) / "skipped"));
+
+  for (const Oid& none : {failed, skipped}) {
+    RawReply lr = Call(b.get(), POHMELFS_OP_LEASE,
+                       LeaseReq(none, POHMELFS_LEASE_ACQUIRE, POHMELFS_LEASE_WRITE), 20);
+    EXPECT_NE(lr.hdr.status, 0u) << "no such object, and no holder to wait for";
+    EXPECT_NE(lr.hdr.status, static_cast<uint32_t>(ETIMEDOUT)) << "waited for a holder";
+  }
+  // The lease of the directory made is a's: b's request breaks it.
+  b->Send(POHMELFS_OP_LEASE, LeaseReq(made, POHMELFS_LEASE_ACQUIRE, POHMELFS_LEASE_WRITE), 22);
+  auto brk = a->Recv();
+  ASSERT_TRUE(brk.has_value()) << "no LEASE_BREAK for the directory made";
+  EXPECT_EQ(brk->hdr.opcode, uint16_t{POHMELFS_OP_LEASE_BREAK});
+  EXPECT_TRUE(brk->hdr.flags & POHMELFS_FLAG_CALLBACK);
+  pohmelfs_lease_break lb{};
+  ASSERT_GE(brk->payload.size(), sizeof(lb));
+  std::memcpy(&lb, brk->payload.data(), sizeof(lb));
+  EXPECT_EQ(Oid::FromWire(lb.oid), made);
+  EXPECT_EQ(Call(a.get(), POHMELFS_OP_LEASE,
+                 LeaseReq(made, POHMELFS_LEASE_RELEASE, POHMELFS_LEASE_NONE), 11)
+                .hdr.status,
+            0u);
+  auto granted = b->Recv();
+  ASSERT_TRUE(granted.has_value());
+  EXPECT_EQ(granted->hdr.trans, 22u);
+  EXPECT_EQ(granted->hdr.status, 0u);
 }
 
 }  // namespace
