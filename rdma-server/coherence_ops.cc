@@ -56,7 +56,7 @@ bool Server::Fenced(Session* session, uint16_t opcode, std::span<const uint8_t> 
 }
 
 std::vector<Server::CreateGrant> Server::GrantCreates(Session* session, uint16_t opcode,
-                                                     std::span<const uint8_t> payload) {
+                                                      std::span<const uint8_t> payload) {
   std::vector<CreateGrant> granted;
   auto one = [&](uint32_t index, uint16_t op, std::span<const uint8_t> body) {
     if ((op != POHMELFS_OP_MKNOD && op != POHMELFS_OP_MKDIR) ||

@@ -1620,7 +1620,7 @@ TEST_F(KclientLeaseTest, ChangesInADirectoryItCreatedWaitForSyncfsAndArriveInOrd
   // syncfs sends them, in order (the unlinks after the creates, the rmdir after the unlink).
   SyncMount(mnt());
   std::vector<std::string> want = Names("f", 10, 20);
-  want.push_back("sub");
+  want.emplace_back("sub");
   std::sort(want.begin(), want.end());
   EXPECT_EQ(ListDir(X("d")), want);
   EXPECT_EQ(ListDir(X("d/sub")), std::vector<std::string>{"inner"});
