@@ -102,10 +102,13 @@ Status WriteCache::FlushFile(const Oid& oid, File* f, bool report) {
       f->error = Status::Ok();
       return e;
     }
+    auto last = std::prev(extents.end());
+    f->sending_end = last->first + last->second.size();
   }
   auto sent = Send(oid, extents);
   total_ -= bytes;
   std::lock_guard lk(f->mu);
+  f->sending_end.reset();
   if (!sent.ok()) {
     spdlog::warn("flushing {} bytes of {} failed: {}", bytes, oid.Hex(), sent.status().ToString());
     // Reported now to the caller, or kept for the application's next call.
@@ -287,9 +290,9 @@ std::optional<uint64_t> WriteCache::DirtyEnd(const Oid& oid) {
   auto f = FileOf(oid, false);
   if (!f) return std::nullopt;
   std::lock_guard lk(f->mu);
-  if (f->extents.empty()) return std::nullopt;
+  if (f->extents.empty()) return f->sending_end;
   auto last = std::prev(f->extents.end());
-  return last->first + last->second.size();
+  return std::max(last->first + last->second.size(), f->sending_end.value_or(0));
 }
 
 std::optional<uint64_t> WriteCache::FlushedSize(const Oid& oid) {

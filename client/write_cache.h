@@ -56,7 +56,8 @@ class WriteCache {
   void Fail(const Oid& oid, const Status& why);
   // The recorded error, once.
   Status TakeError(const Oid& oid);
-  // The end of the file's dirty data (0 if none), and whether it has any.
+  // The end of the file's dirty data (0 if none), and whether it has any; data a flush is
+  // sending counts until the servers answered.
   std::optional<uint64_t> DirtyEnd(const Oid& oid);
   // The file size the last flush reported, if any.
   std::optional<uint64_t> FlushedSize(const Oid& oid);
@@ -71,6 +72,9 @@ class WriteCache {
     size_t dirty = 0;                                  // GUARDED_BY(mu)
     Status error;                                      // GUARDED_BY(mu)
     std::optional<uint64_t> flushed_size;              // GUARDED_BY(mu)
+    // The end of the extents a flush took and is sending: still "dirty" for DirtyEnd until
+    // the servers have them (a READ or GETATTR must not overtake them).
+    std::optional<uint64_t> sending_end;  // GUARDED_BY(mu)
   };
   std::shared_ptr<File> FileOf(const Oid& oid, bool create);
   Status FlushFile(const Oid& oid, File* f, bool report);
