@@ -460,7 +460,7 @@ static void pohmelfs_readahead(struct readahead_control *rac)
 		struct pohmelfs_msg m;
 		struct ra_read *ra = kzalloc(sizeof(*ra), GFP_NOFS);
 		struct folio *folio;
-		loff_t pos = readahead_pos(rac);
+		loff_t pos;
 
 		if (!ra)
 			return; /* the pages stay !uptodate: read_folio reads them one by one */
@@ -475,6 +475,8 @@ static void pohmelfs_readahead(struct readahead_control *rac)
 			kfree(ra);
 			return;
 		}
+		/* Not readahead_pos(): it lags one folio behind the ones taken so far. */
+		pos = folio_pos(ra->folios[0]);
 		read_msg(&m, &q, inode, pos, ra->bv, ra->n, ra->len);
 		ra->req.on_done = ra_done;
 		if (pohmelfs_read_send(POHMELFS_SB(inode->i_sb), &m, &ra->req))

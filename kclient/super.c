@@ -197,8 +197,8 @@ static int pohmelfs_fill_super(struct super_block *sb, struct fs_context *fc)
 	err = super_setup_bdi(sb);
 	if (err)
 		return err;
-	/* Readahead and writeback in IO_MAX requests. */
-	sb->s_bdi->ra_pages = POHMELFS_IO_MAX / PAGE_SIZE;
+	/* Readahead windows of 4 IO_MAX READs in flight; writeback in IO_MAX requests. */
+	sb->s_bdi->ra_pages = 4 * POHMELFS_IO_MAX / PAGE_SIZE;
 	sb->s_bdi->io_pages = POHMELFS_IO_MAX / PAGE_SIZE;
 
 	err = pohmelfs_servers_start(sbi);

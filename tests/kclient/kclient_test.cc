@@ -852,6 +852,20 @@ TEST_F(KclientTest, PwriteAtUnalignedOffsetsAcrossPageAndMiBBoundaries) {
   EXPECT_SAME_BYTES(ReadAll(M("unaligned")), model);
 }
 
+// Sets read_ahead_kb of every pohmelfs mount's backing device (/sys/class/bdi/pohmelfs-N);
+// returns the files and their old values.
+std::map<std::string, std::string> SetReadAheadKb(const std::string& kb) {
+  std::map<std::string, std::string> old;
+  std::error_code ec;
+  for (const auto& e : fs::directory_iterator("/sys/class/bdi", ec)) {
+    if (e.path().filename().string().rfind("pohmelfs-", 0) != 0) continue;
+    std::string path = (e.path() / "read_ahead_kb").string();
+    old[path] = ReadFile(path);
+    std::ofstream(path) << kb;
+  }
+  return old;
+}
+
 TEST_F(KclientTest, SixteenMiBSequential) {
   std::string data = RandomBytes(16 * kMiB, 8);
   int fd = open(M("seq16").c_str(), O_WRONLY | O_CREAT | O_EXCL, 0644);
@@ -865,6 +879,14 @@ TEST_F(KclientTest, SixteenMiBSequential) {
   ASSERT_EQ(stat(M("seq16").c_str(), &st), 0);
   EXPECT_EQ(st.st_size, static_cast<off_t>(data.size()));
   EXPECT_SAME_BYTES(ReadAll(M("seq16")), data);
+  if (ViaFuse()) return;  // the module's backing device
+  // A readahead window of 16 MiB: one readahead call, sixteen READs of 1 MiB in flight (each
+  // must read at its own folios' offset).
+  auto old = SetReadAheadKb("16384");
+  ASSERT_FALSE(old.empty()) << "no /sys/class/bdi/pohmelfs-*";
+  Drop();
+  EXPECT_SAME_BYTES(ReadAll(M("seq16")), data);
+  for (const auto& [path, value] : old) std::ofstream(path) << value;
 }
 
 TEST_F(KclientTest, SparseFileWithAHole) {
