@@ -302,16 +302,6 @@ void pohmelfs_lease_name_removed(struct inode *dir, const struct qstr *name)
 	spin_unlock(&sbi->lease_lock);
 }
 
-void pohmelfs_lease_forget_names(struct inode *dir)
-{
-	struct pohmelfs_sb_info *sbi = POHMELFS_SB(dir->i_sb);
-
-	spin_lock(&sbi->lease_lock);
-	if (POHMELFS_I(dir)->lease)
-		forget_names(POHMELFS_I(dir)->lease);
-	spin_unlock(&sbi->lease_lock);
-}
-
 void pohmelfs_lease_drop(struct pohmelfs_sb_info *sbi, const struct pohmelfs_oid *oid)
 {
 	struct pohmelfs_dlease *l;
@@ -321,6 +311,11 @@ void pohmelfs_lease_drop(struct pohmelfs_sb_info *sbi, const struct pohmelfs_oid
 	if (l && l->state == LEASE_HELD)
 		free_lease(l);
 	spin_unlock(&sbi->lease_lock);
+}
+
+void pohmelfs_lease_forget_names(struct inode *dir)
+{
+	pohmelfs_lease_forget_names_of(POHMELFS_SB(dir->i_sb), &POHMELFS_I(dir)->oid);
 }
 
 void pohmelfs_lease_forget_names_of(struct pohmelfs_sb_info *sbi, const struct pohmelfs_oid *dir)

@@ -209,6 +209,23 @@ static void failed_work(struct work_struct *work)
 	}
 }
 
+bool pohmelfs_batch_next(const u8 *rep, size_t len, size_t *off, struct pohmelfs_cmd_rep *cr,
+			 const u8 **body)
+{
+	u32 clen;
+
+	if (len - *off < sizeof(*cr))
+		return false;
+	memcpy(cr, rep + *off, sizeof(*cr));
+	*off += sizeof(*cr);
+	clen = le32_to_cpu(cr->length);
+	if (clen > len - *off)
+		return false;
+	*body = rep + *off;
+	*off += min_t(size_t, POHMELFS_PAD8(clen), len - *off);
+	return true;
+}
+
 /* Reports the commands of batch from the k-th on as failed; returns how many there are in all. */
 static int fail_from(struct pohmelfs_sb_info *sbi, struct list_head *batch, int k, int err)
 {
@@ -318,20 +335,16 @@ static int send_batch(struct pohmelfs_sb_info *sbi, struct list_head *batch, uns
 	i = 0;
 	list_for_each_entry (cmd, batch, list) {
 		struct pohmelfs_cmd_rep cr;
-		u32 status, clen;
+		const u8 *body;
+		u32 status;
 
 		if (i == count)
 			break;
-		if (m.reply_len - off < sizeof(cr))
-			goto short_reply;
-		memcpy(&cr, rep + off, sizeof(cr));
-		off += sizeof(cr);
-		clen = le32_to_cpu(cr.length);
-		if (clen > m.reply_len - off)
+		if (!pohmelfs_batch_next(rep, m.reply_len, &off, &cr, &body))
 			goto short_reply;
 		status = le32_to_cpu(cr.status);
-		err = status ? pohmelfs_status_err(status) : check_reply(cmd, rep + off, clen);
-		off += min_t(size_t, POHMELFS_PAD8(clen), m.reply_len - off);
+		err = status ? pohmelfs_status_err(status)
+			     : check_reply(cmd, body, le32_to_cpu(cr.length));
 		i++;
 		if (err)
 			fail_cmd(sbi, cmd, err);

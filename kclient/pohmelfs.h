@@ -280,6 +280,10 @@ bool pohmelfs_mq_busy(struct pohmelfs_sb_info *sbi);
 void pohmelfs_mq_drain(struct pohmelfs_sb_info *sbi);
 /* Drains, and marks the objects of failed commands (their next fsync reports the error). */
 void pohmelfs_mq_sync(struct pohmelfs_sb_info *sbi);
+/* Steps over one command's reply in a BATCH reply of len bytes at *off: its header in *cr, its
+ * body at *body (cr->length bytes). false when the reply is cut short. */
+bool pohmelfs_batch_next(const u8 *rep, size_t len, size_t *off, struct pohmelfs_cmd_rep *cr,
+			 const u8 **body);
 void pohmelfs_mq_init(struct pohmelfs_sb_info *sbi);
 void pohmelfs_mq_stop(struct pohmelfs_sb_info *sbi);
 

@@ -555,17 +555,14 @@ static bool batch_replies_agree(const u8 *a, size_t alen, const u8 *b, size_t bl
 		return false;
 	for (i = 0; i < le32_to_cpu(ra.count); i++) {
 		struct pohmelfs_cmd_rep ca, cb;
+		const u8 *body;
+		bool a_ok = pohmelfs_batch_next(a, alen, &ao, &ca, &body);
+		bool b_ok = pohmelfs_batch_next(b, blen, &bo, &cb, &body);
 
-		if (alen - ao < sizeof(ca) || blen - bo < sizeof(cb))
-			return alen - ao == blen - bo;
-		memcpy(&ca, a + ao, sizeof(ca));
-		memcpy(&cb, b + bo, sizeof(cb));
+		if (!a_ok || !b_ok)
+			return a_ok == b_ok;
 		if (ca.status != cb.status)
 			return false;
-		ao += sizeof(ca) +
-		      min_t(size_t, POHMELFS_PAD8(le32_to_cpu(ca.length)), alen - ao - sizeof(ca));
-		bo += sizeof(cb) +
-		      min_t(size_t, POHMELFS_PAD8(le32_to_cpu(cb.length)), blen - bo - sizeof(cb));
 	}
 	return true;
 }

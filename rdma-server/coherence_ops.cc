@@ -34,54 +34,49 @@ std::optional<Oid> ChangedObject(uint16_t opcode, std::span<const uint8_t> paylo
   return Oid::FromWire(w);
 }
 
+// Calls fn(index, opcode, body) for the request's command, or for each command of a BATCH in
+// order, until fn returns true; returns whether it did. A malformed BATCH ends the walk.
+template <typename Fn>
+bool AnyCommand(uint16_t opcode, std::span<const uint8_t> payload, Fn fn) {
+  if (opcode != POHMELFS_OP_BATCH) return fn(uint32_t{0}, opcode, payload);
+  proto::Reader r(payload);
+  pohmelfs_batch_req b;
+  if (!r.Get(&b)) return false;
+  for (uint32_t i = 0; i < from_le(b.count); i++) {
+    pohmelfs_cmd c;
+    std::string_view body;
+    if (!r.Get(&c) || !r.Bytes(POHMELFS_PAD8(from_le(c.length)), &body)) return false;
+    if (fn(i, from_le(c.opcode),
+           std::span<const uint8_t>{reinterpret_cast<const uint8_t*>(body.data()), body.size()}))
+      return true;
+  }
+  return false;
+}
+
 }  // namespace
 
 bool Server::Fenced(Session* session, uint16_t opcode, std::span<const uint8_t> payload) {
-  if (opcode == POHMELFS_OP_BATCH) {
-    proto::Reader r(payload);
-    pohmelfs_batch_req b;
-    if (!r.Get(&b)) return false;
-    for (uint32_t i = 0; i < from_le(b.count); i++) {
-      pohmelfs_cmd c;
-      std::string_view body;
-      if (!r.Get(&c) || !r.Bytes(POHMELFS_PAD8(from_le(c.length)), &body)) return false;
-      auto oid = ChangedObject(from_le(c.opcode),
-                               {reinterpret_cast<const uint8_t*>(body.data()), body.size()});
-      if (oid && leases_->TakeFence(session->id(), *oid)) return true;
-    }
-    return false;
-  }
-  auto oid = ChangedObject(opcode, payload);
-  return oid && leases_->TakeFence(session->id(), *oid);
+  return AnyCommand(opcode, payload, [&](uint32_t, uint16_t op, std::span<const uint8_t> body) {
+    auto oid = ChangedObject(op, body);
+    return oid && leases_->TakeFence(session->id(), *oid);
+  });
 }
 
 std::vector<Server::CreateGrant> Server::GrantCreates(Session* session, uint16_t opcode,
                                                       std::span<const uint8_t> payload) {
   std::vector<CreateGrant> granted;
-  auto one = [&](uint32_t index, uint16_t op, std::span<const uint8_t> body) {
+  AnyCommand(opcode, payload, [&](uint32_t index, uint16_t op, std::span<const uint8_t> body) {
     if ((op != POHMELFS_OP_MKNOD && op != POHMELFS_OP_MKDIR) ||
         body.size() < sizeof(pohmelfs_create_req))
-      return;
+      return false;
     pohmelfs_create_req q;
     std::memcpy(&q, body.data(), sizeof(q));
-    if (!(from_le(q.flags) & POHMELFS_CREATE_LEASE)) return;
+    if (!(from_le(q.flags) & POHMELFS_CREATE_LEASE)) return false;
     const Oid oid = Oid::FromWire(q.new_oid);
     leases_->GrantNew(session->id(), oid);
     granted.push_back({index, oid});
-  };
-  if (opcode != POHMELFS_OP_BATCH) {
-    one(0, opcode, payload);
-    return granted;
-  }
-  proto::Reader r(payload);
-  pohmelfs_batch_req b;
-  if (!r.Get(&b)) return granted;
-  for (uint32_t i = 0; i < from_le(b.count); i++) {
-    pohmelfs_cmd c;
-    std::string_view body;
-    if (!r.Get(&c) || !r.Bytes(POHMELFS_PAD8(from_le(c.length)), &body)) break;
-    one(i, from_le(c.opcode), {reinterpret_cast<const uint8_t*>(body.data()), body.size()});
-  }
+    return false;
+  });
   return granted;
 }
 
