@@ -5,14 +5,19 @@
 # all modes back to back, starting at a different one each round; each mode's ratio to none is taken within its round, and the median
 # over ROUNDS rounds is printed (the machine is shared and noisy). JSON lines go to
 # $OUT/results.jsonl. Needs root.
-# Usage: [ROUNDS=3] [THREADS=1] [MODES="none ..."] [MOUNT_OPTS=...] bench/compare-crypto.sh [SIZE_MIB]
+# Usage: [ROUNDS=3] [THREADS=1] [MODES="none ..."] [MOUNT_OPTS=...] [BIN=DIR] bench/compare-crypto.sh [SIZE_MIB]
 #   THREADS: crypto threads of the server (--crypto-threads) and the mount (crypto_thread_num).
 #   MODES: the modes to run (all five by default; none must be one of them).
 #   MOUNT_OPTS: more -o options for every mount (e.g. read_ahead_kb=4096).
+#   BIN: the directory of the binaries (to compare two builds); when unset, ci/build builds build/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . bench/lib.sh
-ci/build >/dev/null
+if [ -z "${BIN:-}" ]; then
+  ci/build >/dev/null
+  BIN=build/bin
+fi
+export BIN
 size=${1:-512}
 rounds=${ROUNDS:-3}
 threads=${THREADS:-1}
@@ -24,7 +29,7 @@ rm -rf "$base"
 mkdir -p "$OUT" "$base/export" "$base/mnt-x"
 : >"$OUT/results.jsonl"
 tar -cf "$base/tiny.tar" -C /etc hostname
-build/bin/pohmelfsctl keygen "$base/cluster.key" >/dev/null
+"$BIN/pohmelfsctl" keygen "$base/cluster.key" >/dev/null
 SERVER_ARGS="--key $base/cluster.key --crypto-threads $threads" \
   start_server "$base/export" "$OUT/server.log"
 modes=${MODES:-none crc32c hmac-sha256 aes-256-gcm chacha20-poly1305}
@@ -33,7 +38,7 @@ for round in $(seq 1 "$rounds"); do
   # Each round starts at another mode, so that none is not always the first (cold) one.
   for k in $(seq 0 $((${#mode_list[@]} - 1))); do
     mode=${mode_list[$(((k + round - 1) % ${#mode_list[@]}))]}
-    build/bin/pohmelfs-mount "$uri" "$base/mnt-x" \
+    "$BIN/pohmelfs-mount" "$uri" "$base/mnt-x" \
       -o "key=$base/cluster.key,crypto=$mode,crypto_fail_unsupported,crypto_thread_num=$threads${MOUNT_OPTS:+,$MOUNT_OPTS}"
     bench_fs "$mode" "$base/mnt-x" "$OUT/round$round.jsonl" --size-mib "$size" --files 10 \
       --rand-reads 100 --untar "$base/tiny.tar"

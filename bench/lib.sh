@@ -5,7 +5,7 @@
 # tcp://127.0.0.1:0 by default), waits (bounded) until it listens, sets $uri to its address and
 # appends its pid to $pids. It serves loopback peers only; $SERVER_ARGS adds options (--key...).
 start_server() {
-  build/bin/pohmelfs-server --export "$1" --listen "${3:-tcp://127.0.0.1:0}" \
+  "${BIN:-build/bin}/pohmelfs-server" --export "$1" --listen "${3:-tcp://127.0.0.1:0}" \
     --allow 127.0.0.0/8=rw ${SERVER_ARGS:-} </dev/null >/dev/null 2>"$2" &
   pids="${pids:-} $!"
   for _ in $(seq 1 100); do grep -q "listening on" "$2" && break; sleep 0.1; done
@@ -18,7 +18,7 @@ start_server() {
 bench_fs() {
   local target=$1 dir=$2 out=$3
   shift 3
-  build/bin/pohmelfs-bench fs "$dir" --json "$@" | sed "s/^{/{\"target\":\"$target\",/" >>"$out"
+  "${BIN:-build/bin}/pohmelfs-bench" fs "$dir" --json "$@" | sed "s/^{/{\"target\":\"$target\",/" >>"$out"
 }
 
 # start_gluster VOLUME BRICK1 BRICK2 MOUNTPOINT: creates, starts and mounts a GlusterFS replica 2

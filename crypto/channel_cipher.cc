@@ -297,7 +297,9 @@ Status ChannelCipher::Run(bool seal, const Segments& s, CryptoPool* pool) const 
     bool ok = Encrypts() ? AeadSegment(seal, s, i) : MacSegment(seal, s, i);
     if (!ok) failed.store(true, std::memory_order_relaxed);
   };
-  if (pool != nullptr && s.count > 1) {
+  // CRC32C runs at tens of GB/s: waking a pool thread costs more than the segment it would take.
+  const bool worth_sharing = Encrypts() || mode_ == POHMELFS_CRYPTO_HMAC_SHA256;
+  if (pool != nullptr && s.count > 1 && worth_sharing) {
     pool->ParallelFor(s.count, one);
   } else {
     for (size_t i = 0; i < s.count; ++i) one(i);
