@@ -73,7 +73,8 @@ class ChannelCipher {
   // payload's size; for the other modes may be empty (the payload is then only authenticated,
   // not copied) or the payload's size (it then receives a copy, so callers can treat every mode
   // alike). tags_out: exactly TagsSize(payload size). pool: when given and the payload has more
-  // than one segment, segments are sealed in parallel on it.
+  // than one segment, segments are sealed in parallel on it (not for crc32c and none, whose work
+  // per segment is less than a pool thread's wake-up).
   // REQUIRES: seq is never used twice with this key (a per-direction message counter): the
   //   AEAD nonce is built from it.
   // REQUIRES: body_out does not overlap plain, except exactly (sealing in place).
