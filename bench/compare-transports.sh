@@ -2,13 +2,22 @@
 # The whole file system on each transport, in one run: `pohmelfs-bench fs` (sequential write and
 # read, 4 KiB random reads) through a mount of one server and of two replicas, with the server
 # and the mount on tcp:// and on ofi+tcp:// (libfabric's tcp provider: reads and replicated
-# writes move their data by RMA). Prints MiB/s and the ratio ofi+tcp / tcp. JSON lines go to
-# $OUT/results.jsonl. Needs root. Usage: bench/compare-transports.sh [SIZE_MIB]
+# writes move their data by RMA). Every round runs the four setups back to back (tcp first in odd
+# rounds, ofi+tcp first in even ones); the ratio ofi+tcp / tcp is taken within each round, and
+# the medians over the rounds are printed with the ratio of every round (the machine is shared
+# and noisy). JSON lines go to $OUT/results.jsonl. Needs root.
+# Usage: [ROUNDS=3] [BIN=DIR] bench/compare-transports.sh [SIZE_MIB]
+#   BIN: the directory of the binaries (to compare two builds); when unset, ci/build builds build/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . bench/lib.sh
-ci/build >/dev/null
+if [ -z "${BIN:-}" ]; then
+  ci/build >/dev/null
+  BIN=build/bin
+fi
+export BIN
 size=${1:-256}
+rounds=${ROUNDS:-3}
 OUT=${OUT:-/tmp/pohmelfs-transports}
 base=${BASE:-/var/tmp/pohmelfs-transports}
 trap cleanup_bench EXIT
@@ -17,44 +26,58 @@ rm -rf "$base"
 mkdir -p "$OUT" "$base"
 : >"$OUT/results.jsonl"
 tar -cf "$base/tiny.tar" -C /etc hostname
-for scheme in tcp ofi+tcp; do
-  for n in 1 2; do
-    target="$scheme-r$n"
-    dir=$base/$target
-    mkdir -p "$dir/mnt-x"
-    list=""
-    for i in $(seq 1 "$n"); do
-      mkdir -p "$dir/export$i"
-      start_server "$dir/export$i" "$OUT/$target-server$i.log" "$scheme://127.0.0.1:0"
-      list="$list${list:+,}$uri"
+for round in $(seq 1 "$rounds"); do
+  schemes="tcp ofi+tcp"
+  [ $((round % 2)) -eq 0 ] && schemes="ofi+tcp tcp"
+  : >"$OUT/round.jsonl"
+  for scheme in $schemes; do
+    for n in 1 2; do
+      target="$scheme-r$n"
+      dir=$base/$target
+      rm -rf "$dir"
+      mkdir -p "$dir/mnt-x"
+      list=""
+      for i in $(seq 1 "$n"); do
+        mkdir -p "$dir/export$i"
+        start_server "$dir/export$i" "$OUT/$target-server$i.log" "$scheme://127.0.0.1:0"
+        list="$list${list:+,}$uri"
+      done
+      "$BIN/pohmelfs-mount" "$list" "$dir/mnt-x"
+      # Few files and a tiny tarball: this compares data paths; docs/benchmarks.md has metadata.
+      bench_fs "$target" "$dir/mnt-x" "$OUT/round.jsonl" --size-mib "$size" --files 10 \
+        --rand-reads 2000 --untar "$base/tiny.tar"
+      "$BIN/pohmelfsctl" servers "$dir/mnt-x" >"$OUT/$target-servers.txt" || true
+      fusermount3 -u "$dir/mnt-x"
+      for p in $pids; do kill "$p" 2>/dev/null || true; done
+      wait 2>/dev/null || true
+      pids=""
     done
-    build/bin/pohmelfs-mount "$list" "$dir/mnt-x"
-    # Few files and a tiny tarball: this compares data paths; docs/benchmarks.md has metadata.
-    bench_fs "$target" "$dir/mnt-x" "$OUT/results.jsonl" --size-mib "$size" --files 10 \
-      --rand-reads 2000 --untar "$base/tiny.tar"
-    build/bin/pohmelfsctl servers "$dir/mnt-x" >"$OUT/$target-servers.txt" || true
-    fusermount3 -u "$dir/mnt-x"
-    for p in $pids; do kill "$p" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    pids=""
   done
+  sed "s/^{/{\"round\":$round,/" "$OUT/round.jsonl" >>"$OUT/results.jsonl"
 done
+rm -f "$OUT/round.jsonl"
 
 python3 - "$OUT/results.jsonl" <<'PY'
-import json, sys
+import json, statistics, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
-by = {}
-for r in rows:
-    by.setdefault(r["test"], {})[r["target"]] = r
+rate = {(r["round"], r["target"], r["test"]): r["rate"] for r in rows}
+unit = {r["test"]: r["unit"] for r in rows}
+rounds = sorted({r["round"] for r in rows})
 targets = ["tcp-r1", "ofi+tcp-r1", "tcp-r2", "ofi+tcp-r2"]
-print(f'{"test":<14}{"unit":>8}' + "".join(f"{t:>13}" for t in targets) + f'{"ofi/tcp r1":>12}{"ofi/tcp r2":>12}')
+print(f'{"test":<14}{"unit":>8}' + "".join(f"{t:>13}" for t in targets)
+      + f'{"ofi/tcp r1":>12}{"ofi/tcp r2":>12}   per round (r1; r2)')
 for test in ("seq-write", "seq-read", "rand-read-4k"):
-    t = by.get(test, {})
-    if not t: continue
-    unit = next(iter(t.values()))["unit"]
-    vals = [t.get(k, {}).get("rate") for k in targets]
-    line = f"{test:<14}{unit:>8}" + "".join(f"{v:>13.1f}" if v else f"{'-':>13}" for v in vals)
-    for a, b in ((1, 0), (3, 2)):
-        line += f"{vals[a] / vals[b]:>12.2f}" if vals[a] and vals[b] else f"{'-':>12}"
-    print(line)
+    if test not in unit: continue
+    meds = []
+    for t in targets:
+        v = [rate[(n, t, test)] for n in rounds if rate.get((n, t, test))]
+        meds.append(statistics.median(v) if v else None)
+    line = f"{test:<14}{unit[test]:>8}" + "".join(f"{v:>13.1f}" if v else f"{'-':>13}" for v in meds)
+    per = []
+    for ofi, tcp in (("ofi+tcp-r1", "tcp-r1"), ("ofi+tcp-r2", "tcp-r2")):
+        r = [rate[(n, ofi, test)] / rate[(n, tcp, test)] for n in rounds
+             if rate.get((n, ofi, test)) and rate.get((n, tcp, test))]
+        line += f"{statistics.median(r):>12.2f}" if r else f"{'-':>12}"
+        per.append(" ".join(f"{x:.2f}" for x in r))
+    print(line + "   " + "; ".join(per))
 PY
