@@ -232,24 +232,30 @@ Status FsClient::Release(const Oid& oid) {
   return Do(POHMELFS_OP_RELEASE, b).status();
 }
 
-Result<std::vector<uint8_t>> FsClient::Read(const Oid& oid, uint64_t offset, size_t size) {
-  std::vector<uint8_t> data;
-  while (data.size() < size) {
-    const size_t done = data.size();
+Result<RpcReply> FsClient::Read(const Oid& oid, uint64_t offset, size_t size) {
+  RpcReply data;
+  size_t done = 0;
+  while (done < size) {
     uint32_t chunk = static_cast<uint32_t>(std::min<size_t>(size - done, POHMELFS_IO_MAX));
     std::vector<uint8_t> b;
     Writer(&b).Put(pohmelfs_read_req{oid.ToWire(), to_le(offset + done), to_le(chunk), 0});
-    auto reply = Do(POHMELFS_OP_READ, b);
+    iovec v{b.data(), b.size()};
+    auto reply = caller_->Call(POHMELFS_OP_READ, std::span<const iovec>(&v, 1));
+    if (reply.ok() && reply->status != 0) reply = Status::Error(static_cast<int>(reply->status));
     if (!reply.ok()) {
       if (done > 0) break;
       return reply.status();
     }
-    if (reply->size() > chunk) return Status::Error(EPROTO, "read reply longer than asked");
-    const bool short_read = reply->size() < chunk;
-    if (done == 0)
+    const auto got = reply->bytes();
+    if (got.size() > chunk) return Status::Error(EPROTO, "read reply longer than asked");
+    const bool short_read = got.size() < chunk;
+    if (done == 0 && (short_read || chunk == size)) {
       data = std::move(*reply);  // the usual case, one request: no copy
-    else
-      data.insert(data.end(), reply->begin(), reply->end());
+    } else {
+      if (done == 0) data.payload.reserve(size);
+      data.payload.insert(data.payload.end(), got.begin(), got.end());
+    }
+    done += got.size();
     if (short_read) break;  // end of file
   }
   return data;

@@ -83,7 +83,8 @@ class FsClient {
   Status Release(const Oid& oid);
   // Reads up to size bytes (several requests when size > IO_MAX); short at end of file. Up to
   // IO_MAX, the bytes come back in the reply's own buffer, without a copy.
-  Result<std::vector<uint8_t>> Read(const Oid& oid, uint64_t offset, size_t size);
+  // The bytes are the reply's bytes(): often still in the RMA staging buffer they arrived in.
+  Result<RpcReply> Read(const Oid& oid, uint64_t offset, size_t size);
   // Writes all of data (several requests when needed). Returns bytes written.
   Result<size_t> Write(const Oid& oid, uint64_t offset, const void* data, size_t size);
   Status Fsync(const Oid& oid, bool datasync);

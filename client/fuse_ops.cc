@@ -563,7 +563,8 @@ void Read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_info
   }
   auto data = c->fs->Read(*oid, static_cast<uint64_t>(off), size);
   if (!data.ok()) return ReplyStatus(req, data.status());
-  fuse_reply_buf(req, reinterpret_cast<const char*>(data->data()), data->size());
+  const auto bytes = data->bytes();
+  fuse_reply_buf(req, reinterpret_cast<const char*>(bytes.data()), bytes.size());
 }
 
 void Write(fuse_req_t req, fuse_ino_t ino, const char* data, size_t size, off_t off,

@@ -225,9 +225,10 @@ Status Resyncer::CopyData(const Oid& oid, uint64_t size) {
     size_t want = static_cast<size_t>(std::min<uint64_t>(POHMELFS_IO_MAX, size - off));
     auto data = good_.Read(oid, off, want);
     if (!data.ok()) return data.status();
-    const size_t n = data->size();
+    const auto bytes = data->bytes();
+    const size_t n = bytes.size();
     if (n == 0) break;  // shrank meanwhile: the size set above is corrected next pass
-    auto w = stale_.Write(oid, off, data->data(), n);
+    auto w = stale_.Write(oid, off, bytes.data(), n);
     if (!w.ok()) return w.status();
     off += n;
     st_->bytes += n;

@@ -189,7 +189,9 @@ bool ReadByRma(RpcClient& rpc, const pohmelfs_read_req& q, transport::RmaPool& p
       *reply = Status::Error(EIO, "unsealed READ_RMA data on a protected channel");
       return true;
     }
-    rep->payload.assign(lease->data(), lease->data() + bytes);
+    // The caller replies from the staging buffer itself: no copy into the payload.
+    rep->rma_data = {lease->data(), bytes};
+    rep->hold = std::move(lease);
   }
   *reply = std::move(rep);
   return true;

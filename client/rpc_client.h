@@ -17,6 +17,7 @@
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <span>
 #include <string>
 #include <unordered_map>
 
@@ -54,6 +55,15 @@ struct CallOptions {
 struct RpcReply {
   uint32_t status = 0;  // 0 or a positive errno from the server
   std::vector<uint8_t> payload;
+  // Data left where RMA placed it (READ_RMA): `rma_data` points into a staging buffer that
+  // `hold` keeps from being reused; payload is then empty.
+  std::shared_ptr<const void> hold;
+  std::span<const uint8_t> rma_data;
+
+  // The reply's bytes, wherever they are.
+  std::span<const uint8_t> bytes() const {
+    return hold ? rma_data : std::span<const uint8_t>(payload);
+  }
 };
 
 struct RpcCounters {

@@ -749,7 +749,7 @@ Result<RpcReply> ServerSet::Read(uint16_t opcode, std::span<const iovec> payload
     }
     if (reply.ok()) {
       r->reads++;
-      if (by_rma) r->rma_bytes += reply->payload.size();
+      if (by_rma) r->rma_bytes += reply->bytes().size();
       return reply;
     }
     r->errors++;
