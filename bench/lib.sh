@@ -9,7 +9,7 @@ start_server() {
     --allow 127.0.0.0/8=rw ${SERVER_ARGS:-} </dev/null >/dev/null 2>"$2" &
   pids="${pids:-} $!"
   for _ in $(seq 1 100); do grep -q "listening on" "$2" && break; sleep 0.1; done
-  uri=$(sed -n 's/.*listening on \([a-z+]*:[^ ]*\).*/\1/p' "$2" | head -1)
+  uri=$(sed -n 's/.*listening on \([a-z_;+]*:[^ ]*\).*/\1/p' "$2" | head -1)
   [ -n "$uri" ] || { cat "$2" >&2; return 1; }
 }
 

@@ -5,8 +5,9 @@
 //
 // The backends run are the URIs of POHMELFS_CONFORMANCE_URIS (comma-separated listen
 // addresses, e.g. verbs://10.0.2.15:0 in the qemu guest), by default tcp on IPv4 and IPv6 and
-// libfabric's tcp provider. `transport_conformance_test --echo-server URI` is the peer process
-// of the peer-death test: it prints the address it listens on and echoes until killed.
+// libfabric's tcp provider, connected (ofi+tcp) and reliable datagram (ofi+tcp;ofi_rxm).
+// `transport_conformance_test --echo-server URI` is the peer process of the peer-death test: it
+// prints the address it listens on and echoes until killed.
 #include <gtest/gtest.h>
 #include <signal.h>
 #include <spawn.h>
@@ -80,7 +81,9 @@ struct Inbox {
 
 std::vector<std::string> ConformanceUris() {
   const char* env = std::getenv("POHMELFS_CONFORMANCE_URIS");
-  std::string list = env && *env ? env : "tcp://127.0.0.1:0,tcp://[::1]:0,ofi+tcp://127.0.0.1:0";
+  std::string list = env && *env ? env
+                                 : "tcp://127.0.0.1:0,tcp://[::1]:0,ofi+tcp://127.0.0.1:0,"
+                                   "ofi+tcp;ofi_rxm://127.0.0.1:0";
   std::vector<std::string> out;
   std::stringstream ss(list);
   for (std::string item; std::getline(ss, item, ',');)

@@ -142,7 +142,7 @@ void FramedConnection::PumpRmaLocked() {
 bool FramedConnection::SendFrameLocked(bool credit_only) {
   const uint32_t slot = free_send_.back();
   uint8_t* b = SendBuf(slot);
-  FrameHeader fh{owed_, 0};
+  FrameHeader fh{owed_, send_seq_};
   const size_t body = credit_only ? 0 : std::min(kBodyBytes, out_.size() - out_start_);
   std::memcpy(b, &fh, sizeof(fh));
   if (body) std::memcpy(b + sizeof(fh), out_.data() + out_start_, body);
@@ -158,6 +158,7 @@ bool FramedConnection::SendFrameLocked(bool credit_only) {
   }
   free_send_.pop_back();
   outstanding_++;
+  send_seq_++;
   owed_ = 0;
   credits_--;
   out_start_ += body;
@@ -238,17 +239,31 @@ void FramedConnection::OnRecv(uint32_t slot, size_t len, const Status& st) {
   }
   FrameHeader fh;
   std::memcpy(&fh, RecvBuf(slot), sizeof(fh));
-  const uint8_t* body = RecvBuf(slot) + sizeof(fh);
-  stream_.insert(stream_.end(), body, body + (len - sizeof(fh)));
-  bool deliver;
-  {
+  // Frames complete in the order they were sent on a connected endpoint, but not always on a
+  // reliable datagram one (a large message may finish after a later small one): a frame that
+  // comes early waits, in its buffer, for those before it.
+  const uint32_t ahead = fh.seq - recv_seq_;
+  if (ahead >= kRecvDepth || early_.count(fh.seq)) {
+    Close(Status::Error(EPROTO, "frame out of sequence"));
+    return;
+  }
+  early_[fh.seq] = {slot, len};
+  bool deliver = false;
+  for (auto it = early_.find(recv_seq_); it != early_.end(); it = early_.find(recv_seq_)) {
+    const auto [s, n] = it->second;
+    early_.erase(it);
+    recv_seq_++;
+    FrameHeader h;
+    std::memcpy(&h, RecvBuf(s), sizeof(h));
+    const uint8_t* body = RecvBuf(s) + sizeof(h);
+    stream_.insert(stream_.end(), body, body + (n - sizeof(h)));
     std::lock_guard lk(mu_);
-    if (fh.credits > kRecvDepth - credits_) {
+    if (h.credits > kRecvDepth - credits_) {
       CloseLocked(Status::Error(EPROTO, "peer returned more credits than it had"));
       return;
     }
-    credits_ += fh.credits;
-    held_.push_back(slot);
+    credits_ += h.credits;
+    held_.push_back(s);
     deliver = RestartLocked();
     PumpLocked();
   }

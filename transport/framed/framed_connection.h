@@ -5,7 +5,9 @@
 // a frame). Each frame starts with an 8-byte frame header giving back receive credits: a side
 // may have at most kRecvDepth frames outstanding at its peer, keeps the last credit for a
 // credit-only frame, and a receiver that stops reposting (paused, or a peer that does not read
-// its replies) stops its peer. Messages are reassembled from the stream as on TCP. RMA
+// its replies) stops its peer. The header also numbers the frame, so that frames that complete
+// out of order (reliable datagram endpoints) are put back in order. Messages are reassembled
+// from the stream as on TCP. RMA
 // operations wait in a queue while the backend's send queue is full.
 //
 // A backend supplies the posting of receives, sends and RMA, the close, and registration; it
@@ -15,6 +17,7 @@
 #include <atomic>
 #include <condition_variable>
 #include <deque>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <span>
@@ -42,6 +45,9 @@ struct TransferOp {
   MemoryRegionPtr local;  // stays registered until the completion
   RmaDone done;
   bool before_next_send = false;  // kWrite: done may run once later sends are ordered after it
+  // An operation of the backend's own (not a connection's): its completion goes here instead of
+  // to conn.
+  void (*on_done)(TransferOp* op, size_t len, const Status& st) = nullptr;
 };
 
 class FramedConnection : public Connection,
@@ -89,6 +95,7 @@ class FramedConnection : public Connection,
   FramedConnection(ProgressEngine* engine, std::string peer, Handler handler, uint32_t max_payload,
                    bool accepted);
 
+  bool accepted() const { return accepted_; }
   // The frame buffers, kBufferBytes, for the backend to register before PostInitialReceives.
   uint8_t* buffers() { return bufs_.data(); }
   // Posts every receive buffer (before connect or accept).
@@ -117,7 +124,7 @@ class FramedConnection : public Connection,
  private:
   struct FrameHeader {
     uint32_t credits;  // receive buffers the sender reposted since its last frame
-    uint32_t reserved;
+    uint32_t seq;      // the frame's number on this connection (from 0, wrapping)
   };
   static constexpr size_t kBodyBytes = kFrameBytes - sizeof(FrameHeader);
 
@@ -160,6 +167,7 @@ class FramedConnection : public Connection,
   std::vector<uint32_t> free_send_;  // GUARDED_BY(mu_)
   uint32_t credits_ = kRecvDepth;    // GUARDED_BY(mu_): frames the peer can take now
   uint32_t owed_ = 0;                // GUARDED_BY(mu_): reposted, not yet told to the peer
+  uint32_t send_seq_ = 0;            // GUARDED_BY(mu_): the next frame's number
   std::vector<uint32_t> held_;       // GUARDED_BY(mu_): received, not reposted (stopped)
   std::deque<std::unique_ptr<TransferOp>> rma_queue_;  // GUARDED_BY(mu_)
   std::atomic<bool> paused_{false}, send_full_{false}, established_{false};
@@ -168,6 +176,8 @@ class FramedConnection : public Connection,
   // Progress thread only.
   std::vector<uint8_t> stream_;
   size_t stream_start_ = 0;
+  uint32_t recv_seq_ = 0;  // the next frame's number to add to stream_
+  std::map<uint32_t, std::pair<uint32_t, size_t>> early_;  // frames ahead of it: slot, length
   bool finished_ = false;
 };
 

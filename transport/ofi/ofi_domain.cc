@@ -14,6 +14,7 @@ namespace {
 
 // fi_eq_sread is cut at this, so that Stop is seen.
 constexpr int kCmSleepMs = 100;
+constexpr auto kTickEvery = std::chrono::seconds(1);
 
 }  // namespace
 
@@ -31,6 +32,15 @@ std::string SockaddrToUri(const std::string& provider, const void* addr) {
     return "ofi+" + provider + "://[" + host + "]:" + std::to_string(ntohs(a->sin6_port));
   }
   return "ofi+" + provider + "://?";
+}
+
+std::string AddressToUri(const std::string& provider, bool string_addr, const void* addr,
+                         size_t len) {
+  if (!string_addr) return SockaddrToUri(provider, addr);
+  std::string s(static_cast<const char*>(addr), strnlen(static_cast<const char*>(addr), len));
+  constexpr std::string_view kNs = "fi_ns://";
+  if (s.starts_with(kNs)) return "ofi+" + provider + "://" + s.substr(kNs.size());
+  return "ofi+" + provider + ":" + s;
 }
 
 Status FiError(const char* what, int rc) {
@@ -67,8 +77,10 @@ Result<std::shared_ptr<OfiDomain>> OfiDomain::Open(const std::string& provider, 
   d->provider_ = provider;
   d->virt_addr_ = (info->domain_attr->mr_mode & FI_MR_VIRT_ADDR) != 0;
   d->prov_key_ = (info->domain_attr->mr_mode & FI_MR_PROV_KEY) != 0;
+  d->local_mr_ = (info->domain_attr->mr_mode & FI_MR_LOCAL) != 0;
   d->max_msg_size_ = info->ep_attr->max_msg_size;
   d->saw_ = (info->tx_attr->msg_order & FI_ORDER_SAW) != 0;
+  d->string_addr_ = info->addr_format == FI_ADDR_STR;
   int rc = fi_fabric(info->fabric_attr, &d->fabric_, nullptr);
   if (rc) return FiError("fi_fabric", rc);
   fi_eq_attr eq_attr{};
@@ -83,6 +95,15 @@ Result<std::shared_ptr<OfiDomain>> OfiDomain::Open(const std::string& provider, 
   cq_attr.size = 4096;
   rc = fi_cq_open(d->domain_, &cq_attr, &d->cq_, nullptr);
   if (rc) return FiError("fi_cq_open", rc);
+  // An idle process must sleep: a provider whose completion queue can only be waited on by
+  // spinning would keep a core busy (shm in libfabric 1.17 has no wait object: FI_GETWAITOBJ
+  // is not implemented, and its fi_cq_sread and fi_eq_sread yield in a loop).
+  enum fi_wait_obj wait = FI_WAIT_UNSPEC;
+  const int wrc = fi_control(&d->cq_->fid, FI_GETWAITOBJ, &wait);
+  if (wrc == -FI_ENOSYS || (wrc == 0 && (wait == FI_WAIT_YIELD || wait == FI_WAIT_NONE))) {
+    return Status::Error(ENOTSUP, "libfabric provider '" + provider +
+                                      "' cannot sleep on its completion queue (it only spins)");
+  }
   d->StartProgress();
   d->cm_ = std::thread([raw = d.get()] { raw->CmLoop(); });
   return d;
@@ -149,7 +170,10 @@ int OfiDomain::Dispatch(ssize_t n) {
     AcquirePublished();
     for (ssize_t i = 0; i < n; i++) {
       auto* op = static_cast<TransferOp*>(events_[i].op_context);
-      op->conn->Complete(op, events_[i].len, Status::Ok());
+      if (op->on_done)
+        op->on_done(op, events_[i].len, Status::Ok());
+      else
+        op->conn->Complete(op, events_[i].len, Status::Ok());
     }
     return static_cast<int>(n);
   }
@@ -158,7 +182,11 @@ int OfiDomain::Dispatch(ssize_t n) {
     if (fi_cq_readerr(cq_, &err, 0) > 0 && err.op_context) {
       AcquirePublished();
       auto* op = static_cast<TransferOp*>(err.op_context);
-      op->conn->Complete(op, 0, FiError("completion", err.err ? err.err : EIO));
+      const Status st = FiError("completion", err.err ? err.err : EIO);
+      if (op->on_done)
+        op->on_done(op, 0, st);
+      else
+        op->conn->Complete(op, 0, st);
     }
     return 1;
   }
@@ -173,10 +201,33 @@ int OfiDomain::WaitForCompletions(int timeout_ms) {
   return Dispatch(fi_cq_sread(cq_, events_, std::size(events_), nullptr, timeout_ms));
 }
 
+void OfiDomain::AddTicker(std::function<bool()> fn) {
+  std::lock_guard lk(mu_);
+  tickers_.push_back(std::move(fn));
+}
+
+void OfiDomain::RunTickers() {
+  std::vector<std::function<bool()>> run;
+  {
+    std::lock_guard lk(mu_);
+    run.swap(tickers_);
+  }
+  std::erase_if(run, [](const std::function<bool()>& f) { return !f(); });
+  std::lock_guard lk(mu_);
+  run.insert(run.end(), std::make_move_iterator(tickers_.begin()),
+             std::make_move_iterator(tickers_.end()));
+  tickers_.swap(run);
+}
+
 void OfiDomain::CmLoop() {
   // A CM entry may carry connection data after it: room for some.
   alignas(fi_eq_cm_entry) uint8_t buf[sizeof(fi_eq_cm_entry) + 256];
+  auto last_tick = std::chrono::steady_clock::now();
   while (!stop_) {
+    if (auto now = std::chrono::steady_clock::now(); now - last_tick >= kTickEvery) {
+      last_tick = now;
+      RunTickers();
+    }
     uint32_t event = 0;
     ssize_t n = fi_eq_sread(eq_, &event, buf, sizeof(buf), kCmSleepMs, 0);
     if (n == -FI_EAVAIL) {

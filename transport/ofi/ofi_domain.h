@@ -35,6 +35,11 @@ namespace pohmelfs::transport::ofi {
 
 // "ofi+tcp://10.0.0.1:7000" for a socket address (IPv4 or IPv6).
 std::string SockaddrToUri(const std::string& provider, const void* addr);
+// The URI of an endpoint address: a socket address, or for string addresses (FI_ADDR_STR) the
+// name server form "fi_ns://HOST:PORT" as "ofi+PROVIDER://HOST:PORT" and any other string as
+// "ofi+PROVIDER:" followed by it (a client's own address, only ever logged).
+std::string AddressToUri(const std::string& provider, bool string_addr, const void* addr,
+                         size_t len);
 // "fi_xxx: <libfabric's text>" as a Status with a positive errno.
 Status FiError(const char* what, int rc);
 
@@ -75,6 +80,8 @@ class OfiDomain final : public ProgressEngine, public std::enable_shared_from_th
   fid_cq* cq() const { return cq_; }
   // The provider wants virtual addresses (not offsets) in RMA, and local descriptors.
   bool virt_addr() const { return virt_addr_; }
+  // The provider wants local buffers registered and their descriptors passed (FI_MR_LOCAL).
+  bool local_mr() const { return local_mr_; }
 
   // Registration cache (see Rma::Register).
   Result<MemoryRegionPtr> Register(void* addr, size_t len);
@@ -84,6 +91,8 @@ class OfiDomain final : public ProgressEngine, public std::enable_shared_from_th
   size_t max_msg_size() const { return max_msg_size_; }
   // The provider delivers a send after the writes posted before it (FI_ORDER_SAW).
   bool orders_sends_after_writes() const { return saw_; }
+  // Addresses are strings (FI_ADDR_STR: shm's "fi_ns://host:port"), not socket addresses.
+  bool string_addr() const { return string_addr_; }
 
   // CM events for fid (an endpoint or a passive endpoint) go to these.
   struct CmHandler {
@@ -96,8 +105,11 @@ class OfiDomain final : public ProgressEngine, public std::enable_shared_from_th
 
   // Closes every connection of the domain (their on_shutdown handlers).
   void CloseAll(const Status& why);
+  // fn runs on the CM thread about once a second until it returns false (RDM keepalives).
+  void AddTicker(std::function<bool()> fn);
   // Stops the threads, then runs what they left (the closes) on the caller's thread.
   void Stop();
+  bool stopping() const { return stop_.load(); }
 
  private:
   explicit OfiDomain(std::chrono::microseconds spin) : ProgressEngine(spin) {}
@@ -106,6 +118,7 @@ class OfiDomain final : public ProgressEngine, public std::enable_shared_from_th
   void Wake() override;
   int Dispatch(ssize_t n);
   void CmLoop();
+  void RunTickers();
 
   std::string provider_;
   fid_fabric* fabric_ = nullptr;
@@ -114,8 +127,10 @@ class OfiDomain final : public ProgressEngine, public std::enable_shared_from_th
   fid_cq* cq_ = nullptr;
   bool virt_addr_ = true;
   bool prov_key_ = true;
+  bool local_mr_ = true;
   size_t max_msg_size_ = 0;
   bool saw_ = false;
+  bool string_addr_ = false;
   std::atomic<uint64_t> next_key_{1};
   std::atomic<bool> stop_{false};
   std::thread cm_;
@@ -123,6 +138,7 @@ class OfiDomain final : public ProgressEngine, public std::enable_shared_from_th
 
   std::mutex mu_;
   std::unordered_map<fid_t, std::shared_ptr<CmHandler>> cm_handlers_;  // GUARDED_BY(mu_)
+  std::vector<std::function<bool()>> tickers_;                         // GUARDED_BY(mu_)
 
   RegistrationCache registrations_;
 };

@@ -3,13 +3,17 @@
 #include <rdma/fi_errno.h>
 #include <spdlog/spdlog.h>
 #include <sys/socket.h>
+#include <unistd.h>
 
+#include <atomic>
 #include <cstring>
 #include <map>
 #include <mutex>
+#include <set>
 
 #include "transport/ofi/ofi_connection.h"
 #include "transport/ofi/ofi_domain.h"
+#include "transport/ofi/ofi_rdm.h"
 
 namespace pohmelfs::transport {
 namespace {
@@ -17,6 +21,9 @@ namespace {
 using ofi::FiError;
 using ofi::OfiConnection;
 using ofi::OfiDomain;
+using ofi::RdmConnection;
+using ofi::RdmControl;
+using ofi::RdmEndpoint;
 
 constexpr uint32_t kFiVersion = FI_VERSION(1, 9);
 
@@ -26,22 +33,31 @@ struct InfoDeleter {
 };
 using InfoPtr = std::unique_ptr<fi_info, InfoDeleter>;
 
-Result<InfoPtr> GetInfo(const std::string& provider, const Uri& uri, bool listen) {
+// What the backend asks of a provider: connected (MSG) endpoints with messages and RMA, or
+// reliable datagram (RDM) ones with tagged messages and RMA, on which connections are emulated
+// (ofi_rdm.h).
+InfoPtr Hints(const std::string& provider, bool rdm) {
   InfoPtr hints(fi_allocinfo());
-  if (!hints) return Status::Error(ENOMEM, "fi_allocinfo");
-  hints->caps = FI_MSG | FI_RMA;
+  if (!hints) return hints;
+  hints->caps = rdm ? FI_TAGGED | FI_RMA : FI_MSG | FI_RMA;
   hints->mode = FI_CONTEXT | FI_CONTEXT2;  // every operation's context is an fi_context2
-  hints->ep_attr->type = FI_EP_MSG;
+  hints->ep_attr->type = rdm ? FI_EP_RDM : FI_EP_MSG;
   hints->domain_attr->mr_mode = FI_MR_LOCAL | FI_MR_VIRT_ADDR | FI_MR_ALLOCATED | FI_MR_PROV_KEY;
   hints->domain_attr->threading = FI_THREAD_SAFE;
   hints->fabric_attr->prov_name = strdup(provider.c_str());
+  return hints;
+}
+
+Result<InfoPtr> GetInfo(const std::string& provider, const Uri& uri, bool listen, bool rdm) {
+  InfoPtr hints = Hints(provider, rdm);
+  if (!hints) return Status::Error(ENOMEM, "fi_allocinfo");
   const std::string port = std::to_string(uri.port);
   fi_info* info = nullptr;
   int rc = fi_getinfo(kFiVersion, uri.host.c_str(), port.c_str(), listen ? FI_SOURCE : 0,
                       hints.get(), &info);
   if (rc == -FI_ENODATA)
-    return Status::Error(ENOTSUP, "libfabric provider '" + provider +
-                                      "' has no connected endpoints with RMA for " +
+    return Status::Error(ENOTSUP, "libfabric provider '" + provider + "' has no " +
+                                      (rdm ? "RDM" : "connected") + " endpoints with RMA for " +
                                       uri.ToString());
   if (rc) return FiError(("fi_getinfo " + uri.ToString()).c_str(), rc);
   return InfoPtr(info);
@@ -49,12 +65,13 @@ Result<InfoPtr> GetInfo(const std::string& provider, const Uri& uri, bool listen
 
 class OfiTransport final : public Transport {
  public:
-  OfiTransport(std::string provider, const TransportOptions& o)
-      : provider_(std::move(provider)), max_payload_(o.max_payload), spin_(o.spin) {}
+  OfiTransport(std::string provider, bool rdm, const TransportOptions& o)
+      : provider_(std::move(provider)), rdm_(rdm), max_payload_(o.max_payload), spin_(o.spin) {}
   ~OfiTransport() override { Shutdown(); }
 
   Result<Uri> Listen(const Uri& uri, Handler handler) override {
-    auto info = GetInfo(provider_, uri, true);
+    if (rdm_) return ListenRdm(uri, std::move(handler));
+    auto info = GetInfo(provider_, uri, true, false);
     if (!info.ok()) return info.status();
     auto domain = GetDomain(info->get());
     if (!domain.ok()) return domain.status();
@@ -89,7 +106,8 @@ class OfiTransport final : public Transport {
 
   Result<ConnectionPtr> Connect(const Uri& uri, Handler handler,
                                 std::chrono::milliseconds timeout) override {
-    auto info = GetInfo(provider_, uri, false);
+    if (rdm_) return ConnectRdm(uri, std::move(handler), timeout);
+    auto info = GetInfo(provider_, uri, false, false);
     if (!info.ok()) return info.status();
     auto domain = GetDomain(info->get());
     if (!domain.ok()) return domain.status();
@@ -114,21 +132,33 @@ class OfiTransport final : public Transport {
   void Shutdown() override {
     std::vector<Pep> peps;
     std::map<std::string, std::shared_ptr<OfiDomain>> domains;
+    std::vector<std::shared_ptr<RdmEndpoint>> listeners;
+    std::map<const OfiDomain*, std::shared_ptr<RdmEndpoint>> clients;
+    std::set<std::shared_ptr<RdmConnection>> rdm_conns;
     {
       std::lock_guard lk(mu_);
       if (shut_) return;
       shut_ = true;
       peps.swap(peps_);
       domains.swap(domains_);
+      listeners.swap(rdm_listeners_);
+      clients.swap(rdm_clients_);
+      rdm_conns.swap(rdm_conns_);
     }
     for (auto& p : peps) {
       p.domain->RemoveCm(&p.pep->fid);
       fi_close(&p.pep->fid);
     }
+    for (auto& l : listeners) l->Unlisten(0);
+    for (const auto& c : rdm_conns) c->Close(Status::Error(ESHUTDOWN, "transport shut down"));
     for (auto& [name, d] : domains) {
       d->CloseAll(Status::Error(ESHUTDOWN, "transport shut down"));
       d->Stop();
     }
+    // RDM endpoints close now that nothing progresses them (ofi_rdm.h); one still used by a
+    // connection the layer above holds closes when that goes.
+    listeners.clear();
+    clients.clear();
   }
 
  private:
@@ -186,13 +216,165 @@ class OfiTransport final : public Transport {
     if (rc) conn->Close(FiError("fi_accept", rc));
   }
 
+  // RDM: a listener's endpoint, shared by the connections it accepts; CONNECTs come to id 0.
+  Result<Uri> ListenRdm(const Uri& given, Handler handler) {
+    Uri uri = given;
+    auto info = GetInfo(provider_, uri, true, true);
+    if (!info.ok()) return info.status();
+    if ((*info)->addr_format == FI_ADDR_STR && uri.port == 0) {
+      // A name (shm's "fi_ns://host:port"), not a socket: nothing picks a free port for us.
+      uri.port = PickNamePort();
+      info = GetInfo(provider_, uri, true, true);
+      if (!info.ok()) return info.status();
+    }
+    auto domain = GetDomain(info->get());
+    if (!domain.ok()) return domain.status();
+    auto ep = RdmEndpoint::Open(*domain, info->get());
+    if (!ep.ok())
+      return Status::Error(ep.code(), "listen on " + uri.ToString() + ": " + ep.status().reason());
+    std::weak_ptr<RdmEndpoint> weak = *ep;
+    POHMELFS_RETURN_IF_ERROR((*ep)->Listen(0, [this, weak, handler](const RdmControl& m) {
+      if (auto e = weak.lock(); e && m.kind == RdmControl::kConnect) AcceptRdm(e, m, handler);
+    }));
+    {
+      std::lock_guard lk(mu_);
+      rdm_listeners_.push_back(*ep);
+    }
+    return ParseUri((*ep)->Uri());
+  }
+
+  // A port for a name-addressed listener asked for port 0: from this process's id and a
+  // counter, so that listeners of one process never collide, and those of others rarely.
+  uint16_t PickNamePort() {
+    static std::atomic<uint32_t> next{0};
+    const uint32_t n = static_cast<uint32_t>(getpid()) * 131u + next++;
+    return static_cast<uint16_t>(20000 + n % 40000);
+  }
+
+  // Progress thread: a CONNECT on a listener.
+  void AcceptRdm(const std::shared_ptr<RdmEndpoint>& ep, const RdmControl& m,
+                 const Handler& handler) {
+    if (m.name_len == 0 || m.sender_id == 0 || (m.sender_id & RdmEndpoint::kControlBit)) {
+      spdlog::warn("ofi rdm: malformed CONNECT ignored");
+      return;
+    }
+    if (ep->domain()->string_addr() &&
+        strnlen(reinterpret_cast<const char*>(m.name), m.name_len) == m.name_len) {
+      spdlog::warn("ofi rdm: CONNECT with an unterminated address ignored");
+      return;
+    }
+    const std::string peer =
+        ofi::AddressToUri(provider_, ep->domain()->string_addr(), m.name, m.name_len);
+    auto addr = ep->Insert(m.name);
+    if (!addr.ok()) {
+      spdlog::warn("{}: refusing connection: {}", peer, addr.status().ToString());
+      return;
+    }
+    auto conn =
+        std::make_shared<RdmConnection>(ep, *addr, m.sender_id, peer, handler, max_payload_, true);
+    if (Status s = conn->Setup(); !s.ok()) {
+      spdlog::warn("{}: refusing connection: {}", peer, s.ToString());
+      conn->Close(s);
+      return;
+    }
+    if (!TrackRdm(ep->domain(), conn)) return;
+    if (handler.on_accept) handler.on_accept(conn);
+    RdmControl accept;
+    accept.kind = RdmControl::kAccept;
+    accept.sender_id = conn->id();
+    std::weak_ptr<RdmConnection> weak = conn;
+    Status s = ep->SendControl(*addr, m.sender_id, accept, [weak](const Status& st) {
+      if (auto c = weak.lock()) c->Close(st);
+    });
+    if (!s.ok()) {
+      conn->Close(s);
+      return;
+    }
+    if (conn->IsOpen()) conn->OnEstablished();
+  }
+
+  Result<ConnectionPtr> ConnectRdm(const Uri& uri, Handler handler,
+                                   std::chrono::milliseconds timeout) {
+    auto info = GetInfo(provider_, uri, false, true);
+    if (!info.ok()) return info.status();
+    auto domain = GetDomain(info->get());
+    if (!domain.ok()) return domain.status();
+    auto ep = ClientEndpoint(*domain, info->get());
+    if (!ep.ok()) return ep.status();
+    auto addr = (*ep)->Insert((*info)->dest_addr);
+    if (!addr.ok()) return addr.status();
+    auto conn = std::make_shared<RdmConnection>(*ep, *addr, 0, uri.ToString(), std::move(handler),
+                                                max_payload_, false);
+    if (Status s = conn->Setup(); !s.ok()) {
+      conn->Close(s);
+      return s;
+    }
+    if (!TrackRdm(*domain, conn)) return Status::Error(ESHUTDOWN, "transport shut down");
+    RdmControl req;
+    req.kind = RdmControl::kConnect;
+    req.sender_id = conn->id();
+    const auto& name = (*ep)->name();
+    req.name_len = static_cast<uint16_t>(name.size());
+    std::memcpy(req.name, name.data(), name.size());
+    std::weak_ptr<RdmConnection> weak = conn;
+    Status s = (*ep)->SendControl(*addr, 0, req, [weak](const Status& st) {
+      if (auto c = weak.lock()) c->Close(st);
+    });
+    if (s.ok()) s = conn->WaitEstablished(timeout);
+    if (!s.ok()) {
+      conn->Close(s);
+      return Status::Error(s.code(), "connect to " + uri.ToString() + ": " + s.reason());
+    }
+    return ConnectionPtr(conn);
+  }
+
+  // The endpoint this transport's client connections on domain share (opened on first use).
+  Result<std::shared_ptr<RdmEndpoint>> ClientEndpoint(const std::shared_ptr<OfiDomain>& domain,
+                                                      const fi_info* info) {
+    std::lock_guard lk(mu_);
+    if (shut_) return Status::Error(ESHUTDOWN, "transport shut down");
+    if (auto it = rdm_clients_.find(domain.get()); it != rdm_clients_.end()) return it->second;
+    auto ep = RdmEndpoint::Open(domain, info);
+    if (!ep.ok()) return ep.status();
+    rdm_clients_[domain.get()] = *ep;
+    return *ep;
+  }
+
+  // Holds conn while it is open (nothing else may: an RDM connection has no endpoint of its own
+  // to keep it), closes it at Shutdown and gives it keepalive ticks. False (conn closed) after
+  // Shutdown.
+  bool TrackRdm(const std::shared_ptr<OfiDomain>& domain,
+                const std::shared_ptr<RdmConnection>& conn) {
+    {
+      std::lock_guard lk(mu_);
+      if (shut_) {
+        conn->Close(Status::Error(ESHUTDOWN, "transport shut down"));
+        return false;
+      }
+      rdm_conns_.insert(conn);
+    }
+    std::weak_ptr<RdmConnection> weak = conn;
+    domain->AddTicker([this, weak] {
+      auto c = weak.lock();
+      if (c && c->Tick()) return true;
+      std::lock_guard lk(mu_);
+      if (c) rdm_conns_.erase(c);  // closed: the progress engine keeps it until it is drained
+      return false;
+    });
+    return true;
+  }
+
   const std::string provider_;
+  const bool rdm_;
   const uint32_t max_payload_;
   const std::chrono::microseconds spin_;
   std::mutex mu_;
-  std::map<std::string, std::shared_ptr<OfiDomain>> domains_;  // GUARDED_BY(mu_)
-  std::vector<Pep> peps_;                                      // GUARDED_BY(mu_)
-  bool shut_ = false;                                          // GUARDED_BY(mu_)
+  std::map<std::string, std::shared_ptr<OfiDomain>> domains_;             // GUARDED_BY(mu_)
+  std::vector<Pep> peps_;                                                 // GUARDED_BY(mu_)
+  std::vector<std::shared_ptr<RdmEndpoint>> rdm_listeners_;               // GUARDED_BY(mu_)
+  std::map<const OfiDomain*, std::shared_ptr<RdmEndpoint>> rdm_clients_;  // GUARDED_BY(mu_)
+  std::set<std::shared_ptr<RdmConnection>> rdm_conns_;                    // GUARDED_BY(mu_)
+  bool shut_ = false;                                                     // GUARDED_BY(mu_)
 };
 
 }  // namespace
@@ -200,19 +382,20 @@ class OfiTransport final : public Transport {
 Result<std::unique_ptr<Transport>> CreateOfiTransport(const std::string& provider,
                                                       const TransportOptions& options) {
   // Probe once so that a missing provider is a clear error at creation, not at first use.
-  InfoPtr hints(fi_allocinfo());
-  hints->caps = FI_MSG | FI_RMA;
-  hints->ep_attr->type = FI_EP_MSG;
-  hints->fabric_attr->prov_name = strdup(provider.c_str());
-  fi_info* info = nullptr;
-  int rc = fi_getinfo(kFiVersion, nullptr, nullptr, 0, hints.get(), &info);
-  if (rc) {
-    return Status::Error(ENOTSUP, "libfabric provider '" + provider +
-                                      "' is not available with connected endpoints and RMA (" +
-                                      fi_strerror(-rc) + ")");
+  // Connected endpoints are preferred; a provider with only reliable datagram ones (tcp;ofi_rxm,
+  // shm) gets emulated connections.
+  for (bool rdm : {false, true}) {
+    InfoPtr hints = Hints(provider, rdm);
+    if (!hints) return Status::Error(ENOMEM, "fi_allocinfo");
+    fi_info* info = nullptr;
+    if (fi_getinfo(kFiVersion, nullptr, nullptr, 0, hints.get(), &info) == 0) {
+      fi_freeinfo(info);
+      return std::unique_ptr<Transport>(std::make_unique<OfiTransport>(provider, rdm, options));
+    }
   }
-  fi_freeinfo(info);
-  return std::unique_ptr<Transport>(std::make_unique<OfiTransport>(provider, options));
+  return Status::Error(ENOTSUP, "libfabric provider '" + provider +
+                                    "' is not available with RMA on connected or reliable "
+                                    "datagram endpoints");
 }
 
 }  // namespace pohmelfs::transport

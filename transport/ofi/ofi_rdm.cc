@@ -1,0 +1,394 @@
+#include "transport/ofi/ofi_rdm.h"
+
+#include <rdma/fi_errno.h>
+#include <rdma/fi_rma.h>
+#include <rdma/fi_tagged.h>
+#include <spdlog/spdlog.h>
+#include <sys/random.h>
+
+#include <algorithm>
+#include <cstddef>
+#include <cstring>
+#include <future>
+#include <thread>
+
+namespace pohmelfs::transport::ofi {
+namespace {
+
+// libfabric's negative return of a post as 0, EAGAIN or a positive errno.
+int PostResult(ssize_t rc) {
+  if (rc == 0) return 0;
+  if (rc == -FI_EAGAIN) return EAGAIN;
+  const int err = static_cast<int>(-rc);
+  return err > 0 && err < FI_ERRNO_OFFSET ? err : EIO;
+}
+
+// Posts with a bounded retry while the provider's queue is full (control messages are rare
+// and small; the progress thread drains the queue meanwhile).
+template <typename Post>
+ssize_t PostRetrying(Post post) {
+  ssize_t rc = -FI_EAGAIN;
+  for (int i = 0; i < 1000 && rc == -FI_EAGAIN; i++) {
+    rc = post();
+    if (rc == -FI_EAGAIN) std::this_thread::yield();
+  }
+  return rc;
+}
+
+}  // namespace
+
+// One control message posted, sending or receiving. Owned by the provider from its post to its
+// completion (OnControlDone takes it back).
+struct RdmEndpoint::ControlOp : TransferOp {
+  std::shared_ptr<Core> core;
+  fid_ep* ep = nullptr;
+  bool recv = false;
+  uint64_t id = 0;  // recv: the id listened for
+  RdmControl msg;
+  ControlHandler handler;                     // recv
+  std::function<void(const Status&)> failed;  // send
+  fid_mr* mr = nullptr;
+  ~ControlOp() {
+    if (mr) fi_close(&mr->fid);
+  }
+};
+
+uint64_t RdmEndpoint::NewId() {
+  uint64_t id = 0;
+  while (id == 0) {
+    if (getrandom(&id, sizeof(id), 0) != sizeof(id)) id = 0;
+    id &= ~kControlBit;
+  }
+  return id;
+}
+
+Result<std::shared_ptr<RdmEndpoint>> RdmEndpoint::Open(std::shared_ptr<OfiDomain> domain,
+                                                       const fi_info* info) {
+  std::shared_ptr<RdmEndpoint> e(new RdmEndpoint(std::move(domain)));
+  fi_av_attr av_attr{};
+  av_attr.type = FI_AV_TABLE;
+  int rc = fi_av_open(e->domain_->domain(), &av_attr, &e->av_, nullptr);
+  if (rc) return FiError("fi_av_open", rc);
+  rc = fi_endpoint(e->domain_->domain(), const_cast<fi_info*>(info), &e->ep_, nullptr);
+  if (rc) return FiError("fi_endpoint", rc);
+  // The domain's progress thread reads the completion queue, which progresses every endpoint
+  // bound to it, and rxm does not survive progressing an endpoint bound but not yet enabled:
+  // bind and enable on that thread.
+  auto bound = std::make_shared<std::promise<Status>>();
+  auto result = bound->get_future();
+  e->domain_->Post([e, bound] {
+    int rc = fi_ep_bind(e->ep_, &e->av_->fid, 0);
+    if (rc == 0) rc = fi_ep_bind(e->ep_, &e->domain_->cq()->fid, FI_TRANSMIT | FI_RECV);
+    if (rc) return bound->set_value(FiError("fi_ep_bind", rc));
+    rc = fi_enable(e->ep_);
+    bound->set_value(rc ? FiError("fi_enable", rc) : Status::Ok());
+  });
+  if (result.wait_for(kSendBound) != std::future_status::ready)
+    return Status::Error(ETIMEDOUT, "endpoint setup did not run on the progress thread");
+  POHMELFS_RETURN_IF_ERROR(result.get());
+  std::vector<uint8_t> name(RdmControl::kMaxName);
+  size_t len = name.size();
+  rc = fi_getname(&e->ep_->fid, name.data(), &len);
+  if (rc) return FiError("fi_getname", rc);
+  name.resize(len);
+  e->name_ = std::move(name);
+  return e;
+}
+
+RdmEndpoint::~RdmEndpoint() {
+  {
+    std::lock_guard lk(core_->mu);
+    core_->alive = false;
+    core_->listening.clear();
+  }
+  // Closing the endpoint ends what is posted on it; a completion still on its way frees its
+  // operation (OnControlDone), which no longer finds the endpoint alive.
+  // REQUIRES: the domain's progress thread is stopped (the provider does not take an endpoint
+  // closed while its completion queue is progressed): the transport keeps its endpoints until
+  // it has stopped its domains.
+  if (ep_) fi_close(&ep_->fid);
+  if (av_) fi_close(&av_->fid);
+}
+
+std::string RdmEndpoint::Uri() const {
+  return AddressToUri(domain_->provider(), domain_->string_addr(), name_.data(), name_.size());
+}
+
+Result<fi_addr_t> RdmEndpoint::Insert(const void* addr) {
+  fi_addr_t out = FI_ADDR_NOTAVAIL;
+  int rc = fi_av_insert(av_, addr, 1, &out, 0, nullptr);
+  if (rc != 1) return FiError("fi_av_insert", rc < 0 ? rc : -FI_EINVAL);
+  return out;
+}
+
+void RdmEndpoint::Remove(fi_addr_t addr) {
+  // On the progress thread, like the close (the provider's progress may be using the entry).
+  std::weak_ptr<RdmEndpoint> weak = shared_from_this();
+  domain_->Post([weak, addr]() mutable {
+    if (auto self = weak.lock()) fi_av_remove(self->av_, &addr, 1, 0);
+  });
+}
+
+Status RdmEndpoint::Listen(uint64_t id, ControlHandler handler) {
+  auto op = std::make_unique<ControlOp>();
+  op->core = core_;
+  op->ep = ep_;
+  op->recv = true;
+  op->id = id;
+  op->handler = std::move(handler);
+  return PostControlRecv(std::move(op));
+}
+
+Status RdmEndpoint::PostControlRecv(std::unique_ptr<ControlOp> op) {
+  op->on_done = &RdmEndpoint::OnControlDone;
+  if (domain_->local_mr() && !op->mr) {
+    auto mr = domain_->RegisterRaw(&op->msg, sizeof(op->msg), FI_SEND | FI_RECV);
+    if (!mr.ok()) return mr.status();
+    op->mr = *mr;
+  }
+  void* desc = op->mr ? fi_mr_desc(op->mr) : nullptr;
+  std::lock_guard lk(core_->mu);
+  if (!core_->alive) return Status::Error(ENOTCONN, "endpoint closed");
+  ControlOp* raw = op.get();
+  domain_->Publish();
+  const ssize_t rc = PostRetrying([&] {
+    return fi_trecv(ep_, &raw->msg, sizeof(raw->msg), desc, FI_ADDR_UNSPEC, kControlBit | raw->id,
+                    0, raw->scratch);
+  });
+  if (rc) return FiError("fi_trecv (control)", static_cast<int>(rc));
+  core_->listening[raw->id] = raw;
+  (void)op.release();  // the provider holds it until its completion
+  return Status::Ok();
+}
+
+void RdmEndpoint::Unlisten(uint64_t id) {
+  std::lock_guard lk(core_->mu);
+  auto it = core_->listening.find(id);
+  if (it == core_->listening.end()) return;
+  ControlOp* op = it->second;
+  core_->listening.erase(it);
+  // Its completion (cancelled, or a message that beat the cancel) frees it.
+  fi_cancel(&ep_->fid, op->scratch);
+}
+
+Status RdmEndpoint::SendControl(fi_addr_t to, uint64_t to_id, const RdmControl& m,
+                                std::function<void(const Status&)> failed) {
+  auto op = std::make_unique<ControlOp>();
+  op->core = core_;
+  op->ep = ep_;
+  op->msg = m;
+  op->failed = std::move(failed);
+  op->on_done = &RdmEndpoint::OnControlDone;
+  if (domain_->local_mr()) {
+    auto mr = domain_->RegisterRaw(&op->msg, sizeof(op->msg), FI_SEND | FI_RECV);
+    if (!mr.ok()) return mr.status();
+    op->mr = *mr;
+  }
+  TrySend(std::make_shared<std::unique_ptr<ControlOp>>(std::move(op)), to, to_id,
+          std::chrono::steady_clock::now() + kSendBound);
+  return Status::Ok();
+}
+
+void RdmEndpoint::TrySend(std::shared_ptr<std::unique_ptr<ControlOp>> holder, fi_addr_t to,
+                          uint64_t to_id, std::chrono::steady_clock::time_point deadline) {
+  ControlOp* op = holder->get();
+  ssize_t rc;
+  {
+    std::lock_guard lk(core_->mu);
+    if (!core_->alive) return;
+    void* desc = op->mr ? fi_mr_desc(op->mr) : nullptr;
+    domain_->Publish();
+    rc = fi_tsend(ep_, &op->msg, sizeof(op->msg), desc, to, kControlBit | to_id, op->scratch);
+  }
+  if (rc == 0) {
+    (void)holder->release();  // the provider holds it until its completion (OnControlDone)
+    return;
+  }
+  auto fail = [&](const Status& st) {
+    if (op->failed) op->failed(st);
+  };
+  if (rc != -FI_EAGAIN) return fail(FiError("fi_tsend (control)", static_cast<int>(rc)));
+  if (domain_->stopping()) return fail(Status::Error(ESHUTDOWN, "transport shut down"));
+  if (std::chrono::steady_clock::now() >= deadline)
+    return fail(Status::Error(ETIMEDOUT, "control message not taken by the provider in time"));
+  // The provider is still setting up its path to the peer, which the progress thread drives:
+  // try again from there.
+  std::weak_ptr<RdmEndpoint> weak = shared_from_this();
+  domain_->Post([weak, holder, to, to_id, deadline] {
+    if (auto self = weak.lock()) self->TrySend(holder, to, to_id, deadline);
+  });
+}
+
+void RdmEndpoint::OnControlDone(TransferOp* t, size_t len, const Status& st) {
+  std::unique_ptr<ControlOp> op(static_cast<ControlOp*>(t));
+  if (!op->recv) {
+    if (!st.ok() && op->failed) op->failed(st);
+    return;
+  }
+  ControlHandler handler;
+  RdmControl m;
+  {
+    // One hold of the lock: an Unlisten either comes before (nothing is reposted) or after
+    // (it cancels the reposted receive).
+    std::lock_guard lk(op->core->mu);
+    auto it = op->core->listening.find(op->id);
+    if (!op->core->alive || it == op->core->listening.end() || it->second != op.get()) return;
+    if (!st.ok()) {
+      op->core->listening.erase(it);
+      spdlog::warn("ofi rdm: control receive failed: {}", st.ToString());
+      return;
+    }
+    handler = op->handler;
+    m = op->msg;
+    ControlOp* raw = op.get();
+    void* desc = raw->mr ? fi_mr_desc(raw->mr) : nullptr;
+    const ssize_t rc = PostRetrying([&] {
+      return fi_trecv(raw->ep, &raw->msg, sizeof(raw->msg), desc, FI_ADDR_UNSPEC,
+                      kControlBit | raw->id, 0, raw->scratch);
+    });
+    if (rc == 0) {
+      (void)op.release();  // posted again
+    } else {
+      op->core->listening.erase(it);
+      spdlog::warn("ofi rdm: reposting a control receive failed: {}",
+                   FiError("fi_trecv", static_cast<int>(rc)).ToString());
+    }
+  }
+  if (len < offsetof(RdmControl, name) || m.magic != RdmControl::kMagic ||
+      m.name_len > RdmControl::kMaxName) {
+    spdlog::warn("ofi rdm: malformed control message ({} bytes) ignored", len);
+    return;
+  }
+  if (handler) handler(m);
+}
+
+RdmConnection::RdmConnection(std::shared_ptr<RdmEndpoint> ep, fi_addr_t peer_addr, uint64_t peer_id,
+                             std::string peer, Handler handler, uint32_t max_payload, bool accepted)
+    : FramedConnection(ep->domain().get(), std::move(peer), std::move(handler), max_payload,
+                       accepted),
+      ep_(std::move(ep)),
+      peer_addr_(peer_addr),
+      id_(RdmEndpoint::NewId()),
+      peer_id_(peer_id),
+      last_heard_ns_(Now()) {}
+
+RdmConnection::~RdmConnection() {
+  if (bufs_mr_) fi_close(&bufs_mr_->fid);
+  if (accepted()) ep_->Remove(peer_addr_);
+}
+
+int64_t RdmConnection::Now() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(
+             std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
+Status RdmConnection::Setup() {
+  auto mr = ep_->domain()->RegisterRaw(buffers(), kBufferBytes, FI_SEND | FI_RECV);
+  if (!mr.ok()) return mr.status();
+  bufs_mr_ = *mr;
+  bufs_desc_ = fi_mr_desc(bufs_mr_);
+  std::weak_ptr<RdmConnection> weak = std::static_pointer_cast<RdmConnection>(shared_from_this());
+  POHMELFS_RETURN_IF_ERROR(ep_->Listen(id_, [weak](const RdmControl& m) {
+    if (auto self = weak.lock()) self->OnControl(m);
+  }));
+  return PostInitialReceives();
+}
+
+void RdmConnection::OnControl(const RdmControl& m) {
+  last_heard_ns_ = Now();
+  switch (m.kind) {
+    case RdmControl::kAccept:
+      if (!accepted() && peer_id_.load() == 0 && m.sender_id != 0) {
+        peer_id_ = m.sender_id;
+        OnEstablished();
+      }
+      break;
+    case RdmControl::kClose:
+      Close(Status::Error(ECONNRESET, "peer closed the connection"));
+      break;
+    default:
+      break;  // keepalive: being heard is all
+  }
+}
+
+bool RdmConnection::Tick() {
+  if (!IsOpen()) return false;
+  const int64_t now = Now();
+  const auto timeout = std::chrono::duration_cast<std::chrono::nanoseconds>(kPeerTimeout).count();
+  if (now - last_heard_ns_.load() > timeout) {
+    Close(
+        Status::Error(ETIMEDOUT, "peer silent for " + std::to_string(kPeerTimeout.count()) + " s"));
+    return false;
+  }
+  const uint64_t peer = peer_id_.load();
+  const auto every = std::chrono::duration_cast<std::chrono::nanoseconds>(kKeepalive).count();
+  if (peer != 0 && now - last_sent_ns_ >= every) {
+    last_sent_ns_ = now;
+    RdmControl m;
+    m.kind = RdmControl::kKeepalive;
+    m.sender_id = id_;
+    std::weak_ptr<RdmConnection> weak = std::static_pointer_cast<RdmConnection>(shared_from_this());
+    (void)ep_->SendControl(peer_addr_, peer, m, [weak](const Status& st) {
+      if (auto self = weak.lock()) self->Close(st);
+    });
+  }
+  return true;
+}
+
+Status RdmConnection::PostRecv(TransferOp* op, void* buf, size_t len) {
+  if (std::find(recv_ops_.begin(), recv_ops_.end(), op) == recv_ops_.end()) recv_ops_.push_back(op);
+  ssize_t rc = fi_trecv(ep_->ep(), buf, len, bufs_desc_, FI_ADDR_UNSPEC, id_, 0, op->scratch);
+  if (rc) return FiError("fi_trecv", static_cast<int>(rc));
+  return Status::Ok();
+}
+
+int RdmConnection::PostSend(TransferOp* op, const void* buf, size_t len) {
+  return PostResult(
+      fi_tsend(ep_->ep(), buf, len, bufs_desc_, peer_addr_, peer_id_.load(), op->scratch));
+}
+
+bool RdmConnection::Owns(const MemoryRegion& region) const {
+  const auto* r = dynamic_cast<const OfiMemoryRegion*>(&region);
+  return r && r->domain() == ep_->domain().get();
+}
+
+int RdmConnection::PostRma(TransferOp* op) {
+  void* desc = static_cast<const OfiMemoryRegion&>(*op->local).desc();
+  iovec iov{op->buf, op->len};
+  fi_rma_iov rma{op->remote.addr, op->len, op->remote.key};
+  fi_msg_rma msg{};
+  msg.msg_iov = &iov;
+  msg.desc = &desc;
+  msg.iov_count = 1;
+  msg.addr = peer_addr_;
+  msg.rma_iov = &rma;
+  msg.rma_iov_count = 1;
+  msg.context = op->scratch;
+  const bool read = op->kind == TransferOp::Kind::kRead;
+  const auto& d = *ep_->domain();
+  const uint64_t when = op->before_next_send && d.orders_sends_after_writes()
+                            ? FI_TRANSMIT_COMPLETE
+                            : FI_DELIVERY_COMPLETE;
+  PublishOp();  // after the last read of op: the completion may free it at once
+  return PostResult(read ? fi_readmsg(ep_->ep(), &msg, FI_COMPLETION)
+                         : fi_writemsg(ep_->ep(), &msg, FI_COMPLETION | when));
+}
+
+void RdmConnection::BeginClose() {
+  const uint64_t peer = peer_id_.load();
+  if (peer == 0) return;
+  RdmControl m;
+  m.kind = RdmControl::kClose;
+  m.sender_id = id_;
+  (void)ep_->SendControl(peer_addr_, peer, m);  // best effort: the peer may be gone
+}
+
+void RdmConnection::EndClose() {
+  ep_->Unlisten(id_);
+  // The receives posted on a shared endpoint end only when cancelled; each cancelled one
+  // completes with an error, which FramedConnection counts down before freeing this object.
+  for (TransferOp* op : recv_ops_) fi_cancel(&ep_->ep()->fid, op->scratch);
+}
+
+}  // namespace pohmelfs::transport::ofi
