@@ -24,6 +24,7 @@
 #include <sstream>
 #include <string>
 #include <thread>
+#include <utility>
 
 #include "transport/transport.h"
 
@@ -442,44 +443,89 @@ TEST_P(RmaTransportTest, RmaWithABadKeyFailsAndClosesTheConnection) {
 // The peer is a separate process (this binary with --echo-server), killed with SIGKILL while
 // the client streams 1 MiB messages at it: the client must see the close, within a bound, and
 // its sends must fail from then on.
-TEST_P(TransportTest, PeerKilledMidTransferIsReported) {
-  int out[2];
-  ASSERT_EQ(pipe(out), 0);
-  posix_spawn_file_actions_t fa;
-  posix_spawn_file_actions_init(&fa);
-  posix_spawn_file_actions_adddup2(&fa, out[1], 1);
-  posix_spawn_file_actions_addclose(&fa, out[0]);
-  std::string self = std::filesystem::read_symlink("/proc/self/exe").string();
-  std::string uri = GetParam();
-  char* argv[] = {self.data(), const_cast<char*>("--echo-server"), uri.data(), nullptr};
+// `transport_conformance_test --echo-server uri` as a child process: its pid and the address
+// it listens on (pid -1 and "" when it did not start).
+struct EchoChild {
   pid_t pid = -1;
-  ASSERT_EQ(posix_spawn(&pid, self.c_str(), &fa, nullptr, argv, environ), 0);
-  posix_spawn_file_actions_destroy(&fa);
-  close(out[1]);
-  FILE* f = fdopen(out[0], "r");
-  char line[256] = {};
-  const bool got = fgets(line, sizeof(line), f) != nullptr;  // bounded: the child exits on error
-  fclose(f);
-  auto kill_child = [&] {
+  std::string addr;
+
+  static EchoChild Spawn(const std::string& uri) {
+    EchoChild child;
+    int out[2];
+    if (pipe(out) != 0) return child;
+    posix_spawn_file_actions_t fa;
+    posix_spawn_file_actions_init(&fa);
+    posix_spawn_file_actions_adddup2(&fa, out[1], 1);
+    posix_spawn_file_actions_addclose(&fa, out[0]);
+    std::string self = std::filesystem::read_symlink("/proc/self/exe").string();
+    std::string arg = uri;
+    char* argv[] = {self.data(), const_cast<char*>("--echo-server"), arg.data(), nullptr};
+    const bool spawned = posix_spawn(&child.pid, self.c_str(), &fa, nullptr, argv, environ) == 0;
+    posix_spawn_file_actions_destroy(&fa);
+    close(out[1]);
+    FILE* f = fdopen(out[0], "r");
+    char line[256] = {};
+    // Bounded: the child prints its address or exits on error.
+    const bool got = spawned && fgets(line, sizeof(line), f) != nullptr;
+    fclose(f);
+    if (!spawned) child.pid = -1;
+    if (!got) {
+      child.Kill();
+      return child;
+    }
+    child.addr = line;
+    child.addr.erase(child.addr.find_last_not_of('\n') + 1);
+    return child;
+  }
+  void Kill() {
+    if (pid <= 0) return;
     kill(pid, SIGKILL);
     waitpid(pid, nullptr, 0);
-  };
-  if (!got) kill_child();
-  ASSERT_TRUE(got) << "echo server did not start";
-  std::string addr(line);
-  addr.erase(addr.find_last_not_of('\n') + 1);
+    pid = -1;
+  }
+  ~EchoChild() { Kill(); }
+  EchoChild() = default;
+  EchoChild(EchoChild&& o) noexcept : pid(std::exchange(o.pid, -1)), addr(std::move(o.addr)) {}
+  EchoChild& operator=(EchoChild&&) = delete;
+};
+
+TEST_P(TransportTest, PeerKilledMidTransferIsReported) {
+  EchoChild child = EchoChild::Spawn(GetParam());
+  ASSERT_FALSE(child.addr.empty()) << "echo server did not start";
   Inbox inbox;
-  auto c = client_->Connect(*ParseUri(addr), inbox.MakeHandler(false), 5s);
-  if (!c.ok()) kill_child();
+  auto c = client_->Connect(*ParseUri(child.addr), inbox.MakeHandler(false), 5s);
   ASSERT_TRUE(c.ok()) << c.status().ToString();
   std::vector<uint8_t> mib(1 << 20, 0x33);
   for (int i = 0; i < 8; i++) ASSERT_TRUE((*c)->Send(Req(i), mib.data(), mib.size()).ok());
   ASSERT_TRUE(inbox.WaitFor(1, 20s));  // data is flowing
   for (int i = 8; i < 40; i++) (void)(*c)->Send(Req(i), mib.data(), mib.size());
-  kill_child();
+  child.Kill();
   EXPECT_TRUE(inbox.WaitClosed(20s));
   EXPECT_FALSE((*c)->IsOpen());
   EXPECT_EQ((*c)->Send(Req(99), "x", 1).code(), ENOTCONN);
+}
+
+// On a reliable datagram endpoint nothing tells one side that the other is gone while it sends
+// nothing: the keepalive does. A peer stopped (SIGSTOP: its sockets stay open, it just says
+// nothing) is closed after the keepalive timeout (10 s).
+TEST(RdmTransport, AStoppedPeerIsClosedByTheKeepalive) {
+  const std::string uri = "ofi+tcp;ofi_rxm://127.0.0.1:0";
+  auto client = MakeTransport(*ParseUri(uri), 1);
+  ASSERT_TRUE(client);
+  EchoChild child = EchoChild::Spawn(uri);
+  ASSERT_FALSE(child.addr.empty()) << "echo server did not start";
+  Inbox inbox;
+  auto c = client->Connect(*ParseUri(child.addr), inbox.MakeHandler(false), 5s);
+  ASSERT_TRUE(c.ok()) << c.status().ToString();
+  proto::Header h;
+  h.opcode = POHMELFS_OP_PING;
+  h.trans = 1;
+  ASSERT_TRUE((*c)->Send(h, "x", 1).ok());
+  ASSERT_TRUE(inbox.WaitFor(1));  // the connection works
+  ASSERT_EQ(kill(child.pid, SIGSTOP), 0);
+  EXPECT_TRUE(inbox.WaitClosed(30s));
+  EXPECT_FALSE((*c)->IsOpen());
+  client->Shutdown();
 }
 
 std::string UriName(const ::testing::TestParamInfo<std::string>& info) {

@@ -189,7 +189,7 @@ Status RdmEndpoint::SendControl(fi_addr_t to, uint64_t to_id, const RdmControl& 
   return Status::Ok();
 }
 
-void RdmEndpoint::TrySend(std::shared_ptr<std::unique_ptr<ControlOp>> holder, fi_addr_t to,
+void RdmEndpoint::TrySend(const std::shared_ptr<std::unique_ptr<ControlOp>>& holder, fi_addr_t to,
                           uint64_t to_id, std::chrono::steady_clock::time_point deadline) {
   ControlOp* op = holder->get();
   ssize_t rc;

@@ -99,8 +99,8 @@ class RdmEndpoint : public std::enable_shared_from_this<RdmEndpoint> {
   static void OnControlDone(TransferOp* op, size_t len, const Status& st);
   // Posts a control send, again from the progress thread while the provider says EAGAIN (it
   // may be connecting to the peer), until deadline.
-  void TrySend(std::shared_ptr<std::unique_ptr<ControlOp>> holder, fi_addr_t to, uint64_t to_id,
-               std::chrono::steady_clock::time_point deadline);
+  void TrySend(const std::shared_ptr<std::unique_ptr<ControlOp>>& holder, fi_addr_t to,
+               uint64_t to_id, std::chrono::steady_clock::time_point deadline);
   static constexpr auto kSendBound = std::chrono::seconds(10);
   // Posts op (a receive); on success the provider holds it until its completion.
   Status PostControlRecv(std::unique_ptr<ControlOp> op);

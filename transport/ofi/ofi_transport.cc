@@ -70,7 +70,7 @@ class OfiTransport final : public Transport {
   ~OfiTransport() override { Shutdown(); }
 
   Result<Uri> Listen(const Uri& uri, Handler handler) override {
-    if (rdm_) return ListenRdm(uri, std::move(handler));
+    if (rdm_) return ListenRdm(uri, handler);
     auto info = GetInfo(provider_, uri, true, false);
     if (!info.ok()) return info.status();
     auto domain = GetDomain(info->get());
@@ -217,7 +217,7 @@ class OfiTransport final : public Transport {
   }
 
   // RDM: a listener's endpoint, shared by the connections it accepts; CONNECTs come to id 0.
-  Result<Uri> ListenRdm(const Uri& given, Handler handler) {
+  Result<Uri> ListenRdm(const Uri& given, const Handler& handler) {
     Uri uri = given;
     auto info = GetInfo(provider_, uri, true, true);
     if (!info.ok()) return info.status();
