@@ -1,20 +1,8 @@
 #include "transport/ofi/ofi_connection.h"
 
-#include <rdma/fi_errno.h>
-#include <rdma/fi_rma.h>
+#include "transport/ofi/ofi_post.h"
 
 namespace pohmelfs::transport::ofi {
-namespace {
-
-// libfabric's negative return of a post as 0, EAGAIN or a positive errno.
-int PostResult(ssize_t rc) {
-  if (rc == 0) return 0;
-  if (rc == -FI_EAGAIN) return EAGAIN;
-  const int err = static_cast<int>(-rc);
-  return err > 0 && err < FI_ERRNO_OFFSET ? err : EIO;
-}
-
-}  // namespace
 
 OfiConnection::OfiConnection(std::shared_ptr<OfiDomain> domain, fid_ep* ep, std::string peer,
                              Handler handler, uint32_t max_payload, bool accepted)
@@ -57,26 +45,7 @@ bool OfiConnection::Owns(const MemoryRegion& region) const {
 }
 
 int OfiConnection::PostRma(TransferOp* op) {
-  void* desc = static_cast<const OfiMemoryRegion&>(*op->local).desc();
-  iovec iov{op->buf, op->len};
-  fi_rma_iov rma{op->remote.addr, op->len, op->remote.key};
-  fi_msg_rma msg{};
-  msg.msg_iov = &iov;
-  msg.desc = &desc;
-  msg.iov_count = 1;
-  msg.rma_iov = &rma;
-  msg.rma_iov_count = 1;
-  msg.context = op->scratch;
-  const bool read = op->kind == TransferOp::Kind::kRead;
-  // A write completes when the data is in the peer's memory (a bad key is then reported
-  // here), not when it left this host; unless later sends are all it must precede and the
-  // provider orders sends after writes.
-  const uint64_t when = op->before_next_send && domain_->orders_sends_after_writes()
-                            ? FI_TRANSMIT_COMPLETE
-                            : FI_DELIVERY_COMPLETE;
-  PublishOp();  // after the last read of op: the completion may free it at once
-  return PostResult(read ? fi_readmsg(ep_, &msg, FI_COMPLETION)
-                         : fi_writemsg(ep_, &msg, FI_COMPLETION | when));
+  return PostRmaOp(ep_, FI_ADDR_UNSPEC, *domain_, op, [this] { PublishOp(); });
 }
 
 void OfiConnection::BeginClose() {

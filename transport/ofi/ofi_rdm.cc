@@ -1,7 +1,6 @@
 #include "transport/ofi/ofi_rdm.h"
 
 #include <rdma/fi_errno.h>
-#include <rdma/fi_rma.h>
 #include <rdma/fi_tagged.h>
 #include <spdlog/spdlog.h>
 #include <sys/random.h>
@@ -12,16 +11,10 @@
 #include <future>
 #include <thread>
 
+#include "transport/ofi/ofi_post.h"
+
 namespace pohmelfs::transport::ofi {
 namespace {
-
-// libfabric's negative return of a post as 0, EAGAIN or a positive errno.
-int PostResult(ssize_t rc) {
-  if (rc == 0) return 0;
-  if (rc == -FI_EAGAIN) return EAGAIN;
-  const int err = static_cast<int>(-rc);
-  return err > 0 && err < FI_ERRNO_OFFSET ? err : EIO;
-}
 
 // Posts with a bounded retry while the provider's queue is full (control messages are rare
 // and small; the progress thread drains the queue meanwhile).
@@ -354,25 +347,7 @@ bool RdmConnection::Owns(const MemoryRegion& region) const {
 }
 
 int RdmConnection::PostRma(TransferOp* op) {
-  void* desc = static_cast<const OfiMemoryRegion&>(*op->local).desc();
-  iovec iov{op->buf, op->len};
-  fi_rma_iov rma{op->remote.addr, op->len, op->remote.key};
-  fi_msg_rma msg{};
-  msg.msg_iov = &iov;
-  msg.desc = &desc;
-  msg.iov_count = 1;
-  msg.addr = peer_addr_;
-  msg.rma_iov = &rma;
-  msg.rma_iov_count = 1;
-  msg.context = op->scratch;
-  const bool read = op->kind == TransferOp::Kind::kRead;
-  const auto& d = *ep_->domain();
-  const uint64_t when = op->before_next_send && d.orders_sends_after_writes()
-                            ? FI_TRANSMIT_COMPLETE
-                            : FI_DELIVERY_COMPLETE;
-  PublishOp();  // after the last read of op: the completion may free it at once
-  return PostResult(read ? fi_readmsg(ep_->ep(), &msg, FI_COMPLETION)
-                         : fi_writemsg(ep_->ep(), &msg, FI_COMPLETION | when));
+  return PostRmaOp(ep_->ep(), peer_addr_, *ep_->domain(), op, [this] { PublishOp(); });
 }
 
 void RdmConnection::BeginClose() {
