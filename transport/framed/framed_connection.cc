@@ -239,9 +239,11 @@ void FramedConnection::OnRecv(uint32_t slot, size_t len, const Status& st) {
   }
   FrameHeader fh;
   std::memcpy(&fh, RecvBuf(slot), sizeof(fh));
+  OnFrameReceived();
   // Frames complete in the order they were sent on a connected endpoint, but not always on a
-  // reliable datagram one (a large message may finish after a later small one): a frame that
-  // comes early waits, in its buffer, for those before it.
+  // reliable datagram one (a large message may finish after a later small one): there a frame
+  // that comes early waits, in its buffer, for those before it.
+  if (!FramesMayArriveOutOfOrder()) fh.seq = recv_seq_;
   const uint32_t ahead = fh.seq - recv_seq_;
   if (ahead >= kRecvDepth || early_.count(fh.seq)) {
     Close(Status::Error(EPROTO, "frame out of sequence"));

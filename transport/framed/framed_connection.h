@@ -90,6 +90,11 @@ class FramedConnection : public Connection,
   void Pump();
   // Operations posted and not yet completed (the engine frees a retired connection at 0).
   int outstanding() const { return outstanding_.load(); }
+  // Whether this object may be freed with operations still posted once the retire bound has
+  // passed: true when EndClose closed an endpoint of its own (nothing more will complete),
+  // false on an endpoint shared with other connections (it is then kept until they complete,
+  // or until the engine stops).
+  virtual bool MayFreeWithOperationsPosted() const { return true; }
 
  protected:
   FramedConnection(ProgressEngine* engine, std::string peer, Handler handler, uint32_t max_payload,
@@ -120,6 +125,12 @@ class FramedConnection : public Connection,
   // Progress thread, after the layer above was told: release what the endpoint holds that can
   // go now (the rest goes in the destructor, once every completion is in).
   virtual void EndClose() = 0;
+  // Whether frames may complete out of the order they were sent (reliable datagram endpoints):
+  // their sequence numbers are then checked and used to put them back in order. Connected
+  // endpoints deliver in order (and peers from before the numbering send 0 there).
+  virtual bool FramesMayArriveOutOfOrder() const { return false; }
+  // Progress thread: a frame from the peer arrived (liveness).
+  virtual void OnFrameReceived() {}
 
  private:
   struct FrameHeader {

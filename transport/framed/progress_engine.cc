@@ -69,7 +69,8 @@ void ProgressEngine::RunTasks() {
 void ProgressEngine::ReapRetired(bool all) {
   const auto now = Clock::now();
   std::erase_if(retired_, [&](const Retired& r) {
-    return all || r.conn->outstanding() <= 0 || now - r.since > kRetireBound;
+    return all || r.conn->outstanding() <= 0 ||
+           (now - r.since > kRetireBound && r.conn->MayFreeWithOperationsPosted());
   });
 }
 

@@ -79,10 +79,19 @@ Result<std::shared_ptr<RdmEndpoint>> RdmEndpoint::Open(std::shared_ptr<OfiDomain
   if (result.wait_for(kSendBound) != std::future_status::ready)
     return Status::Error(ETIMEDOUT, "endpoint setup did not run on the progress thread");
   POHMELFS_RETURN_IF_ERROR(result.get());
+  // From here on a failure must not close the enabled endpoint under the progress thread:
+  // the last reference is dropped there.
+  auto release_there = [&e] {
+    e->domain_->Post([doomed = e] {});
+    e.reset();
+  };
   std::vector<uint8_t> name(RdmControl::kMaxName);
   size_t len = name.size();
   rc = fi_getname(&e->ep_->fid, name.data(), &len);
-  if (rc) return FiError("fi_getname", rc);
+  if (rc) {
+    release_there();
+    return FiError("fi_getname", rc);
+  }
   name.resize(len);
   e->name_ = std::move(name);
   return e;
@@ -96,9 +105,9 @@ RdmEndpoint::~RdmEndpoint() {
   }
   // Closing the endpoint ends what is posted on it; a completion still on its way frees its
   // operation (OnControlDone), which no longer finds the endpoint alive.
-  // REQUIRES: the domain's progress thread is stopped (the provider does not take an endpoint
-  // closed while its completion queue is progressed): the transport keeps its endpoints until
-  // it has stopped its domains.
+  // REQUIRES: no other thread reads the domain's completion queue (the provider does not take
+  // an endpoint closed while its queue is progressed): the progress thread has stopped, or this
+  // runs on it. The transport keeps its endpoints until it has stopped its domains.
   if (ep_) fi_close(&ep_->fid);
   if (av_) fi_close(&av_->fid);
 }
@@ -226,13 +235,18 @@ void RdmEndpoint::OnControlDone(TransferOp* t, size_t len, const Status& st) {
     std::lock_guard lk(op->core->mu);
     auto it = op->core->listening.find(op->id);
     if (!op->core->alive || it == op->core->listening.end() || it->second != op.get()) return;
-    if (!st.ok()) {
+    if (st.code() == ECANCELED) {
       op->core->listening.erase(it);
-      spdlog::warn("ofi rdm: control receive failed: {}", st.ToString());
       return;
     }
-    handler = op->handler;
-    m = op->msg;
+    // Any other error (a truncated, oversized message) costs that message only: the receive
+    // is posted again, or one bad message would end the listener.
+    if (st.ok()) {
+      handler = op->handler;
+      m = op->msg;
+    } else {
+      spdlog::warn("ofi rdm: control message dropped: {}", st.ToString());
+    }
     ControlOp* raw = op.get();
     void* desc = raw->mr ? fi_mr_desc(raw->mr) : nullptr;
     const ssize_t rc = PostRetrying([&] {
@@ -247,8 +261,9 @@ void RdmEndpoint::OnControlDone(TransferOp* t, size_t len, const Status& st) {
                    FiError("fi_trecv", static_cast<int>(rc)).ToString());
     }
   }
+  if (!st.ok()) return;
   if (len < offsetof(RdmControl, name) || m.magic != RdmControl::kMagic ||
-      m.name_len > RdmControl::kMaxName) {
+      m.name_len > RdmControl::kMaxName || len < offsetof(RdmControl, name) + m.name_len) {
     spdlog::warn("ofi rdm: malformed control message ({} bytes) ignored", len);
     return;
   }
@@ -298,6 +313,7 @@ void RdmConnection::OnControl(const RdmControl& m) {
       }
       break;
     case RdmControl::kClose:
+      peer_closed_ = true;  // it has stopped listening: a CLOSE back would wait there forever
       Close(Status::Error(ECONNRESET, "peer closed the connection"));
       break;
     default:
@@ -352,7 +368,7 @@ int RdmConnection::PostRma(TransferOp* op) {
 
 void RdmConnection::BeginClose() {
   const uint64_t peer = peer_id_.load();
-  if (peer == 0) return;
+  if (peer == 0 || peer_closed_) return;
   RdmControl m;
   m.kind = RdmControl::kClose;
   m.sender_id = id_;

@@ -145,6 +145,10 @@ class RdmConnection final : public FramedConnection {
   bool Owns(const MemoryRegion& region) const override;
   void BeginClose() override;
   void EndClose() override;
+  bool FramesMayArriveOutOfOrder() const override { return true; }
+  // The endpoint is shared: what is posted stays posted after the close, until it completes.
+  bool MayFreeWithOperationsPosted() const override { return false; }
+  void OnFrameReceived() override { last_heard_ns_ = Now(); }
   static int64_t Now();
 
   const std::shared_ptr<RdmEndpoint> ep_;
@@ -153,9 +157,10 @@ class RdmConnection final : public FramedConnection {
   std::atomic<uint64_t> peer_id_;
   fid_mr* bufs_mr_ = nullptr;
   void* bufs_desc_ = nullptr;
-  std::vector<TransferOp*> recv_ops_;   // every receive op posted (for cancelling at close)
-  std::atomic<int64_t> last_heard_ns_;  // when the peer's last control message came
-  int64_t last_sent_ns_ = 0;            // Tick only
+  std::vector<TransferOp*> recv_ops_;     // every receive op posted (for cancelling at close)
+  std::atomic<int64_t> last_heard_ns_;    // when the peer's last frame or control message came
+  std::atomic<bool> peer_closed_{false};  // the peer sent CLOSE: no CLOSE back
+  int64_t last_sent_ns_ = 0;              // Tick only
 };
 
 }  // namespace pohmelfs::transport::ofi

@@ -136,6 +136,7 @@ class OfiTransport final : public Transport {
     std::map<const OfiDomain*, std::shared_ptr<RdmEndpoint>> clients;
     std::set<std::shared_ptr<RdmConnection>> rdm_conns;
     {
+      std::lock_guard ck(client_mu_);  // no client endpoint is being opened
       std::lock_guard lk(mu_);
       if (shut_) return;
       shut_ = true;
@@ -232,14 +233,16 @@ class OfiTransport final : public Transport {
     auto ep = RdmEndpoint::Open(*domain, info->get());
     if (!ep.ok())
       return Status::Error(ep.code(), "listen on " + uri.ToString() + ": " + ep.status().reason());
+    {
+      // Kept until shutdown even if what follows fails: an enabled endpoint is closed only
+      // once the progress thread has stopped.
+      std::lock_guard lk(mu_);
+      rdm_listeners_.push_back(*ep);
+    }
     std::weak_ptr<RdmEndpoint> weak = *ep;
     POHMELFS_RETURN_IF_ERROR((*ep)->Listen(0, [this, weak, handler](const RdmControl& m) {
       if (auto e = weak.lock(); e && m.kind == RdmControl::kConnect) AcceptRdm(e, m, handler);
     }));
-    {
-      std::lock_guard lk(mu_);
-      rdm_listeners_.push_back(*ep);
-    }
     return ParseUri((*ep)->Uri());
   }
 
@@ -279,6 +282,7 @@ class OfiTransport final : public Transport {
     }
     if (!TrackRdm(ep->domain(), conn)) return;
     if (handler.on_accept) handler.on_accept(conn);
+    if (!conn->IsOpen()) return;  // refused by the layer above
     RdmControl accept;
     accept.kind = RdmControl::kAccept;
     accept.sender_id = conn->id();
@@ -331,11 +335,18 @@ class OfiTransport final : public Transport {
   // The endpoint this transport's client connections on domain share (opened on first use).
   Result<std::shared_ptr<RdmEndpoint>> ClientEndpoint(const std::shared_ptr<OfiDomain>& domain,
                                                       const fi_info* info) {
-    std::lock_guard lk(mu_);
-    if (shut_) return Status::Error(ESHUTDOWN, "transport shut down");
-    if (auto it = rdm_clients_.find(domain.get()); it != rdm_clients_.end()) return it->second;
+    // Opening waits for the progress thread, which may itself wait for mu_ (TrackRdm): only
+    // client_mu_, which that thread never takes, is held meanwhile.
+    std::lock_guard ck(client_mu_);
+    {
+      std::lock_guard lk(mu_);
+      if (shut_) return Status::Error(ESHUTDOWN, "transport shut down");
+      if (auto it = rdm_clients_.find(domain.get()); it != rdm_clients_.end()) return it->second;
+    }
     auto ep = RdmEndpoint::Open(domain, info);
     if (!ep.ok()) return ep.status();
+    std::lock_guard lk(mu_);
+    // Shutdown takes client_mu_ before it empties the map: it has not run yet.
     rdm_clients_[domain.get()] = *ep;
     return *ep;
   }
@@ -368,6 +379,7 @@ class OfiTransport final : public Transport {
   const bool rdm_;
   const uint32_t max_payload_;
   const std::chrono::microseconds spin_;
+  std::mutex client_mu_;  // serializes opening client endpoints (taken before mu_)
   std::mutex mu_;
   std::map<std::string, std::shared_ptr<OfiDomain>> domains_;             // GUARDED_BY(mu_)
   std::vector<Pep> peps_;                                                 // GUARDED_BY(mu_)
