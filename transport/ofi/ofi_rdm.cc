@@ -44,7 +44,27 @@ struct RdmEndpoint::ControlOp : TransferOp {
   ~ControlOp() {
     if (mr) fi_close(&mr->fid);
   }
+  void* desc() const { return mr ? fi_mr_desc(mr) : nullptr; }
+  // Posts this receive (again). REQUIRES: core->mu held.
+  ssize_t PostRecv() {
+    return PostRetrying([this] {
+      return fi_trecv(ep, &msg, sizeof(msg), desc(), FI_ADDR_UNSPEC, kControlBit | id, 0, scratch);
+    });
+  }
 };
+
+Result<std::unique_ptr<RdmEndpoint::ControlOp>> RdmEndpoint::NewOp() {
+  auto op = std::make_unique<ControlOp>();
+  op->core = core_;
+  op->ep = ep_;
+  op->on_done = &RdmEndpoint::OnControlDone;
+  if (domain_->local_mr()) {
+    auto mr = domain_->RegisterRaw(&op->msg, sizeof(op->msg), FI_SEND | FI_RECV);
+    if (!mr.ok()) return mr.status();
+    op->mr = *mr;
+  }
+  return op;
+}
 
 uint64_t RdmEndpoint::NewId() {
   uint64_t id = 0;
@@ -132,34 +152,18 @@ void RdmEndpoint::Remove(fi_addr_t addr) {
 }
 
 Status RdmEndpoint::Listen(uint64_t id, ControlHandler handler) {
-  auto op = std::make_unique<ControlOp>();
-  op->core = core_;
-  op->ep = ep_;
-  op->recv = true;
-  op->id = id;
-  op->handler = std::move(handler);
-  return PostControlRecv(std::move(op));
-}
-
-Status RdmEndpoint::PostControlRecv(std::unique_ptr<ControlOp> op) {
-  op->on_done = &RdmEndpoint::OnControlDone;
-  if (domain_->local_mr() && !op->mr) {
-    auto mr = domain_->RegisterRaw(&op->msg, sizeof(op->msg), FI_SEND | FI_RECV);
-    if (!mr.ok()) return mr.status();
-    op->mr = *mr;
-  }
-  void* desc = op->mr ? fi_mr_desc(op->mr) : nullptr;
+  auto op = NewOp();
+  if (!op.ok()) return op.status();
+  (*op)->recv = true;
+  (*op)->id = id;
+  (*op)->handler = std::move(handler);
   std::lock_guard lk(core_->mu);
   if (!core_->alive) return Status::Error(ENOTCONN, "endpoint closed");
-  ControlOp* raw = op.get();
   domain_->Publish();
-  const ssize_t rc = PostRetrying([&] {
-    return fi_trecv(ep_, &raw->msg, sizeof(raw->msg), desc, FI_ADDR_UNSPEC, kControlBit | raw->id,
-                    0, raw->scratch);
-  });
-  if (rc) return FiError("fi_trecv (control)", static_cast<int>(rc));
-  core_->listening[raw->id] = raw;
-  (void)op.release();  // the provider holds it until its completion
+  if (const ssize_t rc = (*op)->PostRecv(); rc != 0)
+    return FiError("fi_trecv (control)", static_cast<int>(rc));
+  core_->listening[id] = op->get();
+  (void)op->release();  // the provider holds it until its completion
   return Status::Ok();
 }
 
@@ -175,18 +179,11 @@ void RdmEndpoint::Unlisten(uint64_t id) {
 
 Status RdmEndpoint::SendControl(fi_addr_t to, uint64_t to_id, const RdmControl& m,
                                 std::function<void(const Status&)> failed) {
-  auto op = std::make_unique<ControlOp>();
-  op->core = core_;
-  op->ep = ep_;
-  op->msg = m;
-  op->failed = std::move(failed);
-  op->on_done = &RdmEndpoint::OnControlDone;
-  if (domain_->local_mr()) {
-    auto mr = domain_->RegisterRaw(&op->msg, sizeof(op->msg), FI_SEND | FI_RECV);
-    if (!mr.ok()) return mr.status();
-    op->mr = *mr;
-  }
-  TrySend(std::make_shared<std::unique_ptr<ControlOp>>(std::move(op)), to, to_id,
+  auto op = NewOp();
+  if (!op.ok()) return op.status();
+  (*op)->msg = m;
+  (*op)->failed = std::move(failed);
+  TrySend(std::make_shared<std::unique_ptr<ControlOp>>(std::move(*op)), to, to_id,
           std::chrono::steady_clock::now() + kSendBound);
   return Status::Ok();
 }
@@ -198,9 +195,8 @@ void RdmEndpoint::TrySend(const std::shared_ptr<std::unique_ptr<ControlOp>>& hol
   {
     std::lock_guard lk(core_->mu);
     if (!core_->alive) return;
-    void* desc = op->mr ? fi_mr_desc(op->mr) : nullptr;
     domain_->Publish();
-    rc = fi_tsend(ep_, &op->msg, sizeof(op->msg), desc, to, kControlBit | to_id, op->scratch);
+    rc = fi_tsend(ep_, &op->msg, sizeof(op->msg), op->desc(), to, kControlBit | to_id, op->scratch);
   }
   if (rc == 0) {
     (void)holder->release();  // the provider holds it until its completion (OnControlDone)
@@ -247,12 +243,7 @@ void RdmEndpoint::OnControlDone(TransferOp* t, size_t len, const Status& st) {
     } else {
       spdlog::warn("ofi rdm: control message dropped: {}", st.ToString());
     }
-    ControlOp* raw = op.get();
-    void* desc = raw->mr ? fi_mr_desc(raw->mr) : nullptr;
-    const ssize_t rc = PostRetrying([&] {
-      return fi_trecv(raw->ep, &raw->msg, sizeof(raw->msg), desc, FI_ADDR_UNSPEC,
-                      kControlBit | raw->id, 0, raw->scratch);
-    });
+    const ssize_t rc = op->PostRecv();
     if (rc == 0) {
       (void)op.release();  // posted again
     } else {

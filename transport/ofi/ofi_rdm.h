@@ -102,8 +102,8 @@ class RdmEndpoint : public std::enable_shared_from_this<RdmEndpoint> {
   void TrySend(const std::shared_ptr<std::unique_ptr<ControlOp>>& holder, fi_addr_t to,
                uint64_t to_id, std::chrono::steady_clock::time_point deadline);
   static constexpr auto kSendBound = std::chrono::seconds(10);
-  // Posts op (a receive); on success the provider holds it until its completion.
-  Status PostControlRecv(std::unique_ptr<ControlOp> op);
+  // A control operation of this endpoint (its buffer registered where the provider wants).
+  Result<std::unique_ptr<ControlOp>> NewOp();
 
   const std::shared_ptr<OfiDomain> domain_;
   const std::shared_ptr<Core> core_ = std::make_shared<Core>();
