@@ -195,8 +195,9 @@ void RdmEndpoint::TrySend(const std::shared_ptr<std::unique_ptr<ControlOp>>& hol
   {
     std::lock_guard lk(core_->mu);
     if (!core_->alive) return;
-    domain_->Publish();
-    rc = fi_tsend(ep_, &op->msg, sizeof(op->msg), op->desc(), to, kControlBit | to_id, op->scratch);
+    void* desc = op->desc();
+    domain_->Publish();  // after the last read of op: its completion frees it without the lock
+    rc = fi_tsend(ep_, &op->msg, sizeof(op->msg), desc, to, kControlBit | to_id, op->scratch);
   }
   if (rc == 0) {
     (void)holder->release();  // the provider holds it until its completion (OnControlDone)
