@@ -1,5 +1,7 @@
 #include "transport/framed/progress_engine.h"
 
+#include <algorithm>
+
 #include "transport/adaptive_spin.h"
 #include "transport/framed/framed_connection.h"
 
@@ -29,6 +31,13 @@ void ProgressEngine::StopProgress() {
     }
     RunTasks();
   }
+  // Delayed tasks are retries: after the stop they would only find the backend stopping.
+  std::vector<Delayed> dropped;
+  {
+    std::lock_guard lk(mu_);
+    dropped.swap(delayed_);
+  }
+  for (auto& d : dropped) d.task();
   ReapRetired(true);
 }
 
@@ -38,6 +47,14 @@ void ProgressEngine::Post(std::function<void()> task) {
     tasks_.push_back(std::move(task));
   }
   Wake();
+}
+
+void ProgressEngine::PostAfter(std::chrono::milliseconds delay, std::function<void()> task) {
+  {
+    std::lock_guard lk(mu_);
+    delayed_.push_back({Clock::now() + delay, std::move(task)});
+  }
+  Wake();  // the thread may be asleep for longer than delay
 }
 
 void ProgressEngine::WantPump(std::shared_ptr<FramedConnection> conn) {
@@ -61,6 +78,13 @@ void ProgressEngine::RunTasks() {
     std::lock_guard lk(mu_);
     tasks.swap(tasks_);
     pump.swap(pump_);
+    if (!delayed_.empty()) {
+      const auto now = Clock::now();
+      auto due = std::partition(delayed_.begin(), delayed_.end(),
+                                [&](const Delayed& d) { return d.due > now; });
+      for (auto it = due; it != delayed_.end(); ++it) tasks.push_back(std::move(it->task));
+      delayed_.erase(due, delayed_.end());
+    }
   }
   for (auto& t : tasks) t();
   for (auto& c : pump) c->Pump();
@@ -72,6 +96,15 @@ void ProgressEngine::ReapRetired(bool all) {
     return all || r.conn->outstanding() <= 0 ||
            (now - r.since > kRetireBound && r.conn->MayFreeWithOperationsPosted());
   });
+}
+
+int ProgressEngine::SleepBudgetMs(int max_ms) {
+  std::lock_guard lk(mu_);
+  if (delayed_.empty()) return max_ms;
+  auto first = std::min_element(delayed_.begin(), delayed_.end(),
+                                [](const Delayed& a, const Delayed& b) { return a.due < b.due; });
+  const auto left = std::chrono::ceil<std::chrono::milliseconds>(first->due - Clock::now()).count();
+  return static_cast<int>(std::clamp<int64_t>(left, 0, max_ms));
 }
 
 void ProgressEngine::Loop() {
@@ -94,7 +127,7 @@ void ProgressEngine::Loop() {
     if (spinning) spin.RanOut();
     spinning = false;
     ReapRetired(false);
-    n = WaitForCompletions(kSleepMs);
+    n = WaitForCompletions(SleepBudgetMs(kSleepMs));
     if (n > 0) {
       spin.WokeUp();
       last_busy = Clock::now();

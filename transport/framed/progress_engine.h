@@ -30,6 +30,8 @@ class ProgressEngine {
 
   // Runs task on the progress thread.
   void Post(std::function<void()> task);
+  // Runs task on the progress thread once delay has passed (a retry that must not spin).
+  void PostAfter(std::chrono::milliseconds delay, std::function<void()> task);
   // Asks the progress thread to push conn's queued work (the backend's queue was full).
   void WantPump(std::shared_ptr<FramedConnection> conn);
   // Keeps a closed connection until its operations are all reported, or for a bounded time.
@@ -57,13 +59,20 @@ class ProgressEngine {
   void Loop();
   void RunTasks();
   void ReapRetired(bool all);
+  // How long the thread may sleep before a delayed task is due (at most max_ms).
+  int SleepBudgetMs(int max_ms);
 
   const std::chrono::microseconds spin_;
   std::atomic<bool> stop_{false};
   std::atomic<uint64_t> published_{0};
   std::thread thread_;
   std::mutex mu_;
-  std::vector<std::function<void()>> tasks_;             // GUARDED_BY(mu_)
+  std::vector<std::function<void()>> tasks_;  // GUARDED_BY(mu_)
+  struct Delayed {
+    std::chrono::steady_clock::time_point due;
+    std::function<void()> task;
+  };
+  std::vector<Delayed> delayed_;                         // GUARDED_BY(mu_)
   std::vector<std::shared_ptr<FramedConnection>> pump_;  // GUARDED_BY(mu_)
   struct Retired {
     std::shared_ptr<FramedConnection> conn;

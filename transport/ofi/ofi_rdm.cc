@@ -189,7 +189,8 @@ Status RdmEndpoint::SendControl(fi_addr_t to, uint64_t to_id, const RdmControl& 
 }
 
 void RdmEndpoint::TrySend(const std::shared_ptr<std::unique_ptr<ControlOp>>& holder, fi_addr_t to,
-                          uint64_t to_id, std::chrono::steady_clock::time_point deadline) {
+                          uint64_t to_id, std::chrono::steady_clock::time_point deadline,
+                          std::chrono::milliseconds backoff) {
   ControlOp* op = holder->get();
   ssize_t rc;
   {
@@ -213,8 +214,9 @@ void RdmEndpoint::TrySend(const std::shared_ptr<std::unique_ptr<ControlOp>>& hol
   // The provider is still setting up its path to the peer, which the progress thread drives:
   // try again from there.
   std::weak_ptr<RdmEndpoint> weak = shared_from_this();
-  domain_->Post([weak, holder, to, to_id, deadline] {
-    if (auto self = weak.lock()) self->TrySend(holder, to, to_id, deadline);
+  const auto next = std::min(backoff * 2, std::chrono::milliseconds(64));
+  domain_->PostAfter(backoff, [weak, holder, to, to_id, deadline, next] {
+    if (auto self = weak.lock()) self->TrySend(holder, to, to_id, deadline, next);
   });
 }
 

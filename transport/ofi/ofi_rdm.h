@@ -98,9 +98,11 @@ class RdmEndpoint : public std::enable_shared_from_this<RdmEndpoint> {
   explicit RdmEndpoint(std::shared_ptr<OfiDomain> domain) : domain_(std::move(domain)) {}
   static void OnControlDone(TransferOp* op, size_t len, const Status& st);
   // Posts a control send, again from the progress thread while the provider says EAGAIN (it
-  // may be connecting to the peer), until deadline.
+  // may be connecting to the peer), until deadline. The retries back off from 1 ms to 64 ms:
+  // towards a dead peer every try is a refused connect, which must not spin.
   void TrySend(const std::shared_ptr<std::unique_ptr<ControlOp>>& holder, fi_addr_t to,
-               uint64_t to_id, std::chrono::steady_clock::time_point deadline);
+               uint64_t to_id, std::chrono::steady_clock::time_point deadline,
+               std::chrono::milliseconds backoff = std::chrono::milliseconds(1));
   static constexpr auto kSendBound = std::chrono::seconds(10);
   // A control operation of this endpoint (its buffer registered where the provider wants).
   Result<std::unique_ptr<ControlOp>> NewOp();
