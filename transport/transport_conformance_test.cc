@@ -5,12 +5,15 @@
 //
 // The backends run are the URIs of POHMELFS_CONFORMANCE_URIS (comma-separated listen
 // addresses, e.g. verbs://10.0.2.15:0 in the qemu guest), by default tcp on IPv4 and IPv6 and
-// libfabric's tcp provider, connected (ofi+tcp) and reliable datagram (ofi+tcp;ofi_rxm).
+// libfabric's tcp provider, connected (ofi+tcp) and reliable datagram (ofi+tcp;ofi_rxm), and
+// its shared-memory provider (ofi+shm, reliable datagram, polled with naps).
 // `transport_conformance_test --echo-server URI` is the peer process of the peer-death test: it
 // prints the address it listens on and echoes until killed.
 #include <gtest/gtest.h>
 #include <signal.h>
 #include <spawn.h>
+#include <spdlog/sinks/stdout_color_sinks.h>
+#include <spdlog/spdlog.h>
 #include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -85,7 +88,7 @@ std::vector<std::string> ConformanceUris() {
   const char* env = std::getenv("POHMELFS_CONFORMANCE_URIS");
   std::string list = env && *env ? env
                                  : "tcp://127.0.0.1:0,tcp://[::1]:0,ofi+tcp://127.0.0.1:0,"
-                                   "ofi+tcp;ofi_rxm://127.0.0.1:0";
+                                   "ofi+tcp;ofi_rxm://127.0.0.1:0,ofi+shm://127.0.0.1:0";
   std::vector<std::string> out;
   std::stringstream ss(list);
   for (std::string item; std::getline(ss, item, ',');)
@@ -447,6 +450,10 @@ TEST_P(RmaTransportTest, ManyRmaWritesInFlightAllComplete) {
 }
 
 TEST_P(RmaTransportTest, RmaWithABadKeyFailsAndClosesTheConnection) {
+  if (GetParam().starts_with("ofi+shm:"))
+    GTEST_SKIP() << "shm (libfabric 1.17) drops an RMA with an unknown key at the target and "
+                    "never completes it at the initiator; the file system's RMA wait bound "
+                    "closes such a connection (docs/transport.md)";
   ASSERT_TRUE(conn_->Send(Req(1), "x", 1).ok());
   ASSERT_TRUE(client_inbox_.WaitFor(1));
   ConnectionPtr accepted = Accepted();
@@ -582,6 +589,8 @@ TEST(Transport, UnknownSchemeIsAClearError) {
 // The peer process of PeerKilledMidTransferIsReported: echoes on URI until killed.
 int RunEchoServer(const std::string& text) {
   using namespace pohmelfs::transport;
+  // stdout carries the address to the parent, which stops reading after it: logs go elsewhere.
+  spdlog::set_default_logger(spdlog::stderr_color_mt("echo-server"));
   auto uri = ParseUri(text);
   if (!uri.ok()) return 2;
   auto t = CreateTransport(uri->scheme, {.loop_threads = 1});

@@ -24,6 +24,7 @@ void ProgressEngine::StopProgress() {
   if (stop_.exchange(true)) return;
   Wake();
   if (thread_.joinable()) thread_.join();
+  joined_ = true;
   for (;;) {
     {
       std::lock_guard lk(mu_);

@@ -40,6 +40,8 @@ class ProgressEngine {
   // reading of its completion in a way tools (ThreadSanitizer) can see; the backend's own path
   // from post to completion may go through the kernel or a device.
   void Publish() { published_.fetch_add(1, std::memory_order_release); }
+  // The progress thread has been joined: no completion will be dispatched any more.
+  bool ProgressStopped() const { return joined_.load(); }
 
  protected:
   void StartProgress();
@@ -64,6 +66,7 @@ class ProgressEngine {
 
   const std::chrono::microseconds spin_;
   std::atomic<bool> stop_{false};
+  std::atomic<bool> joined_{false};
   std::atomic<uint64_t> published_{0};
   std::thread thread_;
   std::mutex mu_;

@@ -15,6 +15,16 @@ namespace {
 // fi_eq_sread is cut at this, so that Stop is seen.
 constexpr int kCmSleepMs = 100;
 constexpr auto kTickEvery = std::chrono::seconds(1);
+// Nap mode: the progress thread's first nap after activity, and the longest.
+constexpr std::chrono::microseconds kFirstNap{50};
+constexpr std::chrono::microseconds kLongestNap{1000};
+
+// Whether a completion queue can be waited on without spinning.
+bool CqCanSleep(fid_cq* cq) {
+  enum fi_wait_obj wait = FI_WAIT_UNSPEC;
+  const int rc = fi_control(&cq->fid, FI_GETWAITOBJ, &wait);
+  return !(rc == -FI_ENOSYS || (rc == 0 && (wait == FI_WAIT_YIELD || wait == FI_WAIT_NONE)));
+}
 
 }  // namespace
 
@@ -96,13 +106,19 @@ Result<std::shared_ptr<OfiDomain>> OfiDomain::Open(const std::string& provider, 
   rc = fi_cq_open(d->domain_, &cq_attr, &d->cq_, nullptr);
   if (rc) return FiError("fi_cq_open", rc);
   // An idle process must sleep: a provider whose completion queue can only be waited on by
-  // spinning would keep a core busy (shm in libfabric 1.17 has no wait object: FI_GETWAITOBJ
-  // is not implemented, and its fi_cq_sread and fi_eq_sread yield in a loop).
-  enum fi_wait_obj wait = FI_WAIT_UNSPEC;
-  const int wrc = fi_control(&d->cq_->fid, FI_GETWAITOBJ, &wait);
-  if (wrc == -FI_ENOSYS || (wrc == 0 && (wait == FI_WAIT_YIELD || wait == FI_WAIT_NONE))) {
-    return Status::Error(ENOTSUP, "libfabric provider '" + provider +
-                                      "' cannot sleep on its completion queue (it only spins)");
+  // spinning (shm in libfabric 1.17: FI_GETWAITOBJ is not implemented, and its fi_cq_sread and
+  // fi_eq_sread yield in a loop) is polled with naps instead.
+  if (!CqCanSleep(d->cq_)) {
+    fi_close(&d->cq_->fid);
+    d->cq_ = nullptr;
+    cq_attr.wait_obj = FI_WAIT_NONE;
+    rc = fi_cq_open(d->domain_, &cq_attr, &d->cq_, nullptr);
+    if (rc) return FiError("fi_cq_open (no wait object)", rc);
+    d->nap_mode_ = true;
+    d->nap_ = kFirstNap;
+    spdlog::info(
+        "ofi+{}: the provider's queues cannot sleep; polling them with naps of {} to {} us",
+        provider, kFirstNap.count(), kLongestNap.count());
   }
   d->StartProgress();
   d->cm_ = std::thread([raw = d.get()] { raw->CmLoop(); });
@@ -118,7 +134,11 @@ OfiDomain::~OfiDomain() {
 }
 
 void OfiDomain::Stop() {
-  stop_ = true;
+  {
+    std::lock_guard lk(nap_mu_);  // a napping thread sees it at once
+    stop_ = true;
+  }
+  nap_cv_.notify_all();
   if (cm_.joinable()) cm_.join();
   StopProgress();
 }
@@ -162,7 +182,21 @@ void OfiDomain::RemoveCm(fid_t fid) {
 }
 
 void OfiDomain::Wake() {
+  if (nap_mode_) {
+    {
+      std::lock_guard lk(nap_mu_);
+      woken_ = true;
+    }
+    nap_cv_.notify_all();
+    return;
+  }
   if (cq_) fi_cq_signal(cq_);
+}
+
+void OfiDomain::Nap(std::chrono::microseconds timeout) {
+  std::unique_lock lk(nap_mu_);
+  nap_cv_.wait_for(lk, timeout, [this] { return woken_ || stop_.load(); });
+  woken_ = false;
 }
 
 int OfiDomain::Dispatch(ssize_t n) {
@@ -194,11 +228,22 @@ int OfiDomain::Dispatch(ssize_t n) {
 }
 
 int OfiDomain::PollCompletions() {
-  return Dispatch(fi_cq_read(cq_, events_, std::size(events_)));
+  const int n = Dispatch(fi_cq_read(cq_, events_, std::size(events_)));
+  if (n > 0 && nap_mode_) nap_ = kFirstNap;
+  return n;
 }
 
 int OfiDomain::WaitForCompletions(int timeout_ms) {
-  return Dispatch(fi_cq_sread(cq_, events_, std::size(events_), nullptr, timeout_ms));
+  if (!nap_mode_)
+    return Dispatch(fi_cq_sread(cq_, events_, std::size(events_), nullptr, timeout_ms));
+  // The provider progresses only when polled: poll, nap, poll again. Each quiet round doubles
+  // the nap, so a busy period is answered within tens of microseconds and an idle one costs a
+  // wake-up a millisecond.
+  const std::chrono::microseconds budget = std::chrono::milliseconds(timeout_ms);
+  Nap(std::min(nap_, budget));
+  const int n = PollCompletions();
+  if (n == 0) nap_ = std::min(nap_ * 2, kLongestNap);
+  return n;
 }
 
 void OfiDomain::AddTicker(std::function<bool()> fn) {
@@ -229,7 +274,18 @@ void OfiDomain::CmLoop() {
       RunTickers();
     }
     uint32_t event = 0;
-    ssize_t n = fi_eq_sread(eq_, &event, buf, sizeof(buf), kCmSleepMs, 0);
+    ssize_t n;
+    if (nap_mode_) {
+      n = fi_eq_read(eq_, &event, buf, sizeof(buf), 0);
+      if (n == -FI_EAGAIN) {
+        std::unique_lock lk(nap_mu_);
+        nap_cv_.wait_for(lk, std::chrono::milliseconds(kCmSleepMs),
+                         [this] { return stop_.load(); });
+        continue;
+      }
+    } else {
+      n = fi_eq_sread(eq_, &event, buf, sizeof(buf), kCmSleepMs, 0);
+    }
     if (n == -FI_EAVAIL) {
       fi_eq_err_entry err{};
       if (fi_eq_readerr(eq_, &err, 0) <= 0) continue;

@@ -3,6 +3,12 @@
 // endpoint (the progress engine polls it and sleeps in fi_cq_sread), and the registration
 // cache.
 //
+// A provider whose queues cannot sleep (shm in libfabric 1.17: no wait object, its sread
+// yields in a loop) runs in nap mode: the queues are only polled, and where the others sleep
+// in the provider the threads take short naps (50 us growing to 1 ms while nothing happens),
+// which a Wake cuts. An idle process then wakes about a thousand times a second (well under
+// 1% of a core) instead of spinning one.
+//
 // Thread-safety: Register, Post and the Add/Remove methods may be called from any thread.
 // Completions, posted tasks and message callbacks run on the progress thread; connection
 // events (connect requests, established, shutdown) on the CM thread.
@@ -16,6 +22,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
 #include <functional>
 #include <map>
 #include <memory>
@@ -110,6 +117,8 @@ class OfiDomain final : public ProgressEngine, public std::enable_shared_from_th
   // Stops the threads, then runs what they left (the closes) on the caller's thread.
   void Stop();
   bool stopping() const { return stop_.load(); }
+  // The queues are polled with naps in between (see above).
+  bool napping() const { return nap_mode_; }
 
  private:
   explicit OfiDomain(std::chrono::microseconds spin) : ProgressEngine(spin) {}
@@ -119,6 +128,8 @@ class OfiDomain final : public ProgressEngine, public std::enable_shared_from_th
   int Dispatch(ssize_t n);
   void CmLoop();
   void RunTickers();
+  // Nap mode: sleeps up to timeout unless a Wake came since the last nap.
+  void Nap(std::chrono::microseconds timeout);
 
   std::string provider_;
   fid_fabric* fabric_ = nullptr;
@@ -135,6 +146,12 @@ class OfiDomain final : public ProgressEngine, public std::enable_shared_from_th
   std::atomic<bool> stop_{false};
   std::thread cm_;
   fi_cq_data_entry events_[32];  // progress thread only
+
+  bool nap_mode_ = false;
+  std::chrono::microseconds nap_{0};  // progress thread only: the next nap's length
+  std::mutex nap_mu_;
+  std::condition_variable nap_cv_;
+  bool woken_ = false;  // GUARDED_BY(nap_mu_)
 
   std::mutex mu_;
   std::unordered_map<fid_t, std::shared_ptr<CmHandler>> cm_handlers_;  // GUARDED_BY(mu_)

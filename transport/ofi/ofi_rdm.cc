@@ -130,6 +130,14 @@ RdmEndpoint::~RdmEndpoint() {
   // runs on it. The transport keeps its endpoints until it has stopped its domains.
   if (ep_) fi_close(&ep_->fid);
   if (av_) fi_close(&av_->fid);
+  // Once the progress thread has stopped, no completion will free what was still posted.
+  if (!domain_->ProgressStopped()) return;
+  std::set<ControlOp*> left;
+  {
+    std::lock_guard lk(core_->mu);
+    left.swap(core_->posted);
+  }
+  for (ControlOp* op : left) std::default_delete<ControlOp>()(op);
 }
 
 std::string RdmEndpoint::Uri() const {
@@ -163,7 +171,7 @@ Status RdmEndpoint::Listen(uint64_t id, ControlHandler handler) {
   if (const ssize_t rc = (*op)->PostRecv(); rc != 0)
     return FiError("fi_trecv (control)", static_cast<int>(rc));
   core_->listening[id] = op->get();
-  (void)op->release();  // the provider holds it until its completion
+  core_->posted.insert(op->release());  // the provider holds it until its completion
   return Status::Ok();
 }
 
@@ -199,10 +207,11 @@ void RdmEndpoint::TrySend(const std::shared_ptr<std::unique_ptr<ControlOp>>& hol
     void* desc = op->desc();
     domain_->Publish();  // after the last read of op: its completion frees it without the lock
     rc = fi_tsend(ep_, &op->msg, sizeof(op->msg), desc, to, kControlBit | to_id, op->scratch);
-  }
-  if (rc == 0) {
-    (void)holder->release();  // the provider holds it until its completion (OnControlDone)
-    return;
+    if (rc == 0) {
+      // The provider holds it until its completion (OnControlDone), which takes the lock first.
+      core_->posted.insert(holder->release());
+      return;
+    }
   }
   auto fail = [&](const Status& st) {
     if (op->failed) op->failed(st);
@@ -223,6 +232,10 @@ void RdmEndpoint::TrySend(const std::shared_ptr<std::unique_ptr<ControlOp>>& hol
 void RdmEndpoint::OnControlDone(TransferOp* t, size_t len, const Status& st) {
   std::unique_ptr<ControlOp> op(static_cast<ControlOp*>(t));
   if (!op->recv) {
+    {
+      std::lock_guard lk(op->core->mu);
+      op->core->posted.erase(op.get());
+    }
     if (!st.ok() && op->failed) op->failed(st);
     return;
   }
@@ -232,6 +245,7 @@ void RdmEndpoint::OnControlDone(TransferOp* t, size_t len, const Status& st) {
     // One hold of the lock: an Unlisten either comes before (nothing is reposted) or after
     // (it cancels the reposted receive).
     std::lock_guard lk(op->core->mu);
+    op->core->posted.erase(op.get());
     auto it = op->core->listening.find(op->id);
     if (!op->core->alive || it == op->core->listening.end() || it->second != op.get()) return;
     if (st.code() == ECANCELED) {
@@ -248,7 +262,7 @@ void RdmEndpoint::OnControlDone(TransferOp* t, size_t len, const Status& st) {
     }
     const ssize_t rc = op->PostRecv();
     if (rc == 0) {
-      (void)op.release();  // posted again
+      op->core->posted.insert(op.release());  // posted again
     } else {
       op->core->listening.erase(it);
       spdlog::warn("ofi rdm: reposting a control receive failed: {}",

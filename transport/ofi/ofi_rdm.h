@@ -32,6 +32,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -94,6 +95,7 @@ class RdmEndpoint : public std::enable_shared_from_this<RdmEndpoint> {
     std::mutex mu;
     bool alive = true;                         // GUARDED_BY(mu)
     std::map<uint64_t, ControlOp*> listening;  // GUARDED_BY(mu): posted receive by id
+    std::set<ControlOp*> posted;               // GUARDED_BY(mu): held by the provider
   };
   explicit RdmEndpoint(std::shared_ptr<OfiDomain> domain) : domain_(std::move(domain)) {}
   static void OnControlDone(TransferOp* op, size_t len, const Status& st);
