@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # The whole file system on each transport, in one run: `pohmelfs-bench fs` (sequential write and
 # read, 4 KiB random reads) through a mount of one server and of two replicas, with the server
-# and the mount on tcp:// and on ofi+tcp:// (libfabric's tcp provider: reads and replicated
-# writes move their data by RMA). Every round runs the four setups back to back (tcp first in odd
-# rounds, ofi+tcp first in even ones); the ratio ofi+tcp / tcp is taken within each round, and
-# the medians over the rounds are printed with the ratio of every round (the machine is shared
-# and noisy). JSON lines go to $OUT/results.jsonl. Needs root.
-# Usage: [ROUNDS=3] [BIN=DIR] bench/compare-transports.sh [SIZE_MIB]
+# and the mount on each scheme of SCHEMES (default tcp:// and ofi+tcp://, libfabric's tcp
+# provider, where reads and replicated writes move their data by RMA; add ofi+shm for its
+# shared-memory provider). Every round runs every setup back to back (in the given order in odd
+# rounds, reversed in even ones); the ratio of each scheme to tcp is taken within each round,
+# and the medians over the rounds are printed with the ratio of every round (the machine is
+# shared and noisy). JSON lines go to $OUT/results.jsonl. Needs root.
+# Usage: [ROUNDS=3] [BIN=DIR] [SCHEMES="tcp ofi+tcp"] bench/compare-transports.sh [SIZE_MIB]
 #   BIN: the directory of the binaries (to compare two builds); when unset, ci/build builds build/.
+#   SCHEMES: must start with tcp (the baseline).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . bench/lib.sh
@@ -27,8 +29,8 @@ mkdir -p "$OUT" "$base"
 : >"$OUT/results.jsonl"
 tar -cf "$base/tiny.tar" -C /etc hostname
 for round in $(seq 1 "$rounds"); do
-  schemes="tcp ofi+tcp"
-  [ $((round % 2)) -eq 0 ] && schemes="ofi+tcp tcp"
+  schemes=${SCHEMES:-tcp ofi+tcp}
+  [ $((round % 2)) -eq 0 ] && schemes=$(echo "$schemes" | tr ' ' '\n' | tac | tr '\n' ' ')
   : >"$OUT/round.jsonl"
   for scheme in $schemes; do
     for n in 1 2; do
@@ -57,15 +59,19 @@ for round in $(seq 1 "$rounds"); do
 done
 rm -f "$OUT/round.jsonl"
 
-python3 - "$OUT/results.jsonl" <<'PY'
+python3 - "$OUT/results.jsonl" "${SCHEMES:-tcp ofi+tcp}" <<'PY'
 import json, statistics, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+schemes = sys.argv[2].split()
+others = [s for s in schemes if s != "tcp"]
 rate = {(r["round"], r["target"], r["test"]): r["rate"] for r in rows}
 unit = {r["test"]: r["unit"] for r in rows}
 rounds = sorted({r["round"] for r in rows})
-targets = ["tcp-r1", "ofi+tcp-r1", "tcp-r2", "ofi+tcp-r2"]
+targets = [f"{s}-r{n}" for n in (1, 2) for s in schemes]
+ratios = [(f"{s}-r{n}", f"tcp-r{n}") for n in (1, 2) for s in others]
 print(f'{"test":<14}{"unit":>8}' + "".join(f"{t:>13}" for t in targets)
-      + f'{"ofi/tcp r1":>12}{"ofi/tcp r2":>12}   per round (r1; r2)')
+      + "".join(f'{a.split("-r")[0] + "/tcp r" + a[-1]:>18}' for a, _ in ratios)
+      + "   per round")
 for test in ("seq-write", "seq-read", "rand-read-4k"):
     if test not in unit: continue
     meds = []
@@ -74,10 +80,10 @@ for test in ("seq-write", "seq-read", "rand-read-4k"):
         meds.append(statistics.median(v) if v else None)
     line = f"{test:<14}{unit[test]:>8}" + "".join(f"{v:>13.1f}" if v else f"{'-':>13}" for v in meds)
     per = []
-    for ofi, tcp in (("ofi+tcp-r1", "tcp-r1"), ("ofi+tcp-r2", "tcp-r2")):
-        r = [rate[(n, ofi, test)] / rate[(n, tcp, test)] for n in rounds
-             if rate.get((n, ofi, test)) and rate.get((n, tcp, test))]
-        line += f"{statistics.median(r):>12.2f}" if r else f"{'-':>12}"
+    for a, b in ratios:
+        r = [rate[(n, a, test)] / rate[(n, b, test)] for n in rounds
+             if rate.get((n, a, test)) and rate.get((n, b, test))]
+        line += f"{statistics.median(r):>18.2f}" if r else f"{'-':>18}"
         per.append(" ".join(f"{x:.2f}" for x in r))
     print(line + "   " + "; ".join(per))
 PY

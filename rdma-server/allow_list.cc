@@ -30,7 +30,10 @@ std::optional<Address> ParseAddress(std::string_view text) {
 }
 
 // The host of a peer URI ("scheme://host:port", "scheme://[v6]:port") or the text itself.
+// A shared-memory peer ("ofi+shm:fi_shm://PID:..."; only processes of this node can reach
+// shared memory) is matched as the IPv4 loopback address.
 std::string_view HostOf(std::string_view peer) {
+  if (peer.starts_with("ofi+shm:")) return "127.0.0.1";
   auto scheme_end = peer.find("://");
   if (scheme_end == std::string_view::npos) return peer;
   peer.remove_prefix(scheme_end + 3);

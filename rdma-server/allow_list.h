@@ -1,7 +1,8 @@
 // The export's allow list: which client networks may connect, and whether they may change the
 // export. Rules are CIDR=ro or CIDR=rw (IPv4 or IPv6); a peer takes the most specific rule that
 // contains its address (the longest prefix; rw over ro on a tie), and a peer no rule contains
-// is refused. IPv4 peers that reach an IPv6 socket (::ffff:a.b.c.d) match IPv4 rules.
+// is refused. IPv4 peers that reach an IPv6 socket (::ffff:a.b.c.d) match IPv4 rules; peers on
+// shared memory (ofi+shm, this node only) match as 127.0.0.1.
 //
 // Thread-safety: immutable after parsing; Match is const.
 #pragma once

@@ -33,6 +33,14 @@ TEST(AllowList, Ipv6AndMappedIpv4) {
   EXPECT_EQ(list.Match("tcp://192.168.1.7:7000"), std::nullopt);
 }
 
+TEST(AllowList, SharedMemoryPeersAreLoopback) {
+  auto local = Rules({"127.0.0.0/8=ro"});
+  EXPECT_EQ(local.Match("ofi+shm:fi_shm://5291:0:0"), Access::kReadOnly);
+  auto remote = Rules({"10.0.0.0/8=rw"});
+  EXPECT_EQ(remote.Match("ofi+shm:fi_shm://5291:0:0"), std::nullopt);
+  EXPECT_EQ(remote.Match("ofi+shm://10.0.0.1:7000"), std::nullopt);
+}
+
 TEST(AllowList, HostBitsAreClearedAndTiesPreferRw) {
   auto list = Rules({"10.1.2.3/8=ro", "10.0.0.0/8=rw"});
   EXPECT_EQ(list.Match("10.200.0.1"), Access::kReadWrite);

@@ -39,7 +39,10 @@ class ProgressEngine {
   // Called before posting an operation: orders the writes to it before the progress thread's
   // reading of its completion in a way tools (ThreadSanitizer) can see; the backend's own path
   // from post to completion may go through the kernel or a device.
-  void Publish() { published_.fetch_add(1, std::memory_order_release); }
+  void Publish() {
+    published_.fetch_add(1, std::memory_order_release);
+    if (poke_on_publish_) Poked();
+  }
   // The progress thread has been joined: no completion will be dispatched any more.
   bool ProgressStopped() const { return joined_.load(); }
 
@@ -49,6 +52,10 @@ class ProgressEngine {
   void StopProgress();
   // Implementations call this after reading completions and before dispatching them.
   void AcquirePublished() { (void)published_.load(std::memory_order_acquire); }
+  // Before StartProgress: every Publish (every post, from any thread) also calls Poked, for a
+  // backend that must be told of new work because it cannot sleep in its library.
+  void PokeOnPublish() { poke_on_publish_ = true; }
+  virtual void Poked() {}
 
   // Dispatches the completions that are there (FramedConnection::Complete); returns how many.
   virtual int PollCompletions() = 0;
@@ -68,6 +75,7 @@ class ProgressEngine {
   std::atomic<bool> stop_{false};
   std::atomic<bool> joined_{false};
   std::atomic<uint64_t> published_{0};
+  bool poke_on_publish_ = false;  // set before the thread starts
   std::thread thread_;
   std::mutex mu_;
   std::vector<std::function<void()>> tasks_;  // GUARDED_BY(mu_)

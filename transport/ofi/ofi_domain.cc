@@ -4,6 +4,7 @@
 #include <netinet/in.h>
 #include <rdma/fi_errno.h>
 #include <spdlog/spdlog.h>
+#include <sys/prctl.h>
 
 #include <cstring>
 
@@ -16,7 +17,7 @@ namespace {
 constexpr int kCmSleepMs = 100;
 constexpr auto kTickEvery = std::chrono::seconds(1);
 // Nap mode: the progress thread's first nap after activity, and the longest.
-constexpr std::chrono::microseconds kFirstNap{50};
+constexpr std::chrono::microseconds kFirstNap{10};
 constexpr std::chrono::microseconds kLongestNap{1000};
 
 // Whether a completion queue can be waited on without spinning.
@@ -116,6 +117,7 @@ Result<std::shared_ptr<OfiDomain>> OfiDomain::Open(const std::string& provider, 
     if (rc) return FiError("fi_cq_open (no wait object)", rc);
     d->nap_mode_ = true;
     d->nap_ = kFirstNap;
+    d->PokeOnPublish();
     spdlog::info(
         "ofi+{}: the provider's queues cannot sleep; polling them with naps of {} to {} us",
         provider, kFirstNap.count(), kLongestNap.count());
@@ -193,10 +195,23 @@ void OfiDomain::Wake() {
   if (cq_) fi_cq_signal(cq_);
 }
 
+// Any thread, after posting: what was posted (a request, say) is likely to be answered soon,
+// so the naps start short again; a nap in progress ends.
+void OfiDomain::Poked() {
+  poked_ = true;
+  if (in_nap_) Wake();
+}
+
 void OfiDomain::Nap(std::chrono::microseconds timeout) {
-  std::unique_lock lk(nap_mu_);
-  nap_cv_.wait_for(lk, timeout, [this] { return woken_ || stop_.load(); });
-  woken_ = false;
+  // in_nap_ is set before poked_ is looked at, both sequentially consistent: a post either
+  // sees in_nap_ and wakes the nap, or came before it and is seen by the predicate.
+  in_nap_ = true;
+  {
+    std::unique_lock lk(nap_mu_);
+    nap_cv_.wait_for(lk, timeout, [this] { return woken_ || poked_ || stop_.load(); });
+    woken_ = false;
+  }
+  in_nap_ = false;
 }
 
 int OfiDomain::Dispatch(ssize_t n) {
@@ -239,10 +254,16 @@ int OfiDomain::WaitForCompletions(int timeout_ms) {
   // The provider progresses only when polled: poll, nap, poll again. Each quiet round doubles
   // the nap, so a busy period is answered within tens of microseconds and an idle one costs a
   // wake-up a millisecond.
+  if (!slack_set_) {
+    // Naps of tens of microseconds mean nothing with the default 50 us of timer slack.
+    (void)prctl(PR_SET_TIMERSLACK, 1000UL, 0UL, 0UL, 0UL);
+    slack_set_ = true;
+  }
+  if (poked_.exchange(false)) nap_ = kFirstNap;
   const std::chrono::microseconds budget = std::chrono::milliseconds(timeout_ms);
   Nap(std::min(nap_, budget));
   const int n = PollCompletions();
-  if (n == 0) nap_ = std::min(nap_ * 2, kLongestNap);
+  if (n == 0 && !poked_) nap_ = std::min(nap_ * 2, kLongestNap);
   return n;
 }
 

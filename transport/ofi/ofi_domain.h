@@ -5,9 +5,9 @@
 //
 // A provider whose queues cannot sleep (shm in libfabric 1.17: no wait object, its sread
 // yields in a loop) runs in nap mode: the queues are only polled, and where the others sleep
-// in the provider the threads take short naps (50 us growing to 1 ms while nothing happens),
-// which a Wake cuts. An idle process then wakes about a thousand times a second (well under
-// 1% of a core) instead of spinning one.
+// in the provider the threads take short naps (10 us growing to 1 ms while nothing happens),
+// which a Wake or a new post cuts. An idle process then wakes about a thousand times a second (well
+// under 1% of a core) instead of spinning one.
 //
 // Thread-safety: Register, Post and the Add/Remove methods may be called from any thread.
 // Completions, posted tasks and message callbacks run on the progress thread; connection
@@ -125,6 +125,7 @@ class OfiDomain final : public ProgressEngine, public std::enable_shared_from_th
   int PollCompletions() override;
   int WaitForCompletions(int timeout_ms) override;
   void Wake() override;
+  void Poked() override;
   int Dispatch(ssize_t n);
   void CmLoop();
   void RunTickers();
@@ -149,6 +150,9 @@ class OfiDomain final : public ProgressEngine, public std::enable_shared_from_th
 
   bool nap_mode_ = false;
   std::chrono::microseconds nap_{0};  // progress thread only: the next nap's length
+  bool slack_set_ = false;            // progress thread only
+  std::atomic<bool> poked_{false};    // an operation was posted since the last nap
+  std::atomic<bool> in_nap_{false};   // the progress thread is (about to be) napping
   std::mutex nap_mu_;
   std::condition_variable nap_cv_;
   bool woken_ = false;  // GUARDED_BY(nap_mu_)
