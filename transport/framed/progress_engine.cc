@@ -25,20 +25,17 @@ void ProgressEngine::StopProgress() {
   Wake();
   if (thread_.joinable()) thread_.join();
   joined_ = true;
+  // What is left runs here, delayed tasks (retries) at once: they find the backend stopping and
+  // fail, and what their failure posts (a close) runs too.
   for (;;) {
     {
       std::lock_guard lk(mu_);
-      if (tasks_.empty() && pump_.empty()) break;
+      if (tasks_.empty() && pump_.empty() && delayed_.empty()) break;
+      for (auto& d : delayed_) tasks_.push_back(std::move(d.task));
+      delayed_.clear();
     }
     RunTasks();
   }
-  // Delayed tasks are retries: after the stop they would only find the backend stopping.
-  std::vector<Delayed> dropped;
-  {
-    std::lock_guard lk(mu_);
-    dropped.swap(delayed_);
-  }
-  for (auto& d : dropped) d.task();
   ReapRetired(true);
 }
 

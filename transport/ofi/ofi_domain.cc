@@ -208,7 +208,8 @@ void OfiDomain::Nap(std::chrono::microseconds timeout) {
   in_nap_ = true;
   {
     std::unique_lock lk(nap_mu_);
-    nap_cv_.wait_for(lk, timeout, [this] { return woken_ || poked_ || stop_.load(); });
+    // Not stop_: the CM thread is joined before the progress thread, which StopProgress wakes.
+    nap_cv_.wait_for(lk, timeout, [this] { return woken_ || poked_.load(); });
     woken_ = false;
   }
   in_nap_ = false;
@@ -298,7 +299,7 @@ void OfiDomain::CmLoop() {
     ssize_t n;
     if (nap_mode_) {
       n = fi_eq_read(eq_, &event, buf, sizeof(buf), 0);
-      if (n == -FI_EAGAIN) {
+      if (n < 0 && n != -FI_EAVAIL) {  // nothing there (or an error that would repeat)
         std::unique_lock lk(nap_mu_);
         nap_cv_.wait_for(lk, std::chrono::milliseconds(kCmSleepMs),
                          [this] { return stop_.load(); });
