@@ -10,6 +10,7 @@
 #include <cstring>
 #include <future>
 #include <thread>
+#include <vector>
 
 #include "transport/ofi/ofi_post.h"
 
@@ -28,6 +29,14 @@ ssize_t PostRetrying(Post post) {
   return rc;
 }
 
+// Room for a control message a receive offers: far more than an RdmControl, because rxm
+// mishandles a segmented (SAR) message that does not fit the receive it matches (it then
+// unlinks a list entry it never linked, and the sender's send never completes): a garbage
+// message of 64 KiB on a listener's control tag did that with an RdmControl-sized receive.
+// rxm segments messages up to 8 eager buffers (128 KiB with its defaults); larger ones go by
+// rendezvous, whose truncation is reported as an error completion and consumed.
+constexpr size_t kControlRecvBytes = 128 * 1024;
+
 }  // namespace
 
 // One control message posted, sending or receiving. Owned by the provider from its post to its
@@ -36,8 +45,9 @@ struct RdmEndpoint::ControlOp : TransferOp {
   std::shared_ptr<Core> core;
   fid_ep* ep = nullptr;
   bool recv = false;
-  uint64_t id = 0;  // recv: the id listened for
-  RdmControl msg;
+  uint64_t id = 0;                            // recv: the id listened for
+  RdmControl msg;                             // send
+  std::vector<uint8_t> inbox;                 // recv: kControlRecvBytes
   ControlHandler handler;                     // recv
   std::function<void(const Status&)> failed;  // send
   fid_mr* mr = nullptr;
@@ -48,18 +58,22 @@ struct RdmEndpoint::ControlOp : TransferOp {
   // Posts this receive (again). REQUIRES: core->mu held.
   ssize_t PostRecv() {
     return PostRetrying([this] {
-      return fi_trecv(ep, &msg, sizeof(msg), desc(), FI_ADDR_UNSPEC, kControlBit | id, 0, scratch);
+      return fi_trecv(ep, inbox.data(), inbox.size(), desc(), FI_ADDR_UNSPEC, kControlBit | id, 0,
+                      scratch);
     });
   }
 };
 
-Result<std::unique_ptr<RdmEndpoint::ControlOp>> RdmEndpoint::NewOp() {
+Result<std::unique_ptr<RdmEndpoint::ControlOp>> RdmEndpoint::NewOp(bool recv) {
   auto op = std::make_unique<ControlOp>();
   op->core = core_;
   op->ep = ep_;
+  op->recv = recv;
   op->on_done = &RdmEndpoint::OnControlDone;
+  if (recv) op->inbox.resize(kControlRecvBytes);
   if (domain_->local_mr()) {
-    auto mr = domain_->RegisterRaw(&op->msg, sizeof(op->msg), FI_SEND | FI_RECV);
+    auto mr = recv ? domain_->RegisterRaw(op->inbox.data(), op->inbox.size(), FI_RECV)
+                   : domain_->RegisterRaw(&op->msg, sizeof(op->msg), FI_SEND);
     if (!mr.ok()) return mr.status();
     op->mr = *mr;
   }
@@ -160,9 +174,8 @@ void RdmEndpoint::Remove(fi_addr_t addr) {
 }
 
 Status RdmEndpoint::Listen(uint64_t id, ControlHandler handler) {
-  auto op = NewOp();
+  auto op = NewOp(/*recv=*/true);
   if (!op.ok()) return op.status();
-  (*op)->recv = true;
   (*op)->id = id;
   (*op)->handler = std::move(handler);
   std::lock_guard lk(core_->mu);
@@ -187,7 +200,7 @@ void RdmEndpoint::Unlisten(uint64_t id) {
 
 Status RdmEndpoint::SendControl(fi_addr_t to, uint64_t to_id, const RdmControl& m,
                                 std::function<void(const Status&)> failed) {
-  auto op = NewOp();
+  auto op = NewOp(/*recv=*/false);
   if (!op.ok()) return op.status();
   (*op)->msg = m;
   (*op)->failed = std::move(failed);
@@ -256,7 +269,7 @@ void RdmEndpoint::OnControlDone(TransferOp* t, size_t len, const Status& st) {
     // is posted again, or one bad message would end the listener.
     if (st.ok()) {
       handler = op->handler;
-      m = op->msg;
+      std::memcpy(&m, op->inbox.data(), std::min(len, sizeof(m)));
     } else {
       spdlog::warn("ofi rdm: control message dropped: {}", st.ToString());
     }
@@ -270,8 +283,9 @@ void RdmEndpoint::OnControlDone(TransferOp* t, size_t len, const Status& st) {
     }
   }
   if (!st.ok()) return;
-  if (len < offsetof(RdmControl, name) || m.magic != RdmControl::kMagic ||
-      m.name_len > RdmControl::kMaxName || len < offsetof(RdmControl, name) + m.name_len) {
+  if (len < offsetof(RdmControl, name) || len > sizeof(RdmControl) ||
+      m.magic != RdmControl::kMagic || m.name_len > RdmControl::kMaxName ||
+      len < offsetof(RdmControl, name) + m.name_len) {
     spdlog::warn("ofi rdm: malformed control message ({} bytes) ignored", len);
     return;
   }

@@ -107,7 +107,7 @@ class RdmEndpoint : public std::enable_shared_from_this<RdmEndpoint> {
                std::chrono::milliseconds backoff = std::chrono::milliseconds(1));
   static constexpr auto kSendBound = std::chrono::seconds(10);
   // A control operation of this endpoint (its buffer registered where the provider wants).
-  Result<std::unique_ptr<ControlOp>> NewOp();
+  Result<std::unique_ptr<ControlOp>> NewOp(bool recv);
 
   const std::shared_ptr<OfiDomain> domain_;
   const std::shared_ptr<Core> core_ = std::make_shared<Core>();

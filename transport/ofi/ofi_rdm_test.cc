@@ -123,7 +123,9 @@ class RawRdmPeer {
 class RdmListenerTest : public ::testing::TestWithParam<std::string> {};
 
 // Oversized and malformed messages on the listener's control tag (the one every CONNECT goes
-// to) are dropped; a real client connects afterwards and its messages are answered.
+// to) are dropped; a real client connects afterwards and its messages are answered. With a
+// receive the size of a control message, 64 KiB of garbage made rxm mishandle the segmented
+// message (the sender never completed, and the listener once spun at 100% of a core).
 TEST_P(RdmListenerTest, GarbageOnTheControlTagLeavesTheListenerServing) {
   const std::string scheme = "ofi+" + GetParam();
   auto server = CreateTransport(scheme, {.loop_threads = 1});
@@ -141,8 +143,12 @@ TEST_P(RdmListenerTest, GarbageOnTheControlTagLeavesTheListenerServing) {
   RawRdmPeer raw;
   std::string why;
   ASSERT_TRUE(raw.Open(GetParam(), bound->host, bound->port, &why)) << why;
-  for (size_t len : {size_t{4096}, size_t{1}, size_t{0}})
-    ASSERT_TRUE(raw.SendToListener(len, &why)) << len << " bytes: " << why;
+  // Past rxm's eager limit (16 KiB) messages are segmented, up to 128 KiB, and past that sent by
+  // rendezvous: both must cost the listener the message only. On shm a message over 128 KiB
+  // is not tried: the raw sender's send never completes (the listener's side is not reached).
+  std::vector<size_t> sizes = {4096, 1, 0, 65536, 131072};
+  if (GetParam() != "shm") sizes.push_back(size_t{1} << 20);
+  for (size_t len : sizes) ASSERT_TRUE(raw.SendToListener(len, &why)) << len << " bytes: " << why;
 
   std::mutex mu;
   std::condition_variable cv;
