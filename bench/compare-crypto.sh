@@ -5,11 +5,14 @@
 # all modes back to back, starting at a different one each round; each mode's ratio to none is taken within its round, and the median
 # over ROUNDS rounds is printed (the machine is shared and noisy). JSON lines go to
 # $OUT/results.jsonl. Needs root.
-# Usage: [ROUNDS=3] [THREADS=1] [MODES="none ..."] [MOUNT_OPTS=...] [BIN=DIR] bench/compare-crypto.sh [SIZE_MIB]
+# Usage: [ROUNDS=3] [THREADS=1] [MODES="none ..."] [MOUNT_OPTS=...] [BIN=DIR] [PIN=1]
+#   bench/compare-crypto.sh [SIZE_MIB]
 #   THREADS: crypto threads of the server (--crypto-threads) and the mount (crypto_thread_num).
 #   MODES: the modes to run (all five by default; none must be one of them).
 #   MOUNT_OPTS: more -o options for every mount (e.g. read_ahead_kb=4096).
 #   BIN: the directory of the binaries (to compare two builds); when unset, ci/build builds build/.
+#   PIN=1: the server on CPU 0, the mount and the benchmark on CPU 1, as if each side had a
+#     host (and its cores) of its own: each pays only its half of the crypto.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . bench/lib.sh
@@ -19,6 +22,11 @@ if [ -z "${BIN:-}" ]; then
 fi
 export BIN
 size=${1:-512}
+mount_wrap=
+if [ "${PIN:-0}" = 1 ]; then
+  export SERVER_WRAP="taskset -c 0" CLIENT_WRAP="taskset -c 1"
+  mount_wrap="taskset -c 1"
+fi
 rounds=${ROUNDS:-3}
 threads=${THREADS:-1}
 OUT=${OUT:-/tmp/pohmelfs-crypto}
@@ -38,7 +46,7 @@ for round in $(seq 1 "$rounds"); do
   # Each round starts at another mode, so that none is not always the first (cold) one.
   for k in $(seq 0 $((${#mode_list[@]} - 1))); do
     mode=${mode_list[$(((k + round - 1) % ${#mode_list[@]}))]}
-    "$BIN/pohmelfs-mount" "$uri" "$base/mnt-x" \
+    $mount_wrap "$BIN/pohmelfs-mount" "$uri" "$base/mnt-x" \
       -o "key=$base/cluster.key,crypto=$mode,crypto_fail_unsupported,crypto_thread_num=$threads${MOUNT_OPTS:+,$MOUNT_OPTS}"
     bench_fs "$mode" "$base/mnt-x" "$OUT/round$round.jsonl" --size-mib "$size" --files 10 \
       --rand-reads 100 --untar "$base/tiny.tar"

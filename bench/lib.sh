@@ -5,12 +5,18 @@
 # tcp://127.0.0.1:0 by default), waits (bounded) until it listens, sets $uri to its address and
 # appends its pid to $pids. It serves loopback peers only; $SERVER_ARGS adds options (--key...).
 start_server() {
-  "${BIN:-build/bin}/pohmelfs-server" --export "$1" --listen "${3:-tcp://127.0.0.1:0}" \
+  # SERVER_WRAP: a command the server runs under (e.g. "taskset -c 0"); empty by default.
+  # shellcheck disable=SC2086
+  ${SERVER_WRAP:-} "${BIN:-build/bin}/pohmelfs-server" --export "$1" --listen "${3:-tcp://127.0.0.1:0}" \
     --allow 127.0.0.0/8=rw ${SERVER_ARGS:-} </dev/null >/dev/null 2>"$2" &
   pids="${pids:-} $!"
   for _ in $(seq 1 100); do grep -q "listening on" "$2" && break; sleep 0.1; done
   uri=$(sed -n 's/.*listening on \([a-z_;+]*:[^ ]*\).*/\1/p' "$2" | head -1)
-  [ -n "$uri" ] || { cat "$2" >&2; return 1; }
+  [ -n "$uri" ] || {
+    echo "start_server: the server did not report listening within 10 s; its log ($2):" >&2
+    cat "$2" >&2
+    return 1
+  }
 }
 
 # bench_fs TARGET DIR JSONL [pohmelfs-bench fs options]: runs the file system benchmark in DIR
@@ -18,7 +24,9 @@ start_server() {
 bench_fs() {
   local target=$1 dir=$2 out=$3
   shift 3
-  "${BIN:-build/bin}/pohmelfs-bench" fs "$dir" --json "$@" | sed "s/^{/{\"target\":\"$target\",/" >>"$out"
+  # CLIENT_WRAP: as SERVER_WRAP, for the benchmark process.
+  # shellcheck disable=SC2086
+  ${CLIENT_WRAP:-} "${BIN:-build/bin}/pohmelfs-bench" fs "$dir" --json "$@" | sed "s/^{/{\"target\":\"$target\",/" >>"$out"
 }
 
 # start_gluster VOLUME BRICK1 BRICK2 MOUNTPOINT: creates, starts and mounts a GlusterFS replica 2

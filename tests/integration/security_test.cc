@@ -520,9 +520,9 @@ TEST_F(SecurityTest, HostileClientsHitLimitsAndTheServerKeepsServing) {
   EXPECT_TRUE(ServerLogMentions("no complete handshake within 500 ms"));
 
   // A peer with more requests in flight than its credits: the server stops reading it. Lock
-  // requests that must wait (behind the peer's own lock, and the grace period after a start)
-  // stay in flight whatever the scheduling; a burst of GETATTRs did only while the server's
-  // workers lagged behind its loop thread, which a busy machine did not always give.
+  // requests waiting behind the peer's own lock stay in flight (up to the server's lock wait,
+  // 1 s) whatever the scheduling; a burst of GETATTRs did only while the server's workers
+  // lagged behind its loop thread, which a busy machine did not always give.
   RawPeer greedy(server_.uri());
   ASSERT_TRUE(greedy.Hello().has_value());
   auto lock = [&](uint64_t trans, uint64_t owner, uint32_t cmd) {
