@@ -519,6 +519,26 @@ TEST_F(SecurityTest, HostileClientsHitLimitsAndTheServerKeepsServing) {
   EXPECT_TRUE(silent.ClosedByPeer());
   EXPECT_TRUE(ServerLogMentions("no complete handshake within 500 ms"));
 
+  // A peer that asks for 1 MiB reads and never reads the replies: once the replies the
+  // socket does not take pass the high-water mark (32 largest messages) the server stops
+  // reading it, so its memory for the peer stays bounded.
+  std::ofstream(exp() + "/big") << std::string(POHMELFS_IO_MAX, 'b');
+  pohmelfs_name_req big_q{Oid::Root().ToWire(), to_le(uint32_t{3}), 0};
+  auto big = (*c)->Call(POHMELFS_OP_LOOKUP, RawPeer::Bytes(big_q, "big"));
+  ASSERT_TRUE(big.ok());
+  ASSERT_EQ(big->status, 0u);
+  pohmelfs_attr big_attr;
+  std::memcpy(&big_attr, big->payload.data(), sizeof(big_attr));
+  RawPeer reader(server_.uri());
+  ASSERT_TRUE(reader.Hello().has_value());
+  // 120 MiB of replies (in 10 KB of requests): more than the socket buffers (tens of MiB at
+  // most here) and the high-water mark together.
+  for (uint64_t t = 100; t < 220; t++) {
+    pohmelfs_read_req rd{big_attr.oid, 0, to_le(uint32_t{POHMELFS_IO_MAX}), 0};
+    reader.Send(POHMELFS_OP_READ, RawPeer::Bytes(rd), t);
+  }
+  EXPECT_TRUE(ServerLogMentions("the peer is not reading them")) << server_.Log();
+
   // A peer with more requests in flight than its credits: the server stops reading it. Lock
   // requests waiting behind the peer's own lock stay in flight (up to the server's lock wait,
   // 1 s) whatever the scheduling; a burst of GETATTRs did only while the server's workers
@@ -535,7 +555,7 @@ TEST_F(SecurityTest, HostileClientsHitLimitsAndTheServerKeepsServing) {
   };
   lock(10, 1, POHMELFS_LOCK_SETLK);
   for (uint64_t t = 11; t < 11 + 3 * kCredits; t++) lock(t, t, POHMELFS_LOCK_SETLKW);
-  EXPECT_TRUE(ServerLogMentions("pausing reads")) << server_.Log();
+  EXPECT_TRUE(ServerLogMentions("requests in flight; pausing reads")) << server_.Log();
 
   // Others are still served.
   auto other = Client(server_.uri(), "", POHMELFS_CRYPTO_NONE);

@@ -139,6 +139,8 @@ class TcpConnection final : public Connection,
       // The peer does not read what it asked for: stop reading its requests until it does.
       send_full_ = true;
       update = true;
+      spdlog::warn("{}: {} bytes of replies unsent (the peer is not reading them); pausing reads",
+                   peer_, queued_);
     }
     if (update) UpdateEventsLocked();
     return Status::Ok();
@@ -325,6 +327,7 @@ class TcpConnection final : public Connection,
     if (send_full_ && queued_ < kSendLowWater) {
       send_full_ = false;
       update = resume = true;
+      spdlog::info("{}: the peer reads its replies again; resuming reads", peer_);
     }
     if (out_.empty() && want_write_) {
       want_write_ = false;
