@@ -496,13 +496,20 @@ TEST_F(SecurityTest, HostileClientsHitLimitsAndTheServerKeepsServing) {
   std::ofstream(exp() + "/f") << "x";
   auto c = Client(server_.uri(), "", POHMELFS_CRYPTO_NONE);
   ASSERT_TRUE(c.ok()) << c.status().ToString();
+  // The attributes of a file in the export's root (zeros and a failure if it is not there).
+  auto attr_of = [&](std::string_view name) {
+    pohmelfs_name_req q{Oid::Root().ToWire(), to_le(static_cast<uint32_t>(name.size())), 0};
+    auto r = (*c)->Call(POHMELFS_OP_LOOKUP, RawPeer::Bytes(q, name));
+    pohmelfs_attr a{};
+    if (r.ok() && r->status == 0 && r->payload.size() >= sizeof(a)) {
+      std::memcpy(&a, r->payload.data(), sizeof(a));
+    } else {
+      ADD_FAILURE() << "lookup of " << name << " failed";
+    }
+    return a;
+  };
   // Thousands of opens: the first 100 succeed, the rest get EMFILE.
-  pohmelfs_name_req lq{Oid::Root().ToWire(), to_le(uint32_t{1}), 0};
-  auto lookup = (*c)->Call(POHMELFS_OP_LOOKUP, RawPeer::Bytes(lq, "f"));
-  ASSERT_TRUE(lookup.ok());
-  ASSERT_EQ(lookup->status, 0u);
-  pohmelfs_attr attr;
-  std::memcpy(&attr, lookup->payload.data(), sizeof(attr));
+  const pohmelfs_attr attr = attr_of("f");
   pohmelfs_open_req oq{attr.oid, 0, 0};
   int ok = 0, emfile = 0;
   for (int i = 0; i < 2000; i++) {
@@ -523,12 +530,7 @@ TEST_F(SecurityTest, HostileClientsHitLimitsAndTheServerKeepsServing) {
   // socket does not take pass the high-water mark (32 largest messages) the server stops
   // reading it, so its memory for the peer stays bounded.
   std::ofstream(exp() + "/big") << std::string(POHMELFS_IO_MAX, 'b');
-  pohmelfs_name_req big_q{Oid::Root().ToWire(), to_le(uint32_t{3}), 0};
-  auto big = (*c)->Call(POHMELFS_OP_LOOKUP, RawPeer::Bytes(big_q, "big"));
-  ASSERT_TRUE(big.ok());
-  ASSERT_EQ(big->status, 0u);
-  pohmelfs_attr big_attr;
-  std::memcpy(&big_attr, big->payload.data(), sizeof(big_attr));
+  const pohmelfs_attr big_attr = attr_of("big");
   RawPeer reader(server_.uri());
   ASSERT_TRUE(reader.Hello().has_value());
   // 120 MiB of replies (in 10 KB of requests): more than the socket buffers (tens of MiB at
