@@ -117,8 +117,6 @@ class OfiDomain final : public ProgressEngine, public std::enable_shared_from_th
   // Stops the threads, then runs what they left (the closes) on the caller's thread.
   void Stop();
   bool stopping() const { return stop_.load(); }
-  // The queues are polled with naps in between (see above).
-  bool napping() const { return nap_mode_; }
 
  private:
   explicit OfiDomain(std::chrono::microseconds spin) : ProgressEngine(spin) {}

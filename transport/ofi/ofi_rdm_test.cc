@@ -1,6 +1,8 @@
 // A listener on a reliable datagram provider against a raw libfabric peer that does not follow
 // the control protocol: what it sends to the listener's control tag must cost that message
 // only, never the listener (docs/transport.md "Reliable datagram providers").
+#include "transport/ofi/ofi_rdm.h"
+
 #include <gtest/gtest.h>
 #include <rdma/fabric.h>
 #include <rdma/fi_cm.h>
@@ -24,7 +26,8 @@ namespace {
 
 using namespace std::chrono_literals;
 
-constexpr uint64_t kListenerControlTag = 1ull << 63;  // control bit, connection id 0
+// The tag a listener's control receive waits on: the control bit and connection id 0.
+constexpr uint64_t kListenerControlTag = ofi::RdmEndpoint::kControlBit;
 
 // A bare RDM endpoint of one provider, closed in reverse order of opening.
 class RawRdmPeer {
