@@ -90,18 +90,6 @@ Result<std::optional<Entry>> LeaseManager::AcquireLocked(State* st, const Oid& o
   q.flags = to_le(reclaim ? POHMELFS_LEASE_RECLAIM : 0u);
   iovec v{&q, sizeof(q)};
   const uint64_t epoch = auth->connect_epoch();
-  {
-    std::lock_guard lk(st->mu);
-    st->acquiring = true;
-  }
-  struct Done {
-    State* st;
-    ~Done() {
-      std::lock_guard lk(st->mu);
-      st->acquiring = false;
-      st->seq_cv.notify_all();
-    }
-  } done{st};
   auto t = auth->Begin(POHMELFS_OP_LEASE, std::span<const iovec>(&v, 1),
                        CallOptions{.attempts = 1, .attempt_timeout = opts_.acquire_timeout});
   auto reply = auth->Wait(*t);
@@ -117,10 +105,13 @@ Result<std::optional<Entry>> LeaseManager::AcquireLocked(State* st, const Oid& o
   proto::AttrToStat(rep.attr, &e.st);
   std::lock_guard lk(st->mu);
   st->mode = from_le(rep.mode);
+  // A break of this very grant may have overtaken the reply (they are handled on different
+  // threads): the grant then stands only as far as the break left it.
+  if (st->broken_from == auth.get() && st->broken_epoch == epoch &&
+      from_le(rep.seq) <= st->broken_seq)
+    st->mode = std::min(st->mode, st->broken_keep);
   st->from = auth.get();
   st->from_epoch = epoch;
-  st->seq = std::max<uint64_t>(st->seq, from_le(rep.seq));
-  st->seq_cv.notify_all();
   counters_.grants++;
   return std::optional<Entry>(e);
 }
@@ -194,8 +185,10 @@ void LeaseManager::OnCallback(RpcClient* from, uint16_t opcode, std::vector<uint
     spdlog::warn("{}: short lease break; ignored", from->server());
     return;
   }
+  counters_.breaks++;
   std::lock_guard lk(mu_);
-  breaks_.push_back({from, Oid::FromWire(b.oid), from_le(b.keep), from_le(b.seq)});
+  breaks_.push_back(
+      {from, from->connect_epoch(), Oid::FromWire(b.oid), from_le(b.keep), from_le(b.seq)});
   cv_.notify_all();
 }
 
@@ -213,7 +206,6 @@ void LeaseManager::BreakLoop() {
 }
 
 void LeaseManager::RunBreak(const BreakJob& job) {
-  counters_.breaks++;
   std::shared_ptr<RpcClient> to = set_->Authority();
   if (to.get() != job.from) to.reset();
   std::shared_ptr<State> st;
@@ -225,13 +217,21 @@ void LeaseManager::RunBreak(const BreakJob& job) {
   bool had = false;
   if (st) {
     {
-      // The break may overtake the reply of the grant it breaks (they are handled on
-      // different threads): act on it only once that grant is recorded, or it would be undone.
-      std::unique_lock lk(st->mu);
-      if (!st->seq_cv.wait_for(lk, opts_.acquire_timeout,
-                               [&] { return st->seq >= job.seq || !st->acquiring; }))
-        spdlog::warn("lease break for {} names grant {} that never arrived", job.oid.Hex(),
-                     job.seq);
+      // Recorded first, so that the reply of the grant this breaks, if it is still on its way,
+      // does not undo the break. Waiting for that reply instead would deadlock when the
+      // break names an older grant (one that came with a create, whose number this client
+      // never learns) and the reply awaited is of an upgrade queued behind the request that
+      // caused the break.
+      std::lock_guard lk(st->mu);
+      if (st->broken_from != job.from || st->broken_epoch != job.from_epoch ||
+          job.seq > st->broken_seq) {
+        st->broken_from = job.from;
+        st->broken_epoch = job.from_epoch;
+        st->broken_seq = job.seq;
+        st->broken_keep = job.keep;
+      } else if (job.seq == st->broken_seq) {
+        st->broken_keep = std::min(st->broken_keep, job.keep);
+      }
     }
     std::unique_lock use(st->use);  // waits for the guards of this object to end
     {

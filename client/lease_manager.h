@@ -4,11 +4,14 @@
 //  - Hold(oid, mode) returns a guard under which the lease is held: READ lets the caller
 //    cache, WRITE also lets it delay changes. Without the lease it asks the authority (the
 //    highest-priority up writable server) and waits for the grant.
-//  - A LEASE_BREAK from the authority runs on a break thread: it waits for the guards of that
-//    object to end, has the owner flush what it delayed (hooks.flush), lowers the lease, asks
-//    the owner to drop kernel caches (hooks.invalidate, on the invalidator thread, waited for
-//    at most a bound so that a kernel lock held by a request that waits for this very lease
-//    cannot deadlock the break), and sends RELEASE.
+//  - A LEASE_BREAK from the authority runs on a break thread: it is recorded (a grant reply
+//    that it overtook, numbered no higher than the grant it names, then counts as broken; the
+//    break never waits for a reply, which the server may hold back until this very break is
+//    answered), it waits for the guards of that object to end, has the owner flush what it
+//    delayed (hooks.flush), lowers the lease, asks the owner to drop kernel caches
+//    (hooks.invalidate, on the invalidator thread, waited for at most a bound so that a kernel
+//    lock held by a request that waits for this very lease cannot deadlock the break), and
+//    sends RELEASE.
 //  - When the authority changes, or its connection was lost (breaks may have been missed),
 //    every lease is reclaimed from the current authority with the RECLAIM flag; kernel caches
 //    of reclaimed objects are dropped since a missed break cannot be ruled out. A lease that
@@ -90,24 +93,29 @@ class LeaseManager {
   void Stop();
 
   struct Counters {
+    // Grants received, breaks received (handled or queued), leases reclaimed and lost.
     std::atomic<uint64_t> grants{0}, breaks{0}, reclaims{0}, lost{0};
   };
   const Counters& counters() const { return counters_; }
 
  private:
   struct State {
-    std::shared_mutex use;           // shared by guards, exclusive while a break runs
-    std::mutex acquire_mu;           // one ACQUIRE at a time (never held by a break)
-    std::mutex mu;                   // the fields below; never held across a request
-    uint32_t mode = 0;               // GUARDED_BY(mu)
-    RpcClient* from = nullptr;       // GUARDED_BY(mu): the authority that granted it
-    uint64_t from_epoch = 0;         // GUARDED_BY(mu): its connect_epoch at the grant
-    uint64_t seq = 0;                // GUARDED_BY(mu): the latest grant seen
-    bool acquiring = false;          // GUARDED_BY(mu): an ACQUIRE is in flight
-    std::condition_variable seq_cv;  // a grant was recorded
+    std::shared_mutex use;      // shared by guards, exclusive while a break runs
+    std::mutex acquire_mu;      // one ACQUIRE at a time (never held by a break)
+    std::mutex mu;              // the fields below; never held across a request
+    uint32_t mode = 0;          // GUARDED_BY(mu)
+    RpcClient* from = nullptr;  // GUARDED_BY(mu): the authority that granted it
+    uint64_t from_epoch = 0;    // GUARDED_BY(mu): its connect_epoch at the grant
+    // The latest break seen (GUARDED_BY(mu)): the grant it named, the mode it left, and the
+    // authority connection it came on. A grant reply numbered no higher was broken already.
+    uint64_t broken_seq = 0;
+    uint32_t broken_keep = 0;
+    RpcClient* broken_from = nullptr;
+    uint64_t broken_epoch = 0;
   };
   struct BreakJob {
     RpcClient* from;
+    uint64_t from_epoch;
     Oid oid;
     uint32_t keep;
     uint64_t seq;

@@ -242,7 +242,7 @@ TEST_F(CoherenceTest, AppendsUnderFcntlLockAddUp) {
       if (err->empty() &&
           pwrite(fd, rec.data(), rec.size(), st.st_size) != static_cast<ssize_t>(rec.size()))
         *err = "pwrite: " + std::string(strerror(errno));
-      if (err->empty() && fsync(fd) != 0) *err = "fsync";
+      if (err->empty() && fsync(fd) != 0) *err = "fsync: " + std::string(strerror(errno));
       fl.l_type = F_UNLCK;
       if (fcntl(fd, F_SETLK, &fl) != 0 && err->empty()) *err = "unlock";
       close(fd);
@@ -252,10 +252,10 @@ TEST_F(CoherenceTest, AppendsUnderFcntlLockAddUp) {
   std::thread ta(appender, A("log"), 'a', &ea), tb(appender, B("log"), 'b', &eb);
   ta.join();
   tb.join();
-  ASSERT_EQ(ea, "");
-  ASSERT_EQ(eb, "");
+  ASSERT_EQ(ea, "") << servers_[0]->Log();
+  ASSERT_EQ(eb, "") << servers_[0]->Log();
   const std::string all = Slurp(A("log"));
-  ASSERT_EQ(all.size(), 2 * kRounds * kRecord);
+  ASSERT_EQ(all.size(), 2 * kRounds * kRecord) << all << servers_[0]->Log();
   EXPECT_EQ(std::count(all.begin(), all.end(), 'a'), kRounds * (kRecord - 1));
   EXPECT_EQ(std::count(all.begin(), all.end(), 'b'), kRounds * (kRecord - 1));
   EXPECT_EQ(Slurp(B("log")), all);
@@ -374,8 +374,8 @@ TEST_F(CoherenceTest, RandomWorkloadsOnDisjointSubtrees) {
   std::thread ta(run, A("a"), ma, kSeed, &ea), tb(run, B("b"), mb, kSeed + 1, &eb);
   ta.join();
   tb.join();
-  ASSERT_EQ(ea, "");
-  ASSERT_EQ(eb, "");
+  ASSERT_EQ(ea, "") << servers_[0]->Log();
+  ASSERT_EQ(eb, "") << servers_[0]->Log();
   EXPECT_EQ(TreeSum(A("a")), TreeSum(ma)) << TreeSum(A("a"), true) << "--- mirror\n"
                                           << TreeSum(ma, true);
   EXPECT_EQ(TreeSum(B("b")), TreeSum(mb));
