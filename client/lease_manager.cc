@@ -137,6 +137,7 @@ Result<LeaseManager::Guard> LeaseManager::Hold(const Oid& oid, uint32_t mode) {
     g.use_.unlock();
     std::optional<Entry> granted;
     {
+      WaitingForGrant waiting(this, st.get());
       std::lock_guard alk(st->acquire_mu);
       bool reclaim;
       uint32_t want = mode;
@@ -242,7 +243,7 @@ void LeaseManager::RunBreak(const BreakJob& job) {
     std::lock_guard lk(st->mu);
     st->mode = std::min(st->mode, job.keep);
   }
-  if (had) InvalidateBounded(job.oid, job.keep);
+  if (had) InvalidateBounded(job.oid, job.keep, st, opts_.invalidate_max_wait);
   if (!to) {
     spdlog::info(
         "lease break for {} from a server that is no longer the authority; its "
@@ -270,18 +271,46 @@ Status LeaseManager::SendRelease(const std::shared_ptr<RpcClient>& to, const Oid
   return Status::Ok();
 }
 
-void LeaseManager::InvalidateBounded(const Oid& oid, uint32_t keep) {
+LeaseManager::WaitingForGrant::WaitingForGrant(LeaseManager* m, State* st) : m_(m), st_(st) {
+  st_->waiting++;
+  Announce();
+}
+
+LeaseManager::WaitingForGrant::~WaitingForGrant() {
+  st_->waiting--;
+  Announce();
+}
+
+void LeaseManager::WaitingForGrant::Announce() {
+  // Under the lock, so that an invalidation that just checked the count cannot miss it.
+  std::lock_guard lk(m_->inval_mu_);
+  m_->inval_cv_.notify_all();
+}
+
+void LeaseManager::InvalidateBounded(const Oid& oid, uint32_t keep,
+                                     const std::shared_ptr<State>& st,
+                                     std::chrono::milliseconds max_wait) {
   if (!hooks_.invalidate) return;
   hooks_.invalidate(oid, keep, false);  // attributes at once: a stat must not see old ones
   auto done = std::make_shared<bool>(false);
   std::unique_lock lk(inval_mu_);
   inval_queue_.push_back({oid, keep, done});
   inval_cv_.notify_all();
-  if (!inval_cv_.wait_for(lk, opts_.invalidate_wait, [&] { return *done; }))
+  // Woken by the invalidator and by requests that start or stop waiting for a grant.
+  const auto start = Clock::now();
+  while (!*done) {
+    const bool blocking = st && st->waiting.load() > 0;
+    const auto until = start + (blocking ? std::min(max_wait, opts_.invalidate_wait) : max_wait);
+    if (Clock::now() >= until) break;
+    inval_cv_.wait_until(lk, until);
+  }
+  if (!*done)
     spdlog::info(
-        "dropping kernel caches of {} is taking longer than {} ms; releasing the lease "
+        "dropping kernel caches of {} is taking longer than {} ms{}; releasing the lease "
         "meanwhile",
-        oid.Hex(), opts_.invalidate_wait.count());
+        oid.Hex(),
+        std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - start).count(),
+        st && st->waiting.load() > 0 ? " while a request of it waits for a grant" : "");
 }
 
 void LeaseManager::InvalidatorLoop() {
@@ -320,7 +349,7 @@ void LeaseManager::ReclaimAll() {
     std::lock_guard lk(mu_);
     for (const auto& [oid, st] : states_) all.emplace_back(oid, st);
   }
-  std::vector<std::pair<Oid, uint32_t>> reclaimed;
+  std::vector<std::pair<Oid, std::shared_ptr<State>>> reclaimed;
   for (auto& [oid, st] : all) {
     std::lock_guard alk(st->acquire_mu);
     uint32_t mode;
@@ -334,7 +363,7 @@ void LeaseManager::ReclaimAll() {
       counters_.reclaims++;
       spdlog::info("{}: reclaimed the {} lease on {}", auth->server(),
                    mode == POHMELFS_LEASE_WRITE ? "write" : "read", oid.Hex());
-      reclaimed.emplace_back(oid, mode);
+      reclaimed.emplace_back(oid, st);
     } else {
       counters_.lost++;
       {
@@ -348,7 +377,9 @@ void LeaseManager::ReclaimAll() {
   }
   // A break may have been missed while there was no authority: drop kernel caches (without
   // the states' locks, which requests waiting in the kernel may need).
-  for (const auto& [oid, mode] : reclaimed) InvalidateBounded(oid, POHMELFS_LEASE_NONE);
+  // No release follows, so nothing waits for these: the short bound for each.
+  for (const auto& [oid, st] : reclaimed)
+    InvalidateBounded(oid, POHMELFS_LEASE_NONE, st, opts_.invalidate_wait);
   const bool changed = last_authority_ != auth.get() || last_epoch_ != auth->connect_epoch();
   last_authority_ = auth.get();
   last_epoch_ = auth->connect_epoch();

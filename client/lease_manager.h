@@ -9,9 +9,9 @@
 //    break never waits for a reply, which the server may hold back until this very break is
 //    answered), it waits for the guards of that object to end, has the owner flush what it
 //    delayed (hooks.flush), lowers the lease, asks the owner to drop kernel caches
-//    (hooks.invalidate, on the invalidator thread, waited for at most a bound so that a kernel
-//    lock held by a request that waits for this very lease cannot deadlock the break), and
-//    sends RELEASE.
+//    (hooks.invalidate, on the invalidator thread, waited for until done, or only briefly
+//    while a request of the object waits for a grant, so that a kernel page lock held by such
+//    a request cannot deadlock the break), and sends RELEASE.
 //  - When the authority changes, or its connection was lost (breaks may have been missed),
 //    every lease is reclaimed from the current authority with the RECLAIM flag; kernel caches
 //    of reclaimed objects are dropped since a missed break cannot be ruled out. A lease that
@@ -23,6 +23,7 @@
 // Thread-safety: all public methods are thread-safe.
 #pragma once
 
+#include <atomic>
 #include <condition_variable>
 #include <deque>
 #include <functional>
@@ -52,9 +53,13 @@ class LeaseManager {
   };
   struct Options {
     int break_threads = 4;
-    // Dropping kernel caches can wait on a page that a read is filling, and that read may be
-    // waiting for this very break to finish: wait only this long before releasing.
+    // A break releases the lease once the kernel dropped the object's pages, so that no stale
+    // page outlives it. But dropping them waits for pages that requests in flight hold locked,
+    // and such a request may be waiting for a grant that this very break holds up: while a
+    // request of the object waits for a grant, wait only invalidate_wait; otherwise at most
+    // invalidate_max_wait (a backstop well below the servers' break timeout).
     std::chrono::milliseconds invalidate_wait{20};
+    std::chrono::milliseconds invalidate_max_wait{1000};
     std::chrono::milliseconds acquire_timeout{30000};  // one ACQUIRE, waiting for others
   };
 
@@ -106,6 +111,9 @@ class LeaseManager {
     uint32_t mode = 0;          // GUARDED_BY(mu)
     RpcClient* from = nullptr;  // GUARDED_BY(mu): the authority that granted it
     uint64_t from_epoch = 0;    // GUARDED_BY(mu): its connect_epoch at the grant
+    // Requests of this object waiting for a grant (they may hold kernel page locks). Changes
+    // are announced on inval_cv_.
+    std::atomic<int> waiting{0};
     // The latest break seen (GUARDED_BY(mu)): the grant it named, the mode it left, and the
     // authority connection it came on. A grant reply numbered no higher was broken already.
     uint64_t broken_seq = 0;
@@ -120,6 +128,19 @@ class LeaseManager {
     uint32_t keep;
     uint64_t seq;
   };
+  // Counts a request among those waiting for a grant of st's object while it lives.
+  class WaitingForGrant {
+   public:
+    WaitingForGrant(LeaseManager* m, State* st);
+    ~WaitingForGrant();
+    WaitingForGrant(const WaitingForGrant&) = delete;
+    WaitingForGrant& operator=(const WaitingForGrant&) = delete;
+
+   private:
+    void Announce();
+    LeaseManager* const m_;
+    State* const st_;
+  };
   std::shared_ptr<State> StateOf(const Oid& oid);
   // Sends ACQUIRE (or a reclaim) to the current authority and records the grant.
   // REQUIRES: st->acquire_mu held, st->mu not held.
@@ -130,7 +151,10 @@ class LeaseManager {
   void OnCallback(RpcClient* from, uint16_t opcode, std::vector<uint8_t>&& payload);
   void BreakLoop();
   void RunBreak(const BreakJob& job);
-  void InvalidateBounded(const Oid& oid, uint32_t keep);
+  // Drops kernel caches of oid (st: its state, if any), waiting for that at most max_wait, or
+  // invalidate_wait while a request of the object waits for a grant.
+  void InvalidateBounded(const Oid& oid, uint32_t keep, const std::shared_ptr<State>& st,
+                         std::chrono::milliseconds max_wait);
   void InvalidatorLoop();
   void ReclaimLoop();
   void ReclaimAll();

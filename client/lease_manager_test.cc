@@ -25,6 +25,57 @@ bool Eventually(F cond) {
   return cond();
 }
 
+// A gate the test opens once; waits on it are bounded.
+class Gate {
+ public:
+  void Open() {
+    std::lock_guard lk(mu_);
+    open_ = true;
+    cv_.notify_all();
+  }
+  bool WaitFor(std::chrono::milliseconds d) {
+    std::unique_lock lk(mu_);
+    return cv_.wait_for(lk, d, [&] { return open_; });
+  }
+
+ private:
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool open_ = false;
+};
+
+// A hook of one object that blocks (as the kernel does on a page that a request holds
+// locked) until the test lets it go. Shared with the hooks, so that it outlives a test that
+// fails early (LetGo opens it then).
+struct Blocker {
+  Gate entered, may_go;
+  std::atomic<bool> done{false};
+  void Watch(const Oid& oid) {
+    std::lock_guard lk(mu);
+    watched = oid;
+  }
+  // Called by the hook: blocks if oid is the watched one.
+  void Run(const Oid& oid) {
+    {
+      std::lock_guard lk(mu);
+      if (!(oid == watched)) return;
+    }
+    entered.Open();
+    may_go.WaitFor(10s);
+    done = true;
+  }
+
+ private:
+  std::mutex mu;
+  Oid watched;
+};
+
+// Opens the blocker when the test ends, however it ends.
+struct LetGo {
+  std::shared_ptr<Blocker> b;
+  ~LetGo() { b->may_go.Open(); }
+};
+
 class LeaseManagerTest : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -97,27 +148,23 @@ TEST_F(LeaseManagerTest, BreakOfACreateGrantIsAnsweredWhileAnUpgradeWaitsBehindI
   ASSERT_TRUE(set_a && set_b);
   // A's only break thread is held inside the flush of another object's break until the test
   // has A's upgrade in flight: so A sees the file's break only while it is acquiring.
-  Oid held_oid;
-  std::promise<void> flush_entered, flush_may_go;
-  std::shared_future<void> may_go = flush_may_go.get_future().share();
+  auto flush = std::make_shared<Blocker>();
+  LetGo let_go{flush};
   LeaseManager::Hooks hooks_a;
-  hooks_a.flush = [&](const Oid& oid, uint32_t) {
-    if (!(oid == held_oid)) return;
-    flush_entered.set_value();
-    may_go.wait_for(10s);
-  };
+  hooks_a.flush = [flush](const Oid& oid, uint32_t) { flush->Run(oid); };
   LeaseManager* a = Manager(set_a, hooks_a, 1);
   LeaseManager* b = Manager(set_b, {}, 4);
   const Oid file = CreateLeased(set_a, a, "file");
-  held_oid = CreateLeased(set_a, a, "other");
+  const Oid other = CreateLeased(set_a, a, "other");
+  flush->Watch(other);
 
   // B reads the file: A is broken to READ (its break thread is free yet).
   ASSERT_TRUE(b->Hold(file, POHMELFS_LEASE_READ).ok());
   EXPECT_EQ(a->Held(file), POHMELFS_LEASE_READ);
   // B reads the other object: A's break thread stops in that flush.
   auto b_other =
-      std::async(std::launch::async, [&] { return b->Hold(held_oid, POHMELFS_LEASE_READ).ok(); });
-  ASSERT_EQ(flush_entered.get_future().wait_for(10s), std::future_status::ready);
+      std::async(std::launch::async, [&] { return b->Hold(other, POHMELFS_LEASE_READ).ok(); });
+  ASSERT_TRUE(flush->entered.WaitFor(10s));
   // B asks for WRITE on the file: the break reaches A and waits for the thread.
   const uint64_t breaks_before = a->counters().breaks;
   auto b_write = std::async(std::launch::async, [&] {
@@ -134,7 +181,7 @@ TEST_F(LeaseManagerTest, BreakOfACreateGrantIsAnsweredWhileAnUpgradeWaitsBehindI
     return g.ok() ? g->mode() : 0u;
   });
   ASSERT_TRUE(Eventually([&] { return auth_a->inflight() == 1; }));
-  flush_may_go.set_value();
+  flush->may_go.Open();
 
   EXPECT_TRUE(b_other.get());
   EXPECT_EQ(b_write.get(), POHMELFS_LEASE_WRITE);
@@ -145,6 +192,63 @@ TEST_F(LeaseManagerTest, BreakOfACreateGrantIsAnsweredWhileAnUpgradeWaitsBehindI
   EXPECT_EQ(held, (std::set<uint32_t>{POHMELFS_LEASE_NONE, POHMELFS_LEASE_WRITE}));
   EXPECT_EQ(a->counters().lost, 0u);
   EXPECT_EQ(b->counters().lost, 0u);
+}
+
+// The lease is given back only once the kernel dropped the pages read under it: another
+// client's grant waits for that.
+TEST_F(LeaseManagerTest, BreakReleasesOnlyOnceKernelPagesAreDropped) {
+  auto set_a = Connect(), set_b = Connect();
+  ASSERT_TRUE(set_a && set_b);
+  auto inval = std::make_shared<Blocker>();
+  LetGo let_go{inval};
+  LeaseManager::Hooks hooks_a;
+  hooks_a.invalidate = [inval](const Oid& oid, uint32_t, bool all) {
+    if (all) inval->Run(oid);  // pages and names; attributes go at once
+  };
+  LeaseManager* a = Manager(set_a, hooks_a, 1);
+  LeaseManager* b = Manager(set_b, {}, 1);
+  const Oid file = CreateLeased(set_a, a, "file");
+  inval->Watch(file);
+  auto b_read = std::async(std::launch::async, [&] {
+    auto g = b->Hold(file, POHMELFS_LEASE_READ);
+    return g.ok() && inval->done.load();  // granted, and only after A's pages were dropped
+  });
+  ASSERT_TRUE(inval->entered.WaitFor(10s));
+  // Not granted while A's pages are still being dropped (the bound for that is 1 s).
+  EXPECT_EQ(b_read.wait_for(300ms), std::future_status::timeout);
+  inval->may_go.Open();
+  EXPECT_TRUE(b_read.get());
+}
+
+// But a request of the object that waits for a grant may hold the very page the kernel waits
+// for: the break then gives the lease back after a short wait, and both requests go on.
+TEST_F(LeaseManagerTest, BreakDoesNotWaitForPagesWhileARequestWaitsForAGrant) {
+  auto set_a = Connect(), set_b = Connect();
+  ASSERT_TRUE(set_a && set_b);
+  auto inval = std::make_shared<Blocker>();
+  LetGo let_go{inval};
+  LeaseManager::Hooks hooks_a;
+  hooks_a.invalidate = [inval](const Oid& oid, uint32_t, bool all) {
+    if (all) inval->Run(oid);  // pages and names; attributes go at once
+  };
+  LeaseManager* a = Manager(set_a, hooks_a, 1);
+  LeaseManager* b = Manager(set_b, {}, 1);
+  const Oid file = CreateLeased(set_a, a, "file");
+  inval->Watch(file);
+  auto b_read = std::async(std::launch::async, [&] {
+    auto g = b->Hold(file, POHMELFS_LEASE_READ);
+    return g.ok() ? g->mode() : 0u;
+  });
+  ASSERT_TRUE(inval->entered.WaitFor(10s));
+  // A write on A (which in the kernel holds its pages locked) waits for a WRITE grant.
+  auto a_write = std::async(std::launch::async, [&] {
+    auto g = a->Hold(file, POHMELFS_LEASE_WRITE);
+    return g.ok() ? g->mode() : 0u;
+  });
+  EXPECT_EQ(b_read.get(), POHMELFS_LEASE_READ);
+  EXPECT_EQ(a_write.get(), POHMELFS_LEASE_WRITE);
+  EXPECT_FALSE(inval->done.load());  // all of it while the pages were still being dropped
+  inval->may_go.Open();
 }
 
 }  // namespace
