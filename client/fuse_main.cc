@@ -3,6 +3,7 @@
 // the mount is in place (exit 0), or with the reason it failed (exit 1).
 #include <fcntl.h>
 #include <poll.h>
+#include <spdlog/sinks/basic_file_sink.h>
 #include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/sinks/syslog_sink.h>
 #include <spdlog/spdlog.h>
@@ -84,6 +85,25 @@ int WaitForChild(int fd, pid_t child, int timeout_ms) {
   return 1;
 }
 
+// The log goes to log_file when one is given, else to syslog in the background (stderr is
+// /dev/null there) or to stderr in the foreground.
+Status SetLogger(const std::string& log_file, bool background) {
+  if (log_file.empty()) {
+    spdlog::set_default_logger(
+        background ? spdlog::syslog_logger_mt("pohmelfs-mount", "pohmelfs-mount", LOG_PID)
+                   : spdlog::stderr_color_mt("pohmelfs-mount"));
+    return Status::Ok();
+  }
+  try {
+    auto logger = spdlog::basic_logger_mt("pohmelfs-mount", log_file);
+    logger->flush_on(spdlog::level::trace);  // a line is on disk before anything goes wrong
+    spdlog::set_default_logger(std::move(logger));
+  } catch (const spdlog::spdlog_ex& e) {
+    return Status::Error(EIO, std::string("log_file: ") + e.what());
+  }
+  return Status::Ok();
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -131,10 +151,12 @@ int main(int argc, char** argv) {
     close(p[0]);
     report_fd = p[1];
     setsid();
-    spdlog::set_default_logger(
-        spdlog::syslog_logger_mt("pohmelfs-mount", "pohmelfs-mount", LOG_PID));
-  } else {
-    spdlog::set_default_logger(spdlog::stderr_color_mt("pohmelfs-mount"));
+  }
+  if (Status s = SetLogger(o.log_file, !co.foreground); !s.ok()) {
+    std::string msg = "cannot mount " + o.source + ": " + s.reason();
+    if (report_fd < 0) std::fprintf(stderr, "pohmelfs-mount: %s\n", msg.c_str());
+    Report(report_fd, msg);  // in the background, the parent prints it
+    return 1;
   }
   spdlog::set_level(spdlog::level::from_str(o.log_level));
   signal(SIGPIPE, SIG_IGN);

@@ -4,6 +4,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <filesystem>
 
 #include "crypto/keys.h"
 
@@ -28,6 +29,7 @@ struct RawOptions {
   unsigned read_ahead_kb;
   char* cluster;
   char* log_level;
+  char* log_file;
   char* key;
   char* crypto;
   char* name;
@@ -49,7 +51,7 @@ const fuse_opt kSpec[] = {
     POHMELFS_OPT("max_read=%u", max_read),
     // libfuse must see max_read too: it checks it against what Init answers.
     FUSE_OPT_KEY("max_read=", FUSE_OPT_KEY_KEEP), POHMELFS_OPT("threads=%u", threads),
-    POHMELFS_OPT("log_level=%s", log_level),
+    POHMELFS_OPT("log_level=%s", log_level), POHMELFS_OPT("log_file=%s", log_file),
     POHMELFS_OPT("keepalive_interval=%u", keepalive_interval),
     POHMELFS_OPT("keepalive_timeout=%u", keepalive_timeout), POHMELFS_OPT("cluster=%s", cluster),
     POHMELFS_OPT("leases=%u", leases), POHMELFS_OPT("lease_timeout=%lf", lease_timeout),
@@ -115,6 +117,8 @@ void PrintMountUsage(const char* prog) {
       "  name=NAME              this client's name in the servers' logs, and the name of its\n"
       "                         own key on servers with --client-keys (the host name)\n"
       "  log_level=LEVEL        trace, debug, info, warn, error (warn)\n"
+      "  log_file=FILE          log to FILE (appended, each line written at once) instead of\n"
+      "                         syslog (in the background) or stderr (with -f)\n"
       "  and the usual FUSE mount options (ro, allow_other, ...)\n",
       prog);
 }
@@ -158,6 +162,17 @@ bool ParseMountOptions(int argc, char** argv, MountOptions* out, fuse_args* args
   if (raw.log_level) {
     out->log_level = raw.log_level;
     std::free(raw.log_level);
+  }
+  if (raw.log_file) {
+    // Absolute: the daemon changes its directory to / once in the background.
+    std::error_code ec;
+    auto path = std::filesystem::absolute(raw.log_file, ec);
+    std::free(raw.log_file);
+    if (ec || path.empty()) {
+      std::fprintf(stderr, "pohmelfs-mount: log_file: %s\n", ec.message().c_str());
+      return false;
+    }
+    out->log_file = path.string();
   }
   if (raw.trans_scan_timeout == 0 || raw.connect_timeout == 0 || raw.keepalive_interval < 10 ||
       raw.keepalive_timeout < 10 || raw.max_write < 4096 || raw.max_write > (1u << 20) ||

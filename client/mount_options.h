@@ -39,6 +39,7 @@ struct MountOptions {
   unsigned crypto_thread_num = 0;
   std::string name;  // empty: the host name
   std::string log_level = "warn";
+  std::string log_file;    // absolute; empty: syslog once in the background, else stderr
   std::string source;      // the URI argument as given
   bool show_help = false;  // -h/--help was given: print usage and exit 0
 };

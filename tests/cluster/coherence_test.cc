@@ -39,6 +39,7 @@ class NsClient {
     const std::string addr = "10." + std::to_string(net) + "." + std::to_string(50 + index) + ".2";
     mnt_ = (dir / ("mnt" + std::to_string(index))).string();
     log_ = (dir / ("mount" + std::to_string(index) + ".log")).string();
+    daemon_log_ = (dir / ("mount" + std::to_string(index) + ".daemon.log")).string();
     fs::create_directories(mnt_);
     ok_ = MakeVethNamespace(ns_, veth_, "pn" + tag, server_addr_, addr);
   }
@@ -62,7 +63,7 @@ class NsClient {
                                      servers,
                                      mnt_,
                                      "-o",
-                                     kOpts + extra};
+                                     kOpts + ",log_level=info,log_file=" + daemon_log_ + extra};
     mounted_ = RunCommand(argv, log_, 60) == 0;
     return mounted_;
   }
@@ -78,10 +79,12 @@ class NsClient {
     if (pid > 0) kill(pid, sig);
   }
   const std::string& mnt() const { return mnt_; }
-  std::string Log() const { return ReadFile(log_); }
+  // What the mount command printed, then the daemon's log.
+  std::string Log() const { return ReadFile(log_) + ReadFile(daemon_log_); }
+  std::string DaemonLog() const { return ReadFile(daemon_log_); }
 
  private:
-  std::string ns_, veth_, server_addr_, mnt_, log_;
+  std::string ns_, veth_, server_addr_, mnt_, log_, daemon_log_;
   bool ok_ = false, mounted_ = false;
 };
 
@@ -155,6 +158,9 @@ class CoherenceTest : public ::testing::Test {
     ASSERT_TRUE(a_->ok() && b_->ok()) << "could not set up the client namespaces";
     ASSERT_TRUE(a_->Mount(a_->Servers(ports), extra)) << a_->Log();
     ASSERT_TRUE(b_->Mount(b_->Servers(ports), extra)) << b_->Log();
+    // Each daemon logs to its own file (log_file=), which failure messages below print.
+    ASSERT_NE(a_->DaemonLog().find("mounted "), std::string::npos) << a_->Log();
+    ASSERT_NE(b_->DaemonLog().find("mounted "), std::string::npos) << b_->Log();
   }
   std::string A(const std::string& rel) { return a_->mnt() + "/" + rel; }
   std::string B(const std::string& rel) { return b_->mnt() + "/" + rel; }
@@ -252,10 +258,11 @@ TEST_F(CoherenceTest, AppendsUnderFcntlLockAddUp) {
   std::thread ta(appender, A("log"), 'a', &ea), tb(appender, B("log"), 'b', &eb);
   ta.join();
   tb.join();
-  ASSERT_EQ(ea, "") << servers_[0]->Log();
-  ASSERT_EQ(eb, "") << servers_[0]->Log();
+  ASSERT_EQ(ea, "") << a_->Log() << servers_[0]->Log();
+  ASSERT_EQ(eb, "") << b_->Log() << servers_[0]->Log();
   const std::string all = Slurp(A("log"));
-  ASSERT_EQ(all.size(), 2 * kRounds * kRecord) << all << servers_[0]->Log();
+  ASSERT_EQ(all.size(), 2 * kRounds * kRecord)
+      << all << a_->Log() << b_->Log() << servers_[0]->Log();
   EXPECT_EQ(std::count(all.begin(), all.end(), 'a'), kRounds * (kRecord - 1));
   EXPECT_EQ(std::count(all.begin(), all.end(), 'b'), kRounds * (kRecord - 1));
   EXPECT_EQ(Slurp(B("log")), all);
@@ -374,8 +381,8 @@ TEST_F(CoherenceTest, RandomWorkloadsOnDisjointSubtrees) {
   std::thread ta(run, A("a"), ma, kSeed, &ea), tb(run, B("b"), mb, kSeed + 1, &eb);
   ta.join();
   tb.join();
-  ASSERT_EQ(ea, "") << servers_[0]->Log();
-  ASSERT_EQ(eb, "") << servers_[0]->Log();
+  ASSERT_EQ(ea, "") << a_->Log() << servers_[0]->Log();
+  ASSERT_EQ(eb, "") << b_->Log() << servers_[0]->Log();
   EXPECT_EQ(TreeSum(A("a")), TreeSum(ma)) << TreeSum(A("a"), true) << "--- mirror\n"
                                           << TreeSum(ma, true);
   EXPECT_EQ(TreeSum(B("b")), TreeSum(mb));

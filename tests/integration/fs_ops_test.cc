@@ -475,6 +475,21 @@ TEST(MountOptions, ReadAheadAboveOneMibAndMaxReadTakeEffect) {
   Unmount(s.mnt());
 }
 
+// log_file= sends the daemon's log to a file of its own (relative paths are taken from where
+// the mount was run); a file that cannot be opened fails the mount with a message.
+TEST(MountOptions, LogFileGetsTheDaemonsLogAndABadOneFailsTheMount) {
+  StandaloneServer s("logfile");
+  ASSERT_TRUE(s.started) << s.server.Log();
+  EXPECT_FALSE(Mount(s.server.uri(), s.mnt(), s.log("bad.log"), "log_file=/proc/no/such.log"));
+  EXPECT_NE(ReadFile(s.log("bad.log")).find("log_file: "), std::string::npos)
+      << ReadFile(s.log("bad.log"));
+  const std::string file = s.log("daemon.log");
+  ASSERT_TRUE(Mount(s.server.uri(), s.mnt(), s.log("mount.log"), "log_level=info,log_file=" + file))
+      << ReadFile(s.log("mount.log"));
+  EXPECT_NE(ReadFile(file).find("mounted " + s.server.uri()), std::string::npos) << ReadFile(file);
+  Unmount(s.mnt());
+}
+
 TEST(DeadServer, CallsFailWithErrnoWithinTheBound) {
   StandaloneServer s("dead");
   ASSERT_TRUE(s.started) << s.server.Log();
