@@ -171,6 +171,9 @@ void LeaseManager::GrantLocal(const Oid& oid) {
   if (!auth) return;
   std::lock_guard lk(st->mu);
   st->mode = POHMELFS_LEASE_WRITE;
+  // A new object has no other grant: a break already seen from this authority broke this one.
+  if (st->broken_from == auth.get() && st->broken_epoch == auth->connect_epoch())
+    st->mode = std::min(st->mode, st->broken_keep);
   st->from = auth.get();
   st->from_epoch = auth->connect_epoch();
 }
@@ -209,14 +212,11 @@ void LeaseManager::BreakLoop() {
 void LeaseManager::RunBreak(const BreakJob& job) {
   std::shared_ptr<RpcClient> to = set_->Authority();
   if (to.get() != job.from) to.reset();
-  std::shared_ptr<State> st;
-  {
-    std::lock_guard lk(mu_);
-    auto it = states_.find(job.oid);
-    if (it != states_.end()) st = it->second;
-  }
+  // Made if missing: the break of a create's grant may come before GrantLocal, which must
+  // then find it.
+  std::shared_ptr<State> st = StateOf(job.oid);
   bool had = false;
-  if (st) {
+  {
     {
       // Recorded first, so that the reply of the grant this breaks, if it is still on its way,
       // does not undo the break. Waiting for that reply instead would deadlock when the
@@ -294,13 +294,18 @@ void LeaseManager::InvalidateBounded(const Oid& oid, uint32_t keep,
   hooks_.invalidate(oid, keep, false);  // attributes at once: a stat must not see old ones
   auto done = std::make_shared<bool>(false);
   std::unique_lock lk(inval_mu_);
-  inval_queue_.push_back({oid, keep, done});
+  inval_queue_.push_back({oid, keep, st, done});
   inval_cv_.notify_all();
+  // Whether this invalidation may be held up by a request that waits for a grant: one of this
+  // object, or one of the object whose invalidation runs ahead of this one.
+  auto held_up = [&] {
+    if (st && st->waiting.load() > 0) return true;
+    return inval_running_ != done && inval_running_st_ && inval_running_st_->waiting.load() > 0;
+  };
   // Woken by the invalidator and by requests that start or stop waiting for a grant.
   const auto start = Clock::now();
   while (!*done) {
-    const bool blocking = st && st->waiting.load() > 0;
-    const auto until = start + (blocking ? std::min(max_wait, opts_.invalidate_wait) : max_wait);
+    const auto until = start + (held_up() ? std::min(max_wait, opts_.invalidate_wait) : max_wait);
     if (Clock::now() >= until) break;
     inval_cv_.wait_until(lk, until);
   }
@@ -310,7 +315,7 @@ void LeaseManager::InvalidateBounded(const Oid& oid, uint32_t keep,
         "meanwhile",
         oid.Hex(),
         std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - start).count(),
-        st && st->waiting.load() > 0 ? " while a request of it waits for a grant" : "");
+        held_up() ? " while a request waits for a grant" : "");
 }
 
 void LeaseManager::InvalidatorLoop() {
@@ -320,10 +325,15 @@ void LeaseManager::InvalidatorLoop() {
     if (inval_stopping_) return;
     InvalJob job = inval_queue_.front();
     inval_queue_.pop_front();
+    inval_running_ = job.done;
+    inval_running_st_ = job.st;
+    inval_cv_.notify_all();  // the jobs behind it look at what it waits for
     lk.unlock();
     hooks_.invalidate(job.oid, job.keep, true);
     lk.lock();
     *job.done = true;
+    inval_running_.reset();
+    inval_running_st_.reset();
     inval_cv_.notify_all();
   }
 }

@@ -5,13 +5,15 @@
 //    cache, WRITE also lets it delay changes. Without the lease it asks the authority (the
 //    highest-priority up writable server) and waits for the grant.
 //  - A LEASE_BREAK from the authority runs on a break thread: it is recorded (a grant reply
-//    that it overtook, numbered no higher than the grant it names, then counts as broken; the
-//    break never waits for a reply, which the server may hold back until this very break is
-//    answered), it waits for the guards of that object to end, has the owner flush what it
+//    that it overtook, numbered no higher than the grant it names, then counts as broken, as
+//    does a create's grant recorded after it; the break never waits for a reply, which the
+//    server may hold back until this very break is answered; and the server grants a session
+//    nothing new on an object until that session's RELEASE of a break has come), it waits for
+//    the guards of that object to end, has the owner flush what it
 //    delayed (hooks.flush), lowers the lease, asks the owner to drop kernel caches
-//    (hooks.invalidate, on the invalidator thread, waited for until done, or only briefly
-//    while a request of the object waits for a grant, so that a kernel page lock held by such
-//    a request cannot deadlock the break), and sends RELEASE.
+//    (hooks.invalidate, on the invalidator thread, waited for until done within a bound, or
+//    only briefly while a request waits for a grant, so that a kernel page lock held by such a
+//    request cannot deadlock the break; Options), and sends RELEASE.
 //  - When the authority changes, or its connection was lost (breaks may have been missed),
 //    every lease is reclaimed from the current authority with the RECLAIM flag; kernel caches
 //    of reclaimed objects are dropped since a missed break cannot be ruled out. A lease that
@@ -54,10 +56,11 @@ class LeaseManager {
   struct Options {
     int break_threads = 4;
     // A break releases the lease once the kernel dropped the object's pages, so that no stale
-    // page outlives it. But dropping them waits for pages that requests in flight hold locked,
-    // and such a request may be waiting for a grant that this very break holds up: while a
-    // request of the object waits for a grant, wait only invalidate_wait; otherwise at most
-    // invalidate_max_wait (a backstop well below the servers' break timeout).
+    // page outlives it, but waits for that at most invalidate_max_wait (a backstop below the
+    // servers' default break timeout of 5 s). Dropping pages waits for pages that requests in
+    // flight hold locked, and such a request may be waiting for a grant that this very break
+    // holds up: while a request of the object (or of the object whose invalidation runs ahead
+    // on the single invalidator thread) waits for a grant, wait only invalidate_wait.
     std::chrono::milliseconds invalidate_wait{20};
     std::chrono::milliseconds invalidate_max_wait{1000};
     std::chrono::milliseconds acquire_timeout{30000};  // one ACQUIRE, waiting for others
@@ -180,12 +183,16 @@ class LeaseManager {
   struct InvalJob {
     Oid oid;
     uint32_t keep;
+    std::shared_ptr<State> st;   // its state (may be null): whether requests of it wait
     std::shared_ptr<bool> done;  // GUARDED_BY(inval_mu_)
   };
   std::mutex inval_mu_;
   std::condition_variable inval_cv_;
   std::deque<InvalJob> inval_queue_;  // GUARDED_BY(inval_mu_)
   bool inval_stopping_ = false;       // GUARDED_BY(inval_mu_)
+  // The job the invalidator runs now (its done flag and state), for the jobs queued behind it.
+  std::shared_ptr<bool> inval_running_;      // GUARDED_BY(inval_mu_)
+  std::shared_ptr<State> inval_running_st_;  // GUARDED_BY(inval_mu_)
   std::thread invalidator_;
 };
 

@@ -94,6 +94,10 @@ void LeaseTable::ServeLocked(const Oid& oid, std::vector<Break>* breaks,
       obj.waiters.erase(obj.waiters.begin());
       continue;
     }
+    // The session's own lease is being broken: its RELEASE is on the way and, since a RELEASE
+    // does not name the grant it answers, would undo a grant made now. Serve it after that
+    // (or after the eviction, if no RELEASE comes).
+    if (mine != obj.holders.end() && mine->second.breaking) break;
     bool blocked = false, refused = false;
     for (auto& [sid, h] : obj.holders) {
       if (sid == w.session || !Conflicts(h.mode, w.mode)) continue;
