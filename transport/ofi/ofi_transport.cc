@@ -224,7 +224,7 @@ class OfiTransport final : public Transport {
     if (!info.ok()) return info.status();
     if ((*info)->addr_format == FI_ADDR_STR && uri.port == 0) {
       // A name (shm's "fi_ns://host:port"), not a socket: nothing picks a free port for us.
-      uri.port = PickNamePort();
+      uri.port = PickNamePort(uri.host);
       info = GetInfo(provider_, uri, true, true);
       if (!info.ok()) return info.status();
     }
@@ -248,10 +248,18 @@ class OfiTransport final : public Transport {
 
   // A port for a name-addressed listener asked for port 0: from this process's id and a
   // counter, so that listeners of one process never collide, and those of others rarely.
-  uint16_t PickNamePort() {
+  // A name whose shared-memory file exists is skipped: it belongs to a live listener, or to
+  // one that was killed and left its region behind (a reused process id would pick it again).
+  uint16_t PickNamePort(const std::string& host) {
     static std::atomic<uint32_t> next{0};
-    const uint32_t n = static_cast<uint32_t>(getpid()) * 131u + next++;
-    return static_cast<uint16_t>(20000 + n % 40000);
+    uint16_t port = 0;
+    for (int tries = 0; tries < 64; tries++) {
+      const uint32_t n = static_cast<uint32_t>(getpid()) * 131u + next++;
+      port = static_cast<uint16_t>(20000 + n % 40000);
+      const std::string file = "/dev/shm/" + host + ":" + std::to_string(port);
+      if (access(file.c_str(), F_OK) != 0) break;
+    }
+    return port;
   }
 
   // Progress thread: a CONNECT on a listener.
