@@ -135,6 +135,26 @@ class LeaseManagerTest : public ::testing::Test {
     return oid;
   }
 
+  // Two sessions; A created `file` and its hook for dropping pages blocks on `inval`.
+  struct PageDropSetup {
+    std::shared_ptr<Blocker> inval = std::make_shared<Blocker>();
+    LeaseManager* a = nullptr;
+    LeaseManager* b = nullptr;
+    Oid file;
+  };
+  void StartPageDrop(PageDropSetup* t) {
+    auto set_a = Connect(), set_b = Connect();
+    ASSERT_TRUE(set_a && set_b);
+    LeaseManager::Hooks hooks_a;
+    hooks_a.invalidate = [inval = t->inval](const Oid& oid, uint32_t, bool all) {
+      if (all) inval->Run(oid);  // pages and names; attributes go at once
+    };
+    t->a = Manager(set_a, hooks_a, 1);
+    t->b = Manager(set_b, {}, 1);
+    t->file = CreateLeased(set_a, t->a, "file");
+    t->inval->Watch(t->file);
+  }
+
   fs::path dir_;
   std::unique_ptr<server::Server> server_;
   std::vector<std::shared_ptr<ServerSet>> sets_;
@@ -199,18 +219,12 @@ TEST_F(LeaseManagerTest, BreakOfACreateGrantIsAnsweredWhileAnUpgradeWaitsBehindI
 // The lease is given back only once the kernel dropped the pages read under it: another
 // client's grant waits for that.
 TEST_F(LeaseManagerTest, BreakReleasesOnlyOnceKernelPagesAreDropped) {
-  auto set_a = Connect(), set_b = Connect();
-  ASSERT_TRUE(set_a && set_b);
-  auto inval = std::make_shared<Blocker>();
-  LetGo let_go{inval};
-  LeaseManager::Hooks hooks_a;
-  hooks_a.invalidate = [inval](const Oid& oid, uint32_t, bool all) {
-    if (all) inval->Run(oid);  // pages and names; attributes go at once
-  };
-  LeaseManager* a = Manager(set_a, hooks_a, 1);
-  LeaseManager* b = Manager(set_b, {}, 1);
-  const Oid file = CreateLeased(set_a, a, "file");
-  inval->Watch(file);
+  PageDropSetup t;
+  LetGo let_go{t.inval};
+  ASSERT_NO_FATAL_FAILURE(StartPageDrop(&t));
+  const std::shared_ptr<Blocker> inval = t.inval;
+  LeaseManager* b = t.b;
+  const Oid file = t.file;
   auto b_read = std::async(std::launch::async, [&] {
     auto g = b->Hold(file, POHMELFS_LEASE_READ);
     return g.ok() && inval->done.load();  // granted, and only after A's pages were dropped
@@ -225,18 +239,13 @@ TEST_F(LeaseManagerTest, BreakReleasesOnlyOnceKernelPagesAreDropped) {
 // But a request of the object that waits for a grant may hold the very page the kernel waits
 // for: the break then gives the lease back after a short wait, and both requests go on.
 TEST_F(LeaseManagerTest, BreakDoesNotWaitForPagesWhileARequestWaitsForAGrant) {
-  auto set_a = Connect(), set_b = Connect();
-  ASSERT_TRUE(set_a && set_b);
-  auto inval = std::make_shared<Blocker>();
-  LetGo let_go{inval};
-  LeaseManager::Hooks hooks_a;
-  hooks_a.invalidate = [inval](const Oid& oid, uint32_t, bool all) {
-    if (all) inval->Run(oid);  // pages and names; attributes go at once
-  };
-  LeaseManager* a = Manager(set_a, hooks_a, 1);
-  LeaseManager* b = Manager(set_b, {}, 1);
-  const Oid file = CreateLeased(set_a, a, "file");
-  inval->Watch(file);
+  PageDropSetup t;
+  LetGo let_go{t.inval};
+  ASSERT_NO_FATAL_FAILURE(StartPageDrop(&t));
+  const std::shared_ptr<Blocker> inval = t.inval;
+  LeaseManager* a = t.a;
+  LeaseManager* b = t.b;
+  const Oid file = t.file;
   auto b_read = std::async(std::launch::async, [&] {
     auto g = b->Hold(file, POHMELFS_LEASE_READ);
     return g.ok() ? g->mode() : 0u;
