@@ -107,8 +107,7 @@ Result<std::optional<Entry>> LeaseManager::AcquireLocked(State* st, const Oid& o
   st->mode = from_le(rep.mode);
   // A break of this very grant may have overtaken the reply (they are handled on different
   // threads): the grant then stands only as far as the break left it.
-  if (st->broken_from == auth.get() && st->broken_epoch == epoch &&
-      from_le(rep.seq) <= st->broken_seq)
+  if (st->BrokenOn(auth.get(), epoch) && from_le(rep.seq) <= st->broken_seq)
     st->mode = std::min(st->mode, st->broken_keep);
   st->from = auth.get();
   st->from_epoch = epoch;
@@ -172,7 +171,7 @@ void LeaseManager::GrantLocal(const Oid& oid) {
   std::lock_guard lk(st->mu);
   st->mode = POHMELFS_LEASE_WRITE;
   // A new object has no other grant: a break already seen from this authority broke this one.
-  if (st->broken_from == auth.get() && st->broken_epoch == auth->connect_epoch())
+  if (st->BrokenOn(auth.get(), auth->connect_epoch()))
     st->mode = std::min(st->mode, st->broken_keep);
   st->from = auth.get();
   st->from_epoch = auth->connect_epoch();
@@ -216,7 +215,7 @@ void LeaseManager::RunBreak(const BreakJob& job) {
   // then find it.
   std::shared_ptr<State> st = StateOf(job.oid);
   bool had = false;
-  {
+  {  // the guards are waited for here; kernel caches are dropped after, without `use` held
     {
       // Recorded first, so that the reply of the grant this breaks, if it is still on its way,
       // does not undo the break. Waiting for that reply instead would deadlock when the
@@ -224,8 +223,7 @@ void LeaseManager::RunBreak(const BreakJob& job) {
       // never learns) and the reply awaited is of an upgrade queued behind the request that
       // caused the break.
       std::lock_guard lk(st->mu);
-      if (st->broken_from != job.from || st->broken_epoch != job.from_epoch ||
-          job.seq > st->broken_seq) {
+      if (!st->BrokenOn(job.from, job.from_epoch) || job.seq > st->broken_seq) {
         st->broken_from = job.from;
         st->broken_epoch = job.from_epoch;
         st->broken_seq = job.seq;

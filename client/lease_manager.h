@@ -4,16 +4,16 @@
 //  - Hold(oid, mode) returns a guard under which the lease is held: READ lets the caller
 //    cache, WRITE also lets it delay changes. Without the lease it asks the authority (the
 //    highest-priority up writable server) and waits for the grant.
-//  - A LEASE_BREAK from the authority runs on a break thread: it is recorded (a grant reply
-//    that it overtook, numbered no higher than the grant it names, then counts as broken, as
-//    does a create's grant recorded after it; the break never waits for a reply, which the
-//    server may hold back until this very break is answered; and the server grants a session
-//    nothing new on an object until that session's RELEASE of a break has come), it waits for
-//    the guards of that object to end, has the owner flush what it
-//    delayed (hooks.flush), lowers the lease, asks the owner to drop kernel caches
+//  - A LEASE_BREAK from the authority runs on a break thread. It is recorded first: a grant
+//    reply that it overtook (numbered no higher than the grant it names) then counts as
+//    broken, as does a create's grant recorded after it, so the break never waits for a reply
+//    (which the server may hold back until this very break is answered); and the server
+//    grants a session nothing new on an object until that session's RELEASE of a break has
+//    come. The break then waits for the guards of that object to end, has the owner flush
+//    what it delayed (hooks.flush), lowers the lease, asks the owner to drop kernel caches
 //    (hooks.invalidate, on the invalidator thread, waited for until done within a bound, or
-//    only briefly while a request waits for a grant, so that a kernel page lock held by such a
-//    request cannot deadlock the break; Options), and sends RELEASE.
+//    only briefly while a request waits for a grant, so that a kernel page lock held by such
+//    a request cannot deadlock the break; see Options), and sends RELEASE.
 //  - When the authority changes, or its connection was lost (breaks may have been missed),
 //    every lease is reclaimed from the current authority with the RECLAIM flag; kernel caches
 //    of reclaimed objects are dropped since a missed break cannot be ruled out. A lease that
@@ -123,6 +123,10 @@ class LeaseManager {
     uint32_t broken_keep = 0;
     RpcClient* broken_from = nullptr;
     uint64_t broken_epoch = 0;
+    // Whether the latest break came on this connection of that authority. REQUIRES: mu held.
+    bool BrokenOn(const RpcClient* c, uint64_t epoch) const {
+      return broken_from == c && broken_epoch == epoch;
+    }
   };
   struct BreakJob {
     RpcClient* from;
